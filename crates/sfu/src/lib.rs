@@ -1,0 +1,25 @@
+//! Plenary's forwarding core: rooms, tracks, subscriptions, and the per-packet decision of
+//! who gets which RTP packet with which sequence number and timestamp.
+//!
+//! # Layout
+//! - [`room`]: one room's state machine — joins, publications, subscriptions, fan-out,
+//!   keyframe-request rate limiting, pause/resume and stream switching.
+//! - [`munger`]: rewriting of sequence numbers and timestamps so that each subscriber sees
+//!   one continuous stream across pauses, simulcast-layer and source switches.
+//! - [`keyframe`]: codec peeks (VP8, VP9, H.264, AV1) that find where a decoder may start.
+//!
+//! # Contract
+//! Sans-IO: no sockets, no threads, no async runtime, no clock. Callers feed events in with
+//! `handle_*` (passing the time as an `Instant`), and drain decisions with `poll_*` or from
+//! the `Forward` buffer they pass in. Tests drive it packet by packet in simulated time.
+//! Nothing here allocates per forwarded packet once buffers have grown.
+
+pub mod keyframe;
+pub mod munger;
+pub mod room;
+
+pub use keyframe::VideoCodec;
+pub use room::{
+    Forward, Media, ParticipantKey, Room, RoomConfig, RoomError, RoomEvent, RoomStats, RtpIn,
+    TrackKey,
+};

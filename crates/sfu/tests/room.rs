@@ -1,0 +1,255 @@
+//! The forwarding core driven packet by packet in simulated time.
+
+use std::time::{Duration, Instant};
+
+use plenary_sfu::{
+    Forward, Media, ParticipantKey as P, Room, RoomConfig, RoomEvent, RtpIn, TrackKey as T,
+    VideoCodec,
+};
+
+const OPUS: Media = Media::Audio { clock_rate: 48_000 };
+const VP8: Media = Media::Video(VideoCodec::Vp8);
+const VP8_KEY: &[u8] = &[0x10, 0x00, 0x9d, 0x01, 0x2a];
+const VP8_DELTA: &[u8] = &[0x10, 0x01, 0x00];
+
+/// Drains events, binding every subscription to a slot numbered by (subscriber, track).
+fn bind_all(room: &mut Room) -> Vec<RoomEvent> {
+    let mut seen = Vec::new();
+    while let Some(e) = room.poll_event() {
+        if let RoomEvent::Subscribe {
+            subscriber, track, ..
+        } = &e
+        {
+            room.bind(*subscriber, *track, slot(*subscriber, *track)).unwrap();
+        }
+        seen.push(e);
+    }
+    seen
+}
+
+fn slot(s: P, t: T) -> u32 {
+    (s.0 * 100 + t.0) as u32
+}
+
+fn rtp<'a>(stream: u64, seq: u64, ts: u32, payload: &'a [u8], at: Instant) -> RtpIn<'a> {
+    RtpIn {
+        stream,
+        seq,
+        ts,
+        payload,
+        at,
+    }
+}
+
+fn three_publishers() -> Room {
+    let mut room = Room::new(RoomConfig::default());
+    for p in 1..=3 {
+        room.handle_join(P(p), true).unwrap();
+        room.handle_publish(P(p), T(p * 10), OPUS).unwrap();
+        room.handle_publish(P(p), T(p * 10 + 1), VP8).unwrap();
+    }
+    bind_all(&mut room);
+    room
+}
+
+#[test]
+fn every_subscriber_gets_every_other_track() {
+    let room = three_publishers();
+    assert_eq!(room.participant_count(), 3);
+    assert_eq!(room.track_count(), 6);
+    // Each of 6 tracks goes to the 2 other participants.
+    assert_eq!(room.subscription_count(), 12);
+}
+
+#[test]
+fn audio_fans_out_to_the_others_only_with_rewritten_sequence() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    room.handle_rtp(T(10), &rtp(0xAAAA, 40_000, 960, b"opus", t0), &mut out);
+    let mut subscribers: Vec<P> = out.iter().map(|f| f.subscriber).collect();
+    subscribers.sort();
+    assert_eq!(subscribers, vec![P(2), P(3)]);
+    for f in &out {
+        assert_eq!(f.slot, slot(f.subscriber, T(10)));
+        assert!(f.seq < 65_536, "output starts below the 16-bit rollover");
+        assert_eq!(f.ts, 960, "first packet keeps its timestamp base");
+    }
+    let first: Vec<Forward> = out.clone();
+    out.clear();
+    room.handle_rtp(T(10), &rtp(0xAAAA, 40_001, 1_920, b"opus", t0), &mut out);
+    for (a, b) in first.iter().zip(&out) {
+        assert_eq!(b.seq, a.seq + 1);
+        assert_eq!(b.ts, a.ts + 960);
+    }
+}
+
+#[test]
+fn video_waits_for_keyframe_and_asks_for_one() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    room.handle_rtp(T(11), &rtp(1, 5, 0, VP8_DELTA, t0), &mut out);
+    assert!(out.is_empty(), "no subscriber may start on a delta frame");
+    assert_eq!(
+        room.poll_event(),
+        Some(RoomEvent::RequestKeyframe {
+            publisher: P(1),
+            track: T(11)
+        })
+    );
+    room.handle_rtp(T(11), &rtp(1, 6, 3000, VP8_KEY, t0), &mut out);
+    assert_eq!(out.len(), 2);
+    out.clear();
+    room.handle_rtp(T(11), &rtp(1, 7, 3000, VP8_DELTA, t0), &mut out);
+    assert_eq!(out.len(), 2, "after the keyframe, delta frames flow");
+}
+
+#[test]
+fn keyframe_requests_are_rate_limited_and_folded() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    room.handle_keyframe_request(t0, P(2), T(11)).unwrap();
+    room.handle_keyframe_request(t0 + Duration::from_millis(10), P(3), T(11))
+        .unwrap();
+    room.handle_keyframe_request(t0 + Duration::from_millis(20), P(2), T(11))
+        .unwrap();
+    let requests = |room: &mut Room| {
+        let mut n = 0;
+        while let Some(e) = room.poll_event() {
+            assert!(matches!(e, RoomEvent::RequestKeyframe { publisher: P(1), track: T(11) }));
+            n += 1;
+        }
+        n
+    };
+    assert_eq!(requests(&mut room), 1, "one request reaches the publisher at once");
+    let due = room.poll_timeout().expect("the folded request is scheduled");
+    assert_eq!(due, t0 + Duration::from_millis(500));
+    room.handle_timeout(due - Duration::from_millis(1));
+    assert_eq!(requests(&mut room), 0);
+    room.handle_timeout(due);
+    assert_eq!(requests(&mut room), 1, "the folded requests go out as one");
+    assert_eq!(room.poll_timeout(), None);
+    let stats = room.stats();
+    assert_eq!(stats.keyframe_requests, 2);
+    assert_eq!(stats.keyframe_requests_limited, 2);
+    // Audio never asks for keyframes; unknown subscriptions are refused.
+    assert!(room.handle_keyframe_request(t0, P(1), T(11)).is_err());
+}
+
+#[test]
+fn a_new_subscriber_joins_mid_stream_and_gets_a_keyframe_request() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    room.handle_rtp(T(11), &rtp(1, 6, 3000, VP8_KEY, t0), &mut out);
+    while room.poll_event().is_some() {}
+    room.handle_join(P(4), true).unwrap();
+    let events = bind_all(&mut room);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, RoomEvent::Subscribe { subscriber: P(4), .. }))
+            .count(),
+        6
+    );
+    out.clear();
+    let later = t0 + Duration::from_secs(1);
+    room.handle_rtp(T(11), &rtp(1, 7, 6000, VP8_DELTA, later), &mut out);
+    assert_eq!(out.len(), 2, "the old subscribers go on");
+    assert!(out.iter().all(|f| f.subscriber != P(4)));
+    assert!(matches!(
+        room.poll_event(),
+        Some(RoomEvent::RequestKeyframe { track: T(11), .. })
+    ));
+}
+
+#[test]
+fn leaving_unpublishes_and_stops_forwarding() {
+    let mut room = three_publishers();
+    room.handle_leave(P(1)).unwrap();
+    let events = bind_all(&mut room);
+    let unsubs: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            RoomEvent::Unsubscribe {
+                subscriber,
+                track,
+                slot,
+            } => Some((*subscriber, *track, *slot)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unsubs.len(), 4, "two tracks × two subscribers");
+    assert!(unsubs.iter().all(|(s, t, slot)| *s != P(1)
+        && (t.0 == 10 || t.0 == 11)
+        && slot.is_some()));
+    assert_eq!(room.track_count(), 4);
+    assert_eq!(room.subscription_count(), 4, "4 tracks × 1 other subscriber");
+    let mut out = Vec::new();
+    room.handle_rtp(T(10), &rtp(1, 1, 0, b"x", Instant::now()), &mut out);
+    assert!(out.is_empty());
+    room.handle_rtp(T(20), &rtp(1, 1, 0, b"x", Instant::now()), &mut out);
+    assert_eq!(out.iter().map(|f| f.subscriber).collect::<Vec<_>>(), vec![P(3)]);
+    room.handle_leave(P(2)).unwrap();
+    room.handle_leave(P(3)).unwrap();
+    assert!(room.is_empty());
+    assert_eq!(room.track_count(), 0);
+}
+
+#[test]
+fn paused_and_muted_tracks_are_not_forwarded_and_resume_without_gaps() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    room.handle_rtp(T(10), &rtp(9, 1, 0, b"a", t0), &mut out);
+    let before = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
+    room.set_paused(P(2), T(10), true).unwrap();
+    out.clear();
+    room.handle_rtp(T(10), &rtp(9, 2, 960, b"a", t0), &mut out);
+    assert_eq!(out.iter().map(|f| f.subscriber).collect::<Vec<_>>(), vec![P(3)]);
+    room.set_paused(P(2), T(10), false).unwrap();
+    out.clear();
+    room.handle_rtp(T(10), &rtp(9, 50, 48_000, b"a", t0 + Duration::from_secs(1)), &mut out);
+    let after = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
+    assert_eq!(after, before + 1, "the subscriber sees no sequence gap");
+    room.handle_mute(T(10), true).unwrap();
+    out.clear();
+    room.handle_rtp(T(10), &rtp(9, 51, 48_960, b"a", t0), &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn simulcast_layer_switch_happens_at_a_keyframe() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    // Layer "low" is stream 100, "high" is stream 200; subscriber 2 starts on low.
+    room.switch_stream(P(2), T(11), 100).unwrap();
+    room.switch_stream(P(3), T(11), 200).unwrap();
+    room.handle_rtp(T(11), &rtp(100, 1, 0, VP8_KEY, t0), &mut out);
+    room.handle_rtp(T(11), &rtp(200, 1, 0, VP8_KEY, t0), &mut out);
+    let seq2 = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
+    assert_eq!(out.len(), 2, "each subscriber gets only its layer");
+    room.switch_stream(P(2), T(11), 200).unwrap();
+    out.clear();
+    room.handle_rtp(T(11), &rtp(200, 2, 3000, VP8_DELTA, t0), &mut out);
+    assert_eq!(out.iter().map(|f| f.subscriber).collect::<Vec<_>>(), vec![P(3)]);
+    out.clear();
+    room.handle_rtp(T(11), &rtp(200, 3, 6000, VP8_KEY, t0), &mut out);
+    let f2 = out.iter().find(|f| f.subscriber == P(2)).unwrap();
+    assert_eq!(f2.seq, seq2 + 1, "switched without a sequence gap");
+}
+
+#[test]
+fn listeners_receive_but_are_not_subscribed_to_by_anyone() {
+    let mut room = Room::new(RoomConfig::default());
+    room.handle_join(P(1), true).unwrap();
+    room.handle_join(P(2), false).unwrap();
+    room.handle_publish(P(1), T(1), OPUS).unwrap();
+    let events = bind_all(&mut room);
+    assert!(events.is_empty(), "P2 may not subscribe, P1 does not get its own track");
+    assert!(room.handle_publish(P(9), T(2), OPUS).is_err());
+    assert!(room.handle_publish(P(1), T(1), OPUS).is_err());
+    assert!(room.handle_join(P(1), true).is_err());
+}

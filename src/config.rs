@@ -1,0 +1,441 @@
+//! Plenary's configuration: one typed [`Config`] with defaults, loaded from an optional TOML
+//! file, then overridden by `PLENARY_*` environment variables, then by command-line flags,
+//! and finally validated.
+//!
+//! Environment overrides are generic: `PLENARY_<SECTION>_<KEY>` sets `key` in `[section]`
+//! (e.g. `PLENARY_HTTP_ADDR=0.0.0.0:8080`, `PLENARY_MEDIA_ANNOUNCE_IPS='["203.0.113.7"]'`).
+//! The value is read as a TOML value when it parses as one, else as a string. Secrets in
+//! here are never printed: [`Config`]'s `Debug` hides them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use plenary_proto::IceServer;
+use serde::{Deserialize, Serialize};
+
+use crate::grant::{Claims, GrantError, KeyRing};
+
+/// Everything Plenary can be told. See `plenary.example.toml` for the annotated file.
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The HTTP side: web client, JSON API, WebSocket signaling, health and metrics.
+    pub http: HttpConfig,
+    /// The media plane: the one UDP port all peers share.
+    pub media: MediaConfig,
+    /// Who may mint room grants.
+    pub auth: AuthConfig,
+    /// STUN/TURN servers handed to clients in `welcome`.
+    pub ice_servers: Vec<IceServer>,
+    /// Bounds that protect the server and other meetings.
+    pub limits: LimitsConfig,
+}
+
+/// `[http]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address the HTTP server listens on.
+    pub addr: SocketAddr,
+}
+
+/// `[media]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Address of the UDP media socket (one port for every peer).
+    pub addr: SocketAddr,
+    /// IP addresses announced in ICE candidates (a public IP behind 1:1 NAT, say). Empty:
+    /// the bind address, which must then not be a wildcard.
+    pub announce_ips: Vec<IpAddr>,
+}
+
+/// `[auth]`
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API key → secret pairs that sign HS256 grants (`plenary token`, backends).
+    /// Secrets must be at least 32 characters.
+    pub api_keys: BTreeMap<String, String>,
+    /// The `aud` claim every grant must carry.
+    pub audience: String,
+    /// Dev mode: `auto` (on when HTTP listens on loopback only and no identity provider is
+    /// configured), `on` (only allowed on loopback) or `off`.
+    pub dev_mode: DevMode,
+    /// Longest lifetime a grant may have, in seconds.
+    pub max_grant_ttl_secs: u64,
+}
+
+/// Whether the page may mint its own grants (no sign-in).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DevMode {
+    /// On exactly when HTTP is loopback-only.
+    #[default]
+    Auto,
+    /// On (refused unless HTTP is loopback-only).
+    On,
+    /// Off.
+    Off,
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most participants one room holds.
+    pub max_participants_per_room: usize,
+    /// Most participants the whole server holds.
+    pub max_participants: usize,
+    /// Seconds a peer may go without ICE consent before it is removed.
+    pub ice_timeout_secs: u64,
+    /// Seconds a signaling connection may stay silent before it is closed.
+    pub signaling_idle_secs: u64,
+    /// Seconds to wait for clients to go at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
+            announce_ips: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            api_keys: BTreeMap::new(),
+            audience: "plenary".into(),
+            dev_mode: DevMode::Auto,
+            max_grant_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_participants_per_room: 500,
+            max_participants: 2000,
+            ice_timeout_secs: 5,
+            signaling_idle_secs: 30,
+            shutdown_grace_secs: 5,
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("api_keys", &self.api_keys.keys().collect::<Vec<_>>())
+            .field("audience", &self.audience)
+            .field("dev_mode", &self.dev_mode)
+            .field("max_grant_ttl_secs", &self.max_grant_ttl_secs)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("http", &self.http)
+            .field("media", &self.media)
+            .field("auth", &self.auth)
+            .field("ice_servers", &self.ice_servers.len())
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML (file or environment) does not fit the schema.
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// An environment variable names no known key.
+    #[error("unknown environment variable {0}: no such configuration key")]
+    UnknownEnv(String),
+    /// The values do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the file (if any), applies `PLENARY_*` variables from `env`, and returns the
+    /// result unvalidated (flags come next; call [`Config::validate`] last).
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        apply_env(&mut table, env)?;
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+    }
+
+    /// A configuration for tests: HTTP and media on ephemeral loopback ports, one API key.
+    pub fn for_tests() -> Config {
+        let mut config = Config::default();
+        config.http.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.media.addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.auth.api_keys.insert(
+            "test-key".into(),
+            "test-secret-that-is-at-least-32-characters".into(),
+        );
+        config.limits.ice_timeout_secs = 3;
+        config
+    }
+
+    /// Checks the values make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        for (key, secret) in &self.auth.api_keys {
+            if key.is_empty() {
+                return invalid("auth.api_keys: an API key is empty".into());
+            }
+            if secret.len() < 32 {
+                return invalid(format!(
+                    "auth.api_keys: the secret of key {key:?} is shorter than 32 characters"
+                ));
+            }
+        }
+        if self.auth.audience.is_empty() {
+            return invalid("auth.audience is empty".into());
+        }
+        let loopback = self.http.addr.ip().is_loopback();
+        if self.auth.dev_mode == DevMode::On && !loopback {
+            return invalid(format!(
+                "auth.dev_mode = \"on\" lets anyone mint grants, so it is only allowed when \
+                 http.addr is a loopback address (it is {})",
+                self.http.addr
+            ));
+        }
+        if !loopback && self.auth.api_keys.is_empty() {
+            return invalid(format!(
+                "http.addr {} is reachable from other machines but no authentication is \
+                 configured: add [auth] api_keys (or bind 127.0.0.1 for dev mode)",
+                self.http.addr
+            ));
+        }
+        if self.media.addr.ip().is_unspecified() && self.media.announce_ips.is_empty() {
+            return invalid(format!(
+                "media.addr {} is a wildcard address: set media.announce_ips to the address(es) \
+                 clients should send media to",
+                self.media.addr
+            ));
+        }
+        if self.limits.max_participants_per_room == 0 || self.limits.max_participants == 0 {
+            return invalid("limits: participant limits must be at least 1".into());
+        }
+        if self.limits.ice_timeout_secs == 0 || self.limits.signaling_idle_secs == 0 {
+            return invalid("limits: timeouts must be at least 1 second".into());
+        }
+        Ok(())
+    }
+
+    /// Whether dev mode (grants from the page, no sign-in) is on.
+    pub fn dev_mode(&self) -> bool {
+        match self.auth.dev_mode {
+            DevMode::On => true,
+            DevMode::Off => false,
+            DevMode::Auto => self.http.addr.ip().is_loopback(),
+        }
+    }
+
+    /// The IPs put in ICE candidates, given the media socket's actual address.
+    pub fn announce_ips(&self, bound: SocketAddr) -> Vec<IpAddr> {
+        if self.media.announce_ips.is_empty() {
+            vec![bound.ip()]
+        } else {
+            self.media.announce_ips.clone()
+        }
+    }
+
+    /// The keys that sign and verify HS256 grants.
+    pub fn key_ring(&self) -> KeyRing {
+        KeyRing::new(
+            self.auth.api_keys.clone(),
+            self.auth.audience.clone(),
+            Duration::from_secs(self.auth.max_grant_ttl_secs),
+        )
+    }
+
+    /// Mints a grant with the first configured API key (for `plenary token` and tests).
+    pub fn mint_grant(&self, claims: &Claims) -> Result<String, GrantError> {
+        self.key_ring().mint(claims)
+    }
+}
+
+/// Applies `PLENARY_SECTION_KEY=value` variables onto the TOML table.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let defaults = toml::Table::try_from(Config::default())
+        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    // Config keys that are not sections (top-level values).
+    let top_level = ["ice_servers"];
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("PLENARY_") else {
+            continue;
+        };
+        // Variables of the CLI itself, not configuration keys.
+        if matches!(rest, "CONFIG" | "LOG") {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let parsed = parse_env_value(&value);
+        if let Some(key) = top_level.iter().find(|k| **k == lower) {
+            table.insert((*key).to_string(), parsed);
+            continue;
+        }
+        let (section, key) = defaults
+            .iter()
+            .filter_map(|(section, v)| {
+                let keys = v.as_table()?;
+                let key = lower.strip_prefix(&format!("{section}_"))?;
+                keys.contains_key(key)
+                    .then(|| (section.clone(), key.to_string()))
+            })
+            .next()
+            .ok_or_else(|| ConfigError::UnknownEnv(name.clone()))?;
+        let entry = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section_table) = entry.as_table_mut() else {
+            return Err(ConfigError::Parse(format!("{name}: section is not a table")));
+        };
+        section_table.insert(key, parsed);
+    }
+    Ok(())
+}
+
+/// Reads an environment value as a TOML value (number, bool, array, inline table) when it
+/// parses as one, else as a plain string.
+fn parse_env_value(value: &str) -> toml::Value {
+    let doc = format!("v = {value}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.into())),
+        Err(_) => toml::Value::String(value.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_in_dev_mode() {
+        let c = Config::load(None, Vec::new()).unwrap();
+        c.validate().unwrap();
+        assert!(c.dev_mode());
+        assert_eq!(c.http.addr.port(), 8080);
+        assert_eq!(c.media.addr.port(), 7882);
+    }
+
+    #[test]
+    fn env_overrides_file_and_types_values() {
+        let dir = std::env::temp_dir().join(format!("plenary-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[http]\naddr = \"127.0.0.1:9000\"\n[limits]\nmax_participants = 7\n")
+            .unwrap();
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("PLENARY_HTTP_ADDR", "127.0.0.1:9100"),
+                ("PLENARY_MEDIA_ANNOUNCE_IPS", "[\"203.0.113.7\"]"),
+                ("PLENARY_LIMITS_ICE_TIMEOUT_SECS", "9"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.addr.port(), 9100);
+        assert_eq!(c.limits.max_participants, 7);
+        assert_eq!(c.limits.ice_timeout_secs, 9);
+        assert_eq!(c.media.announce_ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Config::load(None, env(&[("PLENARY_HTTP_PORTT", "1")])).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownEnv(_)), "{err}");
+        let dir = std::env::temp_dir().join(format!("plenary-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[http]\nadress = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path), Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn public_bind_without_auth_is_refused() {
+        let mut c = Config::default();
+        c.http.addr = "0.0.0.0:8080".parse().unwrap();
+        c.media.announce_ips = vec!["203.0.113.7".parse().unwrap()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("no authentication"), "{err}");
+        assert!(!c.dev_mode());
+        c.auth
+            .api_keys
+            .insert("k".into(), "0123456789abcdef0123456789abcdef".into());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn short_secrets_and_wildcard_media_without_announce_are_refused() {
+        let mut c = Config::default();
+        c.auth.api_keys.insert("k".into(), "short".into());
+        assert!(c.validate().unwrap_err().to_string().contains("32"));
+        let mut c = Config::default();
+        c.media.addr = "0.0.0.0:7882".parse().unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("announce_ips"));
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Config::for_tests();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("test-key"));
+        assert!(!shown.contains("test-secret"));
+    }
+}

@@ -1,0 +1,361 @@
+//! Room grants: the signed JWTs that let a client join one room with explicit permissions.
+//!
+//! A grant is minted by someone holding an API secret (`plenary token`, an operator's
+//! backend, or dev mode) and verified on every join by [`KeyRing::verify`]. Verification pins
+//! the algorithm (HS256), looks the secret up by the `kid` header (which names the API key
+//! and must equal `iss`), and checks `aud`, `nbf`, `exp` (30 s leeway), the lifetime bound,
+//! and that every required claim is present. Tokens and secrets never reach a log.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use plenary_proto::{Role, TrackSource};
+use serde::{Deserialize, Serialize};
+
+/// Clock skew tolerated on `nbf` and `exp`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// What a grant lets its holder do. Every permission defaults to `false`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Permissions {
+    /// May publish media.
+    pub can_publish: bool,
+    /// Sources the holder may publish; empty with `can_publish` means every source.
+    pub can_publish_sources: Vec<TrackSource>,
+    /// May receive the others' media.
+    pub can_subscribe: bool,
+    /// May send data messages to the room.
+    pub can_publish_data: bool,
+    /// Has host powers in the room.
+    pub is_host: bool,
+}
+
+impl Permissions {
+    /// Publish any source, subscribe, send data.
+    pub fn speaker() -> Self {
+        Permissions {
+            can_publish: true,
+            can_publish_sources: Vec::new(),
+            can_subscribe: true,
+            can_publish_data: true,
+            is_host: false,
+        }
+    }
+
+    /// Subscribe only.
+    pub fn listener() -> Self {
+        Permissions {
+            can_subscribe: true,
+            ..Permissions::default()
+        }
+    }
+
+    /// Whether publishing `source` is allowed.
+    pub fn may_publish(&self, source: TrackSource) -> bool {
+        self.can_publish
+            && (self.can_publish_sources.is_empty() || self.can_publish_sources.contains(&source))
+    }
+}
+
+/// The claims of a room grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer: the API key that signed it.
+    pub iss: String,
+    /// Audience: the configured `auth.audience`.
+    pub aud: String,
+    /// Subject: the participant's stable identity.
+    pub sub: String,
+    /// Display name.
+    pub name: String,
+    /// The one room this grant opens.
+    pub room: String,
+    /// Role in the room.
+    pub role: Role,
+    /// What the holder may do.
+    #[serde(default)]
+    pub permissions: Permissions,
+    /// Not before (seconds since the Unix epoch).
+    pub nbf: u64,
+    /// Expires at (seconds since the Unix epoch).
+    pub exp: u64,
+    /// Unique token id.
+    pub jti: String,
+}
+
+impl Claims {
+    /// Claims valid from now for `ttl`, with no permissions; `iss` and `aud` are filled in by
+    /// [`KeyRing::mint`] when left empty.
+    pub fn new(room: &str, identity: &str, name: &str, role: Role, ttl: Duration) -> Claims {
+        let now = unix_now();
+        Claims {
+            iss: String::new(),
+            aud: String::new(),
+            sub: identity.into(),
+            name: name.into(),
+            room: room.into(),
+            role,
+            permissions: Permissions::default(),
+            nbf: now,
+            exp: now + ttl.as_secs(),
+            jti: random_id(),
+        }
+    }
+
+    /// The same claims with these permissions.
+    pub fn with_permissions(mut self, permissions: Permissions) -> Claims {
+        self.permissions = permissions;
+        self
+    }
+}
+
+/// Why a grant was refused (or could not be minted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantError {
+    /// Not a JWT at all.
+    #[error("the grant is not a well-formed token")]
+    Malformed,
+    /// Signed with an algorithm other than HS256.
+    #[error("the grant uses a signing algorithm this server does not accept")]
+    WrongAlgorithm,
+    /// The `kid`/`iss` names no configured API key.
+    #[error("the grant was signed by an unknown key")]
+    UnknownKey,
+    /// The signature does not verify.
+    #[error("the grant's signature is invalid")]
+    BadSignature,
+    /// Past `exp`.
+    #[error("the grant has expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("the grant is not valid yet")]
+    NotYetValid,
+    /// `aud` is not this server's audience.
+    #[error("the grant is for another audience")]
+    WrongAudience,
+    /// `iss` differs from the signing key.
+    #[error("the grant's issuer does not match its key")]
+    WrongIssuer,
+    /// A required claim is missing or has the wrong type.
+    #[error("the grant is missing a required claim or has a malformed one: {0}")]
+    BadClaims(String),
+    /// `exp - nbf` exceeds the configured maximum.
+    #[error("the grant's lifetime exceeds the server's limit")]
+    TooLong,
+    /// The grant opens another room than the one asked for.
+    #[error("the grant is for another room")]
+    WrongRoom,
+    /// No API key is configured to mint with.
+    #[error("no API key is configured")]
+    NoKey,
+    /// Encoding failed.
+    #[error("could not sign the grant: {0}")]
+    Sign(String),
+}
+
+/// The configured API keys, used to mint and verify HS256 grants.
+#[derive(Clone)]
+pub struct KeyRing {
+    keys: BTreeMap<String, String>,
+    audience: String,
+    max_ttl: Duration,
+}
+
+impl KeyRing {
+    /// A key ring over `key → secret` pairs.
+    pub fn new(keys: BTreeMap<String, String>, audience: String, max_ttl: Duration) -> KeyRing {
+        KeyRing {
+            keys,
+            audience,
+            max_ttl,
+        }
+    }
+
+    /// The audience grants must carry.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Adds a key (dev mode adds a random one at start).
+    pub fn insert(&mut self, key: String, secret: String) {
+        self.keys.insert(key, secret);
+    }
+
+    /// Signs `claims` with the first key. Empty `iss`/`aud` are set to that key and this
+    /// ring's audience.
+    pub fn mint(&self, claims: &Claims) -> Result<String, GrantError> {
+        let (key, secret) = self.keys.iter().next().ok_or(GrantError::NoKey)?;
+        let mut claims = claims.clone();
+        if claims.iss.is_empty() {
+            claims.iss = key.clone();
+        }
+        if claims.aud.is_empty() {
+            claims.aud = self.audience.clone();
+        }
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(key.clone());
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .map_err(|e| GrantError::Sign(e.to_string()))
+    }
+
+    /// Verifies a grant and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, GrantError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| GrantError::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(GrantError::WrongAlgorithm);
+        }
+        let kid = header.kid.ok_or(GrantError::UnknownKey)?;
+        let secret = self.keys.get(&kid).ok_or(GrantError::UnknownKey)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&kid]);
+        validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(
+            token,
+            &DecodingKey::from_secret(secret.as_bytes()),
+            &validation,
+        )
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => GrantError::BadSignature,
+                K::ExpiredSignature => GrantError::Expired,
+                K::ImmatureSignature => GrantError::NotYetValid,
+                K::InvalidAudience => GrantError::WrongAudience,
+                K::InvalidIssuer => GrantError::WrongIssuer,
+                K::InvalidAlgorithm => GrantError::WrongAlgorithm,
+                K::MissingRequiredClaim(c) => GrantError::BadClaims(format!("missing {c}")),
+                K::Json(_) => GrantError::BadClaims("claims do not match the grant schema".into()),
+                _ => GrantError::Malformed,
+            }
+        })?;
+        let claims = data.claims;
+        if claims.exp.saturating_sub(claims.nbf) > self.max_ttl.as_secs() {
+            return Err(GrantError::TooLong);
+        }
+        if claims.sub.is_empty() || claims.room.is_empty() || claims.jti.is_empty() {
+            return Err(GrantError::BadClaims(
+                "sub, room and jti must not be empty".into(),
+            ));
+        }
+        Ok(claims)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A random 128-bit id in hex.
+pub fn random_id() -> String {
+    let n: u128 = rand::random();
+    format!("{n:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring() -> KeyRing {
+        let mut keys = BTreeMap::new();
+        keys.insert("k1".to_string(), "a".repeat(32));
+        KeyRing::new(keys, "plenary".into(), Duration::from_secs(3600))
+    }
+
+    fn claims() -> Claims {
+        Claims::new("gm", "@alice@social.coop", "Alice", Role::Member, Duration::from_secs(60))
+            .with_permissions(Permissions::speaker())
+    }
+
+    #[test]
+    fn mint_then_verify_round_trips() {
+        let r = ring();
+        let token = r.mint(&claims()).unwrap();
+        let c = r.verify(&token).unwrap();
+        assert_eq!(c.room, "gm");
+        assert_eq!(c.iss, "k1");
+        assert!(c.permissions.may_publish(TrackSource::Camera));
+    }
+
+    #[test]
+    fn permissions_default_to_nothing() {
+        let p = Permissions::default();
+        assert!(!p.may_publish(TrackSource::Microphone));
+        assert!(!p.can_subscribe && !p.can_publish_data && !p.is_host);
+        let only_mic = Permissions {
+            can_publish: true,
+            can_publish_sources: vec![TrackSource::Microphone],
+            ..Permissions::default()
+        };
+        assert!(only_mic.may_publish(TrackSource::Microphone));
+        assert!(!only_mic.may_publish(TrackSource::Camera));
+    }
+
+    #[test]
+    fn refuses_expired_and_not_yet_valid() {
+        let r = ring();
+        let mut c = claims();
+        c.nbf = unix_now() - 600;
+        c.exp = unix_now() - 100;
+        assert_eq!(r.verify(&r.mint(&c).unwrap()), Err(GrantError::Expired));
+        let mut c = claims();
+        c.nbf = unix_now() + 300;
+        c.exp = unix_now() + 400;
+        assert_eq!(r.verify(&r.mint(&c).unwrap()), Err(GrantError::NotYetValid));
+    }
+
+    #[test]
+    fn refuses_wrong_signature_audience_and_key() {
+        let r = ring();
+        let mut other = BTreeMap::new();
+        other.insert("k1".to_string(), "b".repeat(32));
+        let forged = KeyRing::new(other, "plenary".into(), Duration::from_secs(3600))
+            .mint(&claims())
+            .unwrap();
+        assert_eq!(r.verify(&forged), Err(GrantError::BadSignature));
+        let mut c = claims();
+        c.aud = "elsewhere".into();
+        assert_eq!(r.verify(&r.mint(&c).unwrap()), Err(GrantError::WrongAudience));
+        let mut unknown = BTreeMap::new();
+        unknown.insert("k9".to_string(), "a".repeat(32));
+        let t = KeyRing::new(unknown, "plenary".into(), Duration::from_secs(3600))
+            .mint(&claims())
+            .unwrap();
+        assert_eq!(r.verify(&t), Err(GrantError::UnknownKey));
+        let mut c = claims();
+        c.iss = "someone-else".into();
+        assert_eq!(r.verify(&r.mint(&c).unwrap()), Err(GrantError::WrongIssuer));
+    }
+
+    #[test]
+    fn refuses_alg_none_and_garbage() {
+        let r = ring();
+        let token = r.mint(&claims()).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        // {"alg":"none","typ":"JWT","kid":"k1"}
+        let none_header = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIiwia2lkIjoiazEifQ";
+        let unsigned = format!("{none_header}.{}.", parts[1]);
+        assert!(r.verify(&unsigned).is_err());
+        assert_eq!(r.verify("not-a-token"), Err(GrantError::Malformed));
+    }
+
+    #[test]
+    fn refuses_overlong_lifetime() {
+        let r = ring();
+        let mut c = claims();
+        c.exp = c.nbf + 7200;
+        assert_eq!(r.verify(&r.mint(&c).unwrap()), Err(GrantError::TooLong));
+    }
+}
