@@ -1,1 +1,236 @@
-fn main() {}
+//! The `plenary` binary: parses flags, sets up logging, and runs the server or a tool
+//! subcommand. Everything else lives in the library.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use plenary::grant::{Claims, Permissions};
+use plenary::Config;
+use plenary_proto::{Role, TrackSource};
+
+/// Plenary: a self-hosted WebRTC SFU for the general meetings of co-operatives.
+///
+/// Configuration comes from the TOML file given with --config (see plenary.example.toml),
+/// then from PLENARY_<SECTION>_<KEY> environment variables (e.g. PLENARY_HTTP_ADDR,
+/// PLENARY_MEDIA_ANNOUNCE_IPS='["203.0.113.7"]', PLENARY_AUTH_API_KEYS='{ mykey = "…" }'),
+/// then from the flags below. With no configuration at all, Plenary runs in dev mode on
+/// 127.0.0.1:8080 (HTTP) and UDP 127.0.0.1:7882 (media).
+#[derive(Parser, Debug)]
+#[command(name = "plenary", version, about, long_about)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "PLENARY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `plenary=debug`.
+    #[arg(long, global = true, env = "PLENARY_LOG", default_value = "info")]
+    log: String,
+    #[command(flatten)]
+    serve: ServeFlags,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Args, Debug, Default)]
+struct ServeFlags {
+    /// HTTP listen address (overrides http.addr).
+    #[arg(long, global = true)]
+    http_addr: Option<SocketAddr>,
+    /// Media UDP address (overrides media.addr).
+    #[arg(long, global = true)]
+    media_addr: Option<SocketAddr>,
+    /// IP announced in ICE candidates (repeatable; overrides media.announce_ips).
+    #[arg(long = "announce-ip", global = true)]
+    announce_ip: Vec<IpAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the server (the default).
+    Serve,
+    /// Mint a room grant with the first configured API key and print it.
+    Token(TokenArgs),
+    /// Validate the configuration and print it (secrets hidden).
+    CheckConfig,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The room.
+    #[arg(long)]
+    room: String,
+    /// The participant's stable identity.
+    #[arg(long)]
+    identity: String,
+    /// Display name (default: the identity).
+    #[arg(long)]
+    name: Option<String>,
+    /// Role: host, member or guest.
+    #[arg(long, default_value = "member", value_parser = parse_role)]
+    role: Role,
+    /// May publish (all sources unless --source is given).
+    #[arg(long)]
+    publish: bool,
+    /// Restrict publishing to these sources (microphone, camera, screen, screen_audio).
+    #[arg(long = "source", value_parser = parse_source)]
+    sources: Vec<TrackSource>,
+    /// May NOT receive others' media (default: may).
+    #[arg(long)]
+    no_subscribe: bool,
+    /// May send data messages.
+    #[arg(long)]
+    data: bool,
+    /// Has host powers.
+    #[arg(long)]
+    host: bool,
+    /// Lifetime, e.g. 90s, 10m, 2h.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    ttl: Duration,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("unknown role {s:?}: use host, member or guest"))
+}
+
+fn parse_source(s: &str) -> Result<TrackSource, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|_| {
+        format!("unknown source {s:?}: use microphone, camera, screen or screen_audio")
+    })
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 90s, 10m, 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn load_config(cli: &Cli) -> Result<Config, String> {
+    let mut config =
+        Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    if let Some(a) = cli.serve.http_addr {
+        config.http.addr = a;
+    }
+    if let Some(a) = cli.serve.media_addr {
+        config.media.addr = a;
+    }
+    if !cli.serve.announce_ip.is_empty() {
+        config.media.announce_ips = cli.serve.announce_ip.clone();
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("plenary: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => serve(config),
+        Cmd::CheckConfig => {
+            println!("{config:#?}");
+            println!("dev mode: {}", config.dev_mode());
+            ExitCode::SUCCESS
+        }
+        Cmd::Token(args) => token(&config, args),
+    }
+}
+
+fn token(config: &Config, args: TokenArgs) -> ExitCode {
+    let name = args.name.clone().unwrap_or_else(|| args.identity.clone());
+    let permissions = Permissions {
+        can_publish: args.publish || !args.sources.is_empty(),
+        can_publish_sources: args.sources,
+        can_subscribe: !args.no_subscribe,
+        can_publish_data: args.data,
+        is_host: args.host,
+    };
+    let claims = Claims::new(&args.room, &args.identity, &name, args.role, args.ttl)
+        .with_permissions(permissions);
+    match config.mint_grant(&claims) {
+        Ok(t) => {
+            println!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "plenary token: {e} (configure [auth] api_keys, e.g. \
+                 PLENARY_AUTH_API_KEYS='{{ mykey = \"a-secret-of-at-least-32-characters\" }}')"
+            );
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("plenary: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match plenary::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("plenary: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if server.dev_mode() {
+            eprintln!(
+                "Plenary (dev mode) on http://{} — open it in a browser, type a name and a room.",
+                server.http_addr()
+            );
+        }
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new joins, telling clients");
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

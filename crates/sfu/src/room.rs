@@ -337,6 +337,14 @@ impl Room {
         Ok(())
     }
 
+    /// The publisher turned out to send another codec than announced (e.g. H.264 instead of
+    /// VP8): keyframes are recognised by the new one from now on. The clock rate stays.
+    pub fn set_media(&mut self, track: TrackKey, media: Media) -> Result<(), RoomError> {
+        let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
+        t.media = media;
+        Ok(())
+    }
+
     /// The driver has negotiated `subscriber`'s outgoing stream for `track` as `slot`;
     /// packets flow from now on (for video, from the next keyframe, which is requested).
     pub fn bind(

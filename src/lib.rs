@@ -1,0 +1,182 @@
+//! Plenary: a self-hosted WebRTC SFU for the general meetings of co-operatives.
+//!
+//! # Layout
+//! - [`config`]: the one typed configuration (file, `PLENARY_*` environment, flags).
+//! - [`grant`]: room grants (JWT) — minting and the checks made on every join.
+//! - [`http`]: the axum router — web client, JSON API, `/rtc` WebSocket, health, metrics.
+//! - [`signal`]: one signaling session per WebSocket (docs/protocol.md).
+//! - [`media`]: the media plane — UDP socket, WebRTC peers (str0m), demux, and the
+//!   forwarding core from the `plenary-sfu` crate.
+//! - [`metrics`]: Prometheus metrics, fed from plain counters once a second.
+//!
+//! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
+//! media thread and the HTTP server, and returns a [`Server`] handle; the binary only parses
+//! flags, sets up logging and waits for Ctrl-C or SIGTERM.
+
+pub mod config;
+pub mod grant;
+pub mod http;
+pub mod media;
+pub mod metrics;
+pub mod signal;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    BindHttp {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The media address could not be bound.
+    #[error("cannot bind the media UDP socket on {addr}: {source}")]
+    BindMedia {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The media plane could not start.
+    #[error("cannot start the media plane: {0}")]
+    Media(std::io::Error),
+}
+
+/// A running Plenary.
+pub struct Server {
+    http_addr: SocketAddr,
+    media_addr: SocketAddr,
+    dev_mode: bool,
+    shutdown: watch::Sender<bool>,
+    media: media::MediaHandle,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    media_thread: std::thread::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Where HTTP (and the `/rtc` WebSocket) listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The media UDP socket's address.
+    pub fn media_addr(&self) -> SocketAddr {
+        self.media_addr
+    }
+
+    /// Whether dev mode is on.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode
+    }
+
+    /// Stops taking joins, tells every client, and stops within the configured grace time.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        self.media.shutdown().await;
+        match tokio::time::timeout(self.grace, self.http_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
+            Err(_) => tracing::warn!("clients did not leave within the grace time"),
+        }
+        let thread = self.media_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
+}
+
+/// Validates `config`, binds its sockets and starts serving.
+pub async fn start(config: Config) -> Result<Server, StartError> {
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.http.addr)
+        .await
+        .map_err(|source| StartError::BindHttp {
+            addr: config.http.addr,
+            source,
+        })?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::BindHttp {
+            addr: config.http.addr,
+            source,
+        })?;
+    let udp = std::net::UdpSocket::bind(config.media.addr).map_err(|source| {
+        StartError::BindMedia {
+            addr: config.media.addr,
+            source,
+        }
+    })?;
+    let media_addr = udp.local_addr().map_err(|source| StartError::BindMedia {
+        addr: config.media.addr,
+        source,
+    })?;
+    let announce = config
+        .announce_ips(media_addr)
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, media_addr.port()))
+        .collect();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let settings = media::MediaSettings {
+        announce,
+        ice_servers: config.ice_servers.clone(),
+        max_participants_per_room: config.limits.max_participants_per_room,
+        max_participants: config.limits.max_participants,
+        ice_timeout: Duration::from_secs(config.limits.ice_timeout_secs),
+    };
+    let (media, media_thread) =
+        media::spawn(udp, settings, metrics.clone()).map_err(StartError::Media)?;
+
+    let dev_mode = config.dev_mode();
+    let mut keys = config.key_ring();
+    if dev_mode && config.auth.api_keys.is_empty() {
+        // Dev mode signs its grants with a key that lives only in this process.
+        keys.insert(
+            format!("dev-{}", media::peer::random_token(8)),
+            media::peer::random_token(48),
+        );
+    }
+    if dev_mode {
+        tracing::warn!(
+            "DEV MODE: anyone who can reach http://{http_addr} may mint grants from the page"
+        );
+    }
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let state = http::AppState::new(
+        keys,
+        media.clone(),
+        metrics,
+        dev_mode,
+        Duration::from_secs(config.limits.signaling_idle_secs),
+        shutdown_rx.clone(),
+    );
+    let router = http::app(state);
+    let http_task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(signal::wait_until_true(shutdown_rx))
+            .await
+    });
+    tracing::info!(%http_addr, %media_addr, "Plenary is listening");
+    Ok(Server {
+        http_addr,
+        media_addr,
+        dev_mode,
+        shutdown: shutdown_tx,
+        media,
+        http_task,
+        media_thread,
+        grace: Duration::from_secs(config.limits.shutdown_grace_secs),
+    })
+}

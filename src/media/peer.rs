@@ -1,0 +1,404 @@
+//! One participant's WebRTC connection (a str0m `Rtc` in RTP mode) and the bookkeeping
+//! around it: which of its m-lines carry the tracks it publishes, which carry the tracks it
+//! receives (its *slots*), and where SDP negotiation stands.
+//!
+//! Negotiation rules (see docs/protocol.md §2): the client offers first; after that the
+//! server offers whenever the set of received tracks changes, one offer at a time. A client
+//! offer that crosses ours wins: our pending offer is dropped and its changes are offered
+//! again after the answer.
+
+use std::time::{Duration, Instant};
+
+use plenary_proto::{
+    ParticipantInfo, ServerMessage, TrackKind, TrackMapping, TrackSource,
+};
+use plenary_sfu::{Media, TrackKey, VideoCodec};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::rtp::Ssrc;
+use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
+use tokio::sync::mpsc;
+
+use super::{PeerId, SessionEvent};
+use crate::grant::Permissions;
+
+/// A track this peer publishes.
+#[derive(Debug)]
+pub struct InTrack {
+    /// Its m-line.
+    pub mid: Mid,
+    /// Its key in the room.
+    pub key: TrackKey,
+    /// Its id in the protocol.
+    pub id: String,
+    /// Where it comes from.
+    pub source: TrackSource,
+    /// Codec of the last payload type seen, cached so that each packet costs no lookup.
+    pub last_pt: Option<(Pt, PayloadParams)>,
+}
+
+/// Where one received track's m-line stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// Not yet in an offer.
+    ToOpen,
+    /// Offered, answer pending.
+    Negotiating(Mid),
+    /// Negotiated: packets flow.
+    Open(Mid),
+    /// To be stopped in the next offer.
+    ToStop(Mid),
+    /// Stop offered, answer pending.
+    Stopping(Mid),
+}
+
+/// A track this peer receives (one slot).
+#[derive(Debug)]
+pub struct OutTrack {
+    /// The remote track.
+    pub track: TrackKey,
+    /// Its protocol id.
+    pub track_id: String,
+    /// Its publisher's participant id.
+    pub publisher_id: String,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Negotiation state.
+    pub state: OutState,
+    /// Payload-type translation cached from the last packet: (publisher's, ours).
+    pub pt_map: Option<(Pt, Pt)>,
+}
+
+/// One participant's connection.
+pub struct Peer {
+    /// Its id.
+    pub id: PeerId,
+    /// Its room (index in the shard's room table).
+    pub room: usize,
+    /// Its public record.
+    pub info: ParticipantInfo,
+    /// What it may do.
+    pub permissions: Permissions,
+    /// Its session's queue.
+    pub events: mpsc::Sender<SessionEvent>,
+    /// The WebRTC state machine.
+    pub rtc: Rtc,
+    /// Our ICE username fragment for it.
+    pub ufrag: String,
+    /// When the client asked to join.
+    pub started: Instant,
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// ICE went away at this time (removed after the ICE timeout).
+    pub disconnected_since: Option<Instant>,
+    /// The timeout registered in the shard's timer heap.
+    pub scheduled: Option<Instant>,
+    /// Queued in the shard's list of peers to poll.
+    pub dirty: bool,
+    /// The client's first offer has been accepted.
+    pub offered: bool,
+    /// Our outstanding offer.
+    pub pending: Option<SdpPendingOffer>,
+    /// Tracks it publishes.
+    pub in_tracks: Vec<InTrack>,
+    /// SSRC → index in `in_tracks`, learned from the first packet of each SSRC.
+    pub ssrc_index: Vec<(Ssrc, usize)>,
+    /// Tracks it receives; the index is the slot bound in the room.
+    pub out: Vec<Option<OutTrack>>,
+    /// Last cumulative (NACKs received, PLIs received) per m-line, for counter deltas.
+    pub egress_seen: Vec<(Mid, u64, u64)>,
+    /// Last cumulative NACKs sent per m-line.
+    pub ingress_seen: Vec<(Mid, u64)>,
+}
+
+/// Most SSRCs remembered per peer (simulcast layers and RTX of a few tracks).
+const MAX_SSRCS: usize = 32;
+
+impl Peer {
+    /// A new peer with its own ICE credentials, sharing the server's DTLS certificate.
+    pub fn new(
+        id: PeerId,
+        room: usize,
+        info: ParticipantInfo,
+        permissions: Permissions,
+        events: mpsc::Sender<SessionEvent>,
+        started: Instant,
+        cert: &DtlsCert,
+        candidates: &[Candidate],
+    ) -> Peer {
+        let ufrag = random_token(8);
+        let creds = IceCreds {
+            ufrag: ufrag.clone(),
+            pass: random_token(24),
+        };
+        let mut rtc = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .set_local_ice_credentials(creds)
+            .set_dtls_cert(cert.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_vp9(true)
+            .enable_av1(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            .build(started);
+        for c in candidates {
+            rtc.add_local_candidate(c.clone());
+        }
+        Peer {
+            id,
+            room,
+            info,
+            permissions,
+            events,
+            rtc,
+            ufrag,
+            started,
+            connected: false,
+            disconnected_since: None,
+            scheduled: None,
+            dirty: false,
+            offered: false,
+            pending: None,
+            in_tracks: Vec::new(),
+            ssrc_index: Vec::new(),
+            out: Vec::new(),
+            egress_seen: Vec::new(),
+            ingress_seen: Vec::new(),
+        }
+    }
+
+    /// Queues a message for the client; false when its queue is full or gone.
+    pub fn send(&self, msg: ServerMessage) -> bool {
+        self.events.try_send(SessionEvent::Send(msg)).is_ok()
+    }
+
+    /// Accepts the client's offer and returns our answer. A pending offer of ours is dropped
+    /// (its changes will be offered again).
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("unreadable SDP: {e}"))?;
+        if self.pending.take().is_some() {
+            for t in self.out.iter_mut().flatten() {
+                t.state = match t.state {
+                    OutState::Negotiating(_) => OutState::ToOpen,
+                    OutState::Stopping(m) => OutState::ToStop(m),
+                    s => s,
+                };
+            }
+        }
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| format!("the offer cannot be applied: {e}"))?;
+        self.offered = true;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Whether `mid` is an m-line the client sends on.
+    pub fn client_sends_on(&self, mid: Mid) -> Option<MediaKind> {
+        let media = self.rtc.media(mid)?;
+        // Directions are ours: the client sending means we receive.
+        matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv)
+            .then(|| media.kind())
+    }
+
+    /// Builds our next offer, if anything changed and none is outstanding.
+    pub fn negotiate(&mut self) -> Option<ServerMessage> {
+        if !self.offered || self.pending.is_some() {
+            return None;
+        }
+        let needed = self
+            .out
+            .iter()
+            .flatten()
+            .any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
+        if !needed {
+            return None;
+        }
+        let mut api = self.rtc.sdp_api();
+        for t in self.out.iter_mut().flatten() {
+            match t.state {
+                OutState::ToOpen => {
+                    let mid = api.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(t.publisher_id.clone()),
+                        Some(t.track_id.clone()),
+                        None,
+                    );
+                    t.state = OutState::Negotiating(mid);
+                }
+                OutState::ToStop(mid) => {
+                    api.stop_media(mid);
+                    t.state = OutState::Stopping(mid);
+                }
+                _ => {}
+            }
+        }
+        let (offer, pending) = api.apply()?;
+        self.pending = Some(pending);
+        Some(ServerMessage::Offer {
+            sdp: offer.to_sdp_string(),
+            tracks: self.mappings(),
+        })
+    }
+
+    /// Every sending m-line and the track it carries.
+    pub fn mappings(&self) -> Vec<TrackMapping> {
+        self.out
+            .iter()
+            .flatten()
+            .filter_map(|t| match t.state {
+                OutState::Negotiating(mid) | OutState::Open(mid) => Some(TrackMapping {
+                    mid: mid.to_string(),
+                    track_id: t.track_id.clone(),
+                    participant_id: t.publisher_id.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Applies the client's answer to our offer. Returns the slots that just opened.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<Vec<(u32, TrackKey)>, String> {
+        let answer =
+            SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("unreadable SDP: {e}"))?;
+        let Some(pending) = self.pending.take() else {
+            return Err("there is no offer outstanding to answer".into());
+        };
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| format!("the answer cannot be applied: {e}"))?;
+        let mut opened = Vec::new();
+        for (slot, entry) in self.out.iter_mut().enumerate() {
+            let Some(t) = entry else { continue };
+            match t.state {
+                OutState::Negotiating(mid) => {
+                    t.state = OutState::Open(mid);
+                    opened.push((slot as u32, t.track));
+                }
+                OutState::Stopping(_) => *entry = None,
+                _ => {}
+            }
+        }
+        Ok(opened)
+    }
+
+    /// Adds a slot for a remote track; negotiated with the next offer.
+    pub fn add_out(&mut self, out: OutTrack) {
+        match self.out.iter_mut().find(|s| s.is_none()) {
+            Some(free) => *free = Some(out),
+            None => self.out.push(Some(out)),
+        }
+    }
+
+    /// Removes the slot carrying `track` (stopping its m-line if it had one).
+    pub fn remove_out(&mut self, track: TrackKey) {
+        for entry in self.out.iter_mut() {
+            let Some(t) = entry else { continue };
+            if t.track != track {
+                continue;
+            }
+            match t.state {
+                OutState::ToOpen => *entry = None,
+                OutState::Negotiating(mid) | OutState::Open(mid) => {
+                    t.state = OutState::ToStop(mid)
+                }
+                OutState::ToStop(_) | OutState::Stopping(_) => {}
+            }
+        }
+    }
+
+    /// The slot whose m-line is `mid`.
+    pub fn slot_by_mid(&self, mid: Mid) -> Option<&OutTrack> {
+        self.out.iter().flatten().find(|t| {
+            matches!(t.state, OutState::Open(m) | OutState::Negotiating(m) if m == mid)
+        })
+    }
+
+    /// The published track an incoming SSRC belongs to (cached after the first packet).
+    pub fn in_track_for(&mut self, ssrc: Ssrc) -> Option<usize> {
+        if let Some((_, i)) = self.ssrc_index.iter().find(|(s, _)| *s == ssrc) {
+            return Some(*i);
+        }
+        let mid = self.rtc.direct_api().stream_rx(&ssrc)?.mid();
+        let index = self.in_tracks.iter().position(|t| t.mid == mid)?;
+        if self.ssrc_index.len() >= MAX_SSRCS {
+            self.ssrc_index.clear();
+        }
+        self.ssrc_index.push((ssrc, index));
+        Some(index)
+    }
+
+    /// The codec parameters of payload type `pt` on published track `index`.
+    pub fn in_params(&mut self, index: usize, pt: Pt) -> Option<PayloadParams> {
+        let t = self.in_tracks.get(index)?;
+        if let Some((cached, params)) = t.last_pt {
+            if cached == pt {
+                return Some(params);
+            }
+        }
+        let params = *self.rtc.codec_config().params().iter().find(|p| p.pt() == pt)?;
+        self.in_tracks[index].last_pt = Some((pt, params));
+        Some(params)
+    }
+
+    /// Our payload type for the publisher's `(pt, params)` on `slot`.
+    pub fn out_pt(&mut self, slot: u32, in_pt: Pt, params: PayloadParams) -> Option<Pt> {
+        let t = self.out.get(slot as usize)?.as_ref()?;
+        if let Some((i, o)) = t.pt_map {
+            if i == in_pt {
+                return Some(o);
+            }
+        }
+        let ours = self.rtc.codec_config().match_params(params)?.pt();
+        if let Some(Some(t)) = self.out.get_mut(slot as usize) {
+            t.pt_map = Some((in_pt, ours));
+        }
+        Some(ours)
+    }
+}
+
+/// The forwarding core's view of a track's media.
+pub fn core_media(kind: TrackKind, codec: Option<Codec>) -> Media {
+    match kind {
+        TrackKind::Audio => Media::Audio { clock_rate: 48_000 },
+        TrackKind::Video => Media::Video(match codec {
+            Some(Codec::H264) => VideoCodec::H264,
+            Some(Codec::Vp9) => VideoCodec::Vp9,
+            Some(Codec::Av1) => VideoCodec::Av1,
+            _ => VideoCodec::Vp8,
+        }),
+    }
+}
+
+/// The codec a video m-line will most likely carry: the first video codec we accepted.
+pub fn first_codec(rtc: &Rtc, mid: Mid) -> Option<Codec> {
+    let media = rtc.media(mid)?;
+    let pts = media.remote_pts();
+    let config = rtc.codec_config();
+    pts.iter().find_map(|pt| {
+        config
+            .params()
+            .iter()
+            .find(|p| p.pt() == *pt)
+            .map(|p| p.spec().codec)
+            .filter(|c| !matches!(c, Codec::Rtx | Codec::Null))
+    })
+}
+
+/// A random alphanumeric token (ICE credentials).
+pub fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}

@@ -1,0 +1,417 @@
+//! One signaling session: a WebSocket at `/rtc` speaking docs/protocol.md.
+//!
+//! The session checks everything a client sends before the media plane sees it: size, JSON
+//! shape, message type, order (join first, once), rate, and the grant on join. It relays
+//! valid requests to the media plane as [`Command`]s and the media plane's
+//! [`SessionEvent`]s back to the client. A misbehaving client only ever gets errors and,
+//! for the serious ones, a close: never a panic, and never a stuck room (leaving, a dropped
+//! socket or silence all end in a `Leave`).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use plenary_proto::{
+    ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage, MAX_MESSAGE_BYTES,
+    PROTOCOL_VERSION,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::AppState;
+use crate::media::{Command, JoinRequest, PeerId, SessionEvent, SESSION_QUEUE};
+
+/// Time a client has to send `join` after connecting.
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+/// Time to wait for the media plane to answer a join.
+const JOIN_REPLY: Duration = Duration::from_secs(10);
+/// Time one message may take to reach a slow client before the session is dropped.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages a client may send in a burst, and per second after that.
+const RATE_BURST: f64 = 100.0;
+const RATE_PER_SEC: f64 = 50.0;
+
+/// The known message types, to tell "unknown type" from "bad shape".
+const CLIENT_TYPES: &[&str] = &[
+    "join", "offer", "answer", "candidate", "mute", "data", "leave", "ping",
+];
+
+/// How a session ended.
+enum End {
+    /// The client closed, or the connection broke.
+    Gone,
+    /// We close, with this reason told to the client first.
+    Close(LeaveReason),
+    /// We close after a fatal error (already sent).
+    Fatal,
+}
+
+struct Session {
+    socket: WebSocket,
+    state: AppState,
+    peer: Option<PeerId>,
+    events: Option<mpsc::Receiver<SessionEvent>>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// Runs one WebSocket session to its end.
+pub async fn run(socket: WebSocket, state: AppState) {
+    state.metrics().signaling_sessions.inc();
+    let mut session = Session {
+        socket,
+        state: state.clone(),
+        peer: None,
+        events: None,
+        tokens: RATE_BURST,
+        refilled: Instant::now(),
+    };
+    let end = session.serve().await;
+    if let Some(peer) = session.peer {
+        let reason = match end {
+            End::Close(r) => r,
+            End::Fatal => LeaveReason::ProtocolError,
+            End::Gone => LeaveReason::Disconnected,
+        };
+        // Replaced/shutdown sessions were already removed by the media plane; a second
+        // removal of the same peer id is a no-op there.
+        let _ = state.media().send(Command::Leave { peer, reason }).await;
+    }
+    if let End::Close(reason) = end {
+        let _ = session.send(&ServerMessage::Closing { reason }).await;
+        let _ = session.close(1000, "bye").await;
+    }
+    state.metrics().signaling_sessions.dec();
+}
+
+impl Session {
+    async fn serve(&mut self) -> End {
+        let shutdown = wait_until_true(self.state.shutdown_signal());
+        tokio::pin!(shutdown);
+        let join_deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+        let idle = self.state.idle_timeout();
+        let mut last_heard = tokio::time::Instant::now();
+        loop {
+            let deadline = if self.peer.is_some() {
+                last_heard + idle
+            } else {
+                join_deadline
+            };
+            tokio::select! {
+                incoming = self.socket.recv() => {
+                    let Some(Ok(msg)) = incoming else { return End::Gone };
+                    last_heard = tokio::time::Instant::now();
+                    if let Some(end) = self.handle_frame(msg).await {
+                        return end;
+                    }
+                }
+                event = recv_event(&mut self.events) => match event {
+                    Some(SessionEvent::Send(msg)) => {
+                        if self.send(&msg).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Some(SessionEvent::Close(reason)) => {
+                        // The media plane already removed us (replaced, shutdown, too slow).
+                        self.peer = None;
+                        let _ = self.send(&ServerMessage::Closing { reason }).await;
+                        let _ = self.close(1000, "closing").await;
+                        return End::Gone;
+                    }
+                    None => {
+                        self.peer = None;
+                        return End::Close(LeaveReason::ServerShutdown);
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let what = if self.peer.is_some() {
+                        "no message for too long (send a ping every 10 s)"
+                    } else {
+                        "no join message in time"
+                    };
+                    let _ = self.fatal(ErrorCode::OutOfOrder, what).await;
+                    return End::Gone;
+                }
+                _ = &mut shutdown => {
+                    return End::Close(LeaveReason::ServerShutdown);
+                }
+            }
+        }
+    }
+
+    /// Handles one frame; `Some` ends the session.
+    async fn handle_frame(&mut self, frame: Message) -> Option<End> {
+        let text = match frame {
+            Message::Text(t) => t,
+            Message::Binary(_) => {
+                return self
+                    .error(ErrorCode::BadMessage, "binary frames are not part of the protocol")
+                    .await;
+            }
+            Message::Close(_) => return Some(End::Gone),
+            Message::Ping(_) | Message::Pong(_) => return None,
+        };
+        if !self.take_token() {
+            return self
+                .fatal(ErrorCode::RateLimited, "more than 50 messages a second")
+                .await;
+        }
+        if text.len() > MAX_MESSAGE_BYTES {
+            return self
+                .fatal(
+                    ErrorCode::TooLarge,
+                    &format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+                )
+                .await;
+        }
+        let msg = match parse(text.as_str()) {
+            Ok(m) => m,
+            Err((code, message)) => return self.error(code, &message).await,
+        };
+        self.handle_message(msg).await
+    }
+
+    async fn handle_message(&mut self, msg: ClientMessage) -> Option<End> {
+        let Some(peer) = self.peer else {
+            return match msg {
+                ClientMessage::Join {
+                    protocol,
+                    grant,
+                    room,
+                } => self.join(protocol, &grant, room.as_deref()).await,
+                ClientMessage::Ping { id } => {
+                    self.send_or_end(&ServerMessage::Pong { id }).await
+                }
+                _ => {
+                    self.error(ErrorCode::OutOfOrder, "the first message must be join")
+                        .await
+                }
+            };
+        };
+        let command = match msg {
+            ClientMessage::Join { .. } => {
+                return self.error(ErrorCode::OutOfOrder, "already joined").await;
+            }
+            ClientMessage::Ping { id } => {
+                return self.send_or_end(&ServerMessage::Pong { id }).await;
+            }
+            ClientMessage::Leave => return Some(End::Close(LeaveReason::Left)),
+            ClientMessage::Offer { sdp, tracks } => Command::Offer { peer, sdp, tracks },
+            ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
+            ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
+            ClientMessage::Mute { track_id, muted } => Command::Mute {
+                peer,
+                track_id,
+                muted,
+            },
+            ClientMessage::Data { text } => Command::Data { peer, text },
+        };
+        if self.state.media().send(command).await.is_err() {
+            return Some(End::Close(LeaveReason::ServerShutdown));
+        }
+        None
+    }
+
+    async fn join(&mut self, protocol: u32, grant: &str, room: Option<&str>) -> Option<End> {
+        let started = Instant::now();
+        if protocol != PROTOCOL_VERSION {
+            return self
+                .fatal(
+                    ErrorCode::UnsupportedVersion,
+                    &format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                )
+                .await;
+        }
+        let claims = match self.state.keys().verify(grant) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!("join refused: {e}");
+                self.state
+                    .metrics()
+                    .joins_refused
+                    .with_label_values(&["invalid_grant"])
+                    .inc();
+                return self.fatal(ErrorCode::InvalidGrant, &e.to_string()).await;
+            }
+        };
+        if room.is_some_and(|r| r != claims.room) {
+            self.state
+                .metrics()
+                .joins_refused
+                .with_label_values(&["wrong_room"])
+                .inc();
+            return self
+                .fatal(ErrorCode::InvalidGrant, "the grant is for another room")
+                .await;
+        }
+        let (events_tx, events_rx) = mpsc::channel(SESSION_QUEUE);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let request = JoinRequest {
+            room: claims.room.clone(),
+            info: ParticipantInfo {
+                id: String::new(),
+                identity: claims.sub.clone(),
+                name: claims.name.clone(),
+                role: claims.role,
+            },
+            permissions: claims.permissions.clone(),
+            started,
+            events: events_tx,
+        };
+        let command = Command::Join {
+            request,
+            reply: reply_tx,
+        };
+        if self.state.media().send(command).await.is_err() {
+            return self
+                .fatal(ErrorCode::Unavailable, "the server is shutting down")
+                .await;
+        }
+        match tokio::time::timeout(JOIN_REPLY, reply_rx).await {
+            Ok(Ok(Ok(joined))) => {
+                self.peer = Some(joined.peer);
+                self.events = Some(events_rx);
+                self.send_or_end(&joined.welcome).await
+            }
+            Ok(Ok(Err(e))) => self.fatal(ErrorCode::Unavailable, &e.to_string()).await,
+            _ => {
+                self.fatal(ErrorCode::Internal, "the media plane did not answer")
+                    .await
+            }
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * RATE_PER_SEC).min(RATE_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    async fn send(&mut self, msg: &ServerMessage) -> Result<(), ()> {
+        let json = serde_json::to_string(msg).map_err(|_| ())?;
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(json.into())))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn send_or_end(&mut self, msg: &ServerMessage) -> Option<End> {
+        match self.send(msg).await {
+            Ok(()) => None,
+            Err(()) => Some(End::Gone),
+        }
+    }
+
+    /// A non-fatal error: tell the client and go on.
+    async fn error(&mut self, code: ErrorCode, message: &str) -> Option<End> {
+        self.send_or_end(&ServerMessage::error(code, message)).await
+    }
+
+    /// A fatal error: tell the client, close the socket, end the session.
+    async fn fatal(&mut self, code: ErrorCode, message: &str) -> Option<End> {
+        let _ = self.send(&ServerMessage::error(code, message)).await;
+        let close_code = match code {
+            ErrorCode::TooLarge => 1009,
+            ErrorCode::Internal => 1011,
+            ErrorCode::Unavailable => 1013,
+            _ => 1008,
+        };
+        let _ = self.close(close_code, message).await;
+        Some(End::Fatal)
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
+        // Close reasons are limited to 123 bytes.
+        let mut reason = reason.to_string();
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        self.socket.send(Message::Close(Some(frame))).await?;
+        self.socket.flush().await
+    }
+}
+
+/// Resolves when the watched flag becomes true (never, if its sender is gone first).
+pub async fn wait_until_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let set = *rx.borrow_and_update();
+        if set {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn recv_event(events: &mut Option<mpsc::Receiver<SessionEvent>>) -> Option<SessionEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Parses one client message, telling a bad shape from an unknown type.
+fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| (ErrorCode::BadMessage, format!("not valid JSON: {e}")))?;
+    let Some(kind) = value.get("type").and_then(|t| t.as_str()) else {
+        return Err((
+            ErrorCode::BadMessage,
+            "a message must be a JSON object with a string \"type\"".into(),
+        ));
+    };
+    if !CLIENT_TYPES.contains(&kind) {
+        return Err((
+            ErrorCode::UnknownType,
+            format!("unknown message type {kind:?}"),
+        ));
+    }
+    let kind = kind.to_string();
+    serde_json::from_value(value)
+        .map_err(|e| (ErrorCode::BadMessage, format!("malformed {kind} message: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_tells_errors_apart() {
+        assert_eq!(parse("{").unwrap_err().0, ErrorCode::BadMessage);
+        assert_eq!(parse("[1]").unwrap_err().0, ErrorCode::BadMessage);
+        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().0, ErrorCode::UnknownType);
+        let (code, msg) = parse(r#"{"type":"offer"}"#).unwrap_err();
+        assert_eq!(code, ErrorCode::BadMessage);
+        assert!(msg.contains("sdp"), "{msg}");
+        assert!(matches!(parse(r#"{"type":"leave"}"#), Ok(ClientMessage::Leave)));
+    }
+
+    #[test]
+    fn every_client_type_is_listed() {
+        for (json, kind) in [
+            (r#"{"type":"join","protocol":1,"grant":"g"}"#, "join"),
+            (r#"{"type":"offer","sdp":"s"}"#, "offer"),
+            (r#"{"type":"answer","sdp":"s"}"#, "answer"),
+            (r#"{"type":"candidate","candidate":{"candidate":""}}"#, "candidate"),
+            (r#"{"type":"mute","track_id":"t","muted":true}"#, "mute"),
+            (r#"{"type":"data","text":"x"}"#, "data"),
+            (r#"{"type":"ping"}"#, "ping"),
+        ] {
+            assert!(CLIENT_TYPES.contains(&kind));
+            parse(json).unwrap();
+        }
+    }
+}
