@@ -32,6 +32,124 @@ pub struct Config {
     pub ice_servers: Vec<IceServer>,
     /// Bounds that protect the server and other meetings.
     pub limits: LimitsConfig,
+    /// Sign-in with Mastodon instances, member grants, rooms and invitations.
+    pub membership: MembershipConfig,
+}
+
+/// `[membership]`: who may enter, decided by accounts on Mastodon instances.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MembershipConfig {
+    /// The URL browsers reach Plenary at (e.g. `https://meet.social.coop`). OAuth redirect
+    /// URIs and invitation links are built from it, never from the request's Host header.
+    /// Required when instances are configured.
+    pub public_url: String,
+    /// The SQLite database (created with its migrations at start).
+    pub database: String,
+    /// Where grant-signing private keys are kept, one file each (mode 0600). Empty: a
+    /// `keys` folder beside the database.
+    pub keys_dir: String,
+    /// The Mastodon (or GoToSocial, Akkoma) instances whose accounts may sign in.
+    pub instances: Vec<InstanceConfig>,
+    /// Who may open a room: `members` or `hosts`.
+    pub who_may_open_rooms: OpenRooms,
+    /// Handles (`@user@domain`) that are hosts whatever their role.
+    pub hosts: Vec<String>,
+    /// Handles refused even though their instance makes them members.
+    pub deny: Vec<String>,
+    /// Silenced (`limited`) accounts: `allow`, `listen_only` or `deny`.
+    pub limited_accounts: LimitedPolicy,
+    /// Lifetime of a member's grant, in seconds (at most 120: time to start the join).
+    pub grant_ttl_secs: u64,
+    /// Longest an invitation may stay valid, in days.
+    pub invitation_max_days: u64,
+    /// Most active invitations one member may have.
+    pub max_active_invitations_per_member: usize,
+    /// Guest-minutes one member's invitations may use per calendar month (0: unlimited).
+    pub guest_minutes_per_month: u64,
+    /// Session lifetime (absolute), in seconds.
+    pub session_absolute_secs: u64,
+    /// Session idle timeout, in seconds.
+    pub session_idle_secs: u64,
+    /// Membership is checked again with the instance when a grant is minted and the last
+    /// check is older than this, in seconds.
+    pub recheck_secs: u64,
+}
+
+/// One instance whose accounts may sign in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// Short id used in URLs (`/auth/{id}/login`): letters, digits, `-`, `_`, `.`.
+    pub id: String,
+    /// Base URL, e.g. `https://social.coop`.
+    pub base_url: String,
+    /// Shown on the sign-in page.
+    #[serde(default)]
+    pub display_name: String,
+    /// Whether an active local account there makes a member.
+    #[serde(default = "default_true")]
+    pub members: bool,
+    /// Role names that make a host (case-insensitive), e.g. `["Admin", "Moderator", "Host"]`.
+    #[serde(default)]
+    pub host_roles: Vec<String>,
+    /// Role ids that make a host.
+    #[serde(default)]
+    pub host_role_ids: Vec<String>,
+    /// Permission bits: a role having any of them makes a host (0: none).
+    #[serde(default)]
+    pub host_permissions: u64,
+    /// For Akkoma/Pleroma: `pleroma.is_admin` / `is_moderator` make a host.
+    #[serde(default = "default_true")]
+    pub pleroma_staff_are_hosts: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Who may open a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenRooms {
+    /// Any member.
+    Members,
+    /// Hosts only.
+    Hosts,
+}
+
+/// What silenced (`limited`) accounts get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitedPolicy {
+    /// Treated as any member.
+    Allow,
+    /// May join, may not publish.
+    ListenOnly,
+    /// Refused.
+    Deny,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            public_url: String::new(),
+            database: "plenary.db".into(),
+            keys_dir: String::new(),
+            instances: Vec::new(),
+            who_may_open_rooms: OpenRooms::Members,
+            hosts: Vec::new(),
+            deny: Vec::new(),
+            limited_accounts: LimitedPolicy::ListenOnly,
+            grant_ttl_secs: 120,
+            invitation_max_days: 7,
+            max_active_invitations_per_member: 20,
+            guest_minutes_per_month: 0,
+            session_absolute_secs: 12 * 3600,
+            session_idle_secs: 2 * 3600,
+            recheck_secs: 600,
+        }
+    }
 }
 
 /// `[http]`
@@ -157,6 +275,7 @@ impl fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("ice_servers", &self.ice_servers.len())
             .field("limits", &self.limits)
+            .field("membership", &self.membership)
             .finish()
     }
 }
@@ -242,7 +361,7 @@ impl Config {
                 self.http.addr
             ));
         }
-        if !loopback && self.auth.api_keys.is_empty() {
+        if !loopback && self.auth.api_keys.is_empty() && self.membership.instances.is_empty() {
             return invalid(format!(
                 "http.addr {} is reachable from other machines but no authentication is \
                  configured: add [auth] api_keys (or bind 127.0.0.1 for dev mode)",
@@ -262,6 +381,62 @@ impl Config {
         if self.limits.ice_timeout_secs == 0 || self.limits.signaling_idle_secs == 0 {
             return invalid("limits: timeouts must be at least 1 second".into());
         }
+        self.validate_membership()
+    }
+
+    fn validate_membership(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let m = &self.membership;
+        if m.grant_ttl_secs == 0 || m.grant_ttl_secs > 120 {
+            return invalid("membership.grant_ttl_secs must be 1 to 120".into());
+        }
+        if m.invitation_max_days == 0 {
+            return invalid("membership.invitation_max_days must be at least 1".into());
+        }
+        if m.session_idle_secs == 0 || m.session_absolute_secs < m.session_idle_secs {
+            return invalid(
+                "membership: session_absolute_secs must be at least session_idle_secs (> 0)".into(),
+            );
+        }
+        if m.instances.is_empty() {
+            return Ok(());
+        }
+        let public = url::Url::parse(&m.public_url).map_err(|e| {
+            ConfigError::Invalid(format!(
+                "membership.public_url {:?} is not a URL ({e}); it is required when \
+                 instances are configured",
+                m.public_url
+            ))
+        })?;
+        if !matches!(public.scheme(), "http" | "https") {
+            return invalid("membership.public_url must be http(s)".into());
+        }
+        let mut ids = std::collections::HashSet::new();
+        for i in &m.instances {
+            if i.id.is_empty()
+                || !i
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                return invalid(format!(
+                    "membership.instances: id {:?} must be letters, digits, '-', '_' or '.'",
+                    i.id
+                ));
+            }
+            if !ids.insert(i.id.clone()) {
+                return invalid(format!("membership.instances: id {:?} appears twice", i.id));
+            }
+            match url::Url::parse(&i.base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                _ => {
+                    return invalid(format!(
+                        "membership.instances: base_url {:?} of {:?} is not an http(s) URL",
+                        i.base_url, i.id
+                    ))
+                }
+            }
+        }
         Ok(())
     }
 
@@ -270,7 +445,9 @@ impl Config {
         match self.auth.dev_mode {
             DevMode::On => true,
             DevMode::Off => false,
-            DevMode::Auto => self.http.addr.ip().is_loopback(),
+            DevMode::Auto => {
+                self.http.addr.ip().is_loopback() && self.membership.instances.is_empty()
+            }
         }
     }
 
@@ -303,8 +480,8 @@ fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
-    let defaults = toml::Table::try_from(Config::default())
-        .map_err(|e| ConfigError::Parse(e.to_string()))?;
+    let defaults =
+        toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
     // Config keys that are not sections (top-level values).
     let top_level = ["ice_servers"];
     for (name, value) in env {
@@ -335,7 +512,9 @@ fn apply_env(
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let Some(section_table) = entry.as_table_mut() else {
-            return Err(ConfigError::Parse(format!("{name}: section is not a table")));
+            return Err(ConfigError::Parse(format!(
+                "{name}: section is not a table"
+            )));
         };
         section_table.insert(key, parsed);
     }
@@ -347,7 +526,9 @@ fn apply_env(
 fn parse_env_value(value: &str) -> toml::Value {
     let doc = format!("v = {value}");
     match toml::from_str::<toml::Table>(&doc) {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(value.into())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(value.into())),
         Err(_) => toml::Value::String(value.into()),
     }
 }
@@ -377,8 +558,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("plenary-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
-        std::fs::write(&path, "[http]\naddr = \"127.0.0.1:9000\"\n[limits]\nmax_participants = 7\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "[http]\naddr = \"127.0.0.1:9000\"\n[limits]\nmax_participants = 7\n",
+        )
+        .unwrap();
         let c = Config::load(
             Some(&path),
             env(&[
@@ -392,7 +576,10 @@ mod tests {
         assert_eq!(c.http.addr.port(), 9100);
         assert_eq!(c.limits.max_participants, 7);
         assert_eq!(c.limits.ice_timeout_secs, 9);
-        assert_eq!(c.media.announce_ips, vec!["203.0.113.7".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            c.media.announce_ips,
+            vec!["203.0.113.7".parse::<IpAddr>().unwrap()]
+        );
     }
 
     #[test]
@@ -428,7 +615,11 @@ mod tests {
         assert!(c.validate().unwrap_err().to_string().contains("32"));
         let mut c = Config::default();
         c.media.addr = "0.0.0.0:7882".parse().unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("announce_ips"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("announce_ips"));
     }
 
     #[test]

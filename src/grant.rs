@@ -1,12 +1,20 @@
 //! Room grants: the signed JWTs that let a client join one room with explicit permissions.
 //!
-//! A grant is minted by someone holding an API secret (`plenary token`, an operator's
-//! backend, or dev mode) and verified on every join by [`KeyRing::verify`]. Verification pins
-//! the algorithm (HS256), looks the secret up by the `kid` header (which names the API key
-//! and must equal `iss`), and checks `aud`, `nbf`, `exp` (30 s leeway), the lifetime bound,
-//! and that every required claim is present. Tokens and secrets never reach a log.
+//! Two kinds of signer, told apart by the `kid` header:
+//! - **API keys** (HS256): `plenary token`, an operator's backend, dev mode. The `kid` names
+//!   the key and must equal `iss`.
+//! - **The server's Ed25519 keys** (EdDSA): grants Plenary mints for signed-in members and
+//!   invited guests (see `membership`). `iss` is [`MEMBER_ISSUER`]; the key set is shared
+//!   with the membership service, which adds keys on rotation.
+//!
+//! [`KeyRing::verify`] runs on every join: it finds the key by `kid`, pins the algorithm
+//! that key is for (so an HS256 token "signed" with a public key, or `alg: none`, fails),
+//! and checks `iss`, `aud`, `nbf`, `exp` (30 s leeway), the lifetime bound, and that every
+//! required claim is present. Single use of member grants' `jti` is checked by the caller
+//! against the store. Tokens and secrets never reach a log.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -15,6 +23,9 @@ use serde::{Deserialize, Serialize};
 
 /// Clock skew tolerated on `nbf` and `exp`.
 pub const LEEWAY_SECS: u64 = 30;
+
+/// The `iss` of grants the server signs itself (members, guests).
+pub const MEMBER_ISSUER: &str = "plenary";
 
 /// What a grant lets its holder do. Every permission defaults to `false`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +85,9 @@ pub struct Claims {
     pub room: String,
     /// Role in the room.
     pub role: Role,
+    /// For guests: the handle of the member who invited them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_by: Option<String>,
     /// What the holder may do.
     #[serde(default)]
     pub permissions: Permissions,
@@ -97,6 +111,7 @@ impl Claims {
             name: name.into(),
             room: room.into(),
             role,
+            invited_by: None,
             permissions: Permissions::default(),
             nbf: now,
             exp: now + ttl.as_secs(),
@@ -153,14 +168,30 @@ pub enum GrantError {
     /// Encoding failed.
     #[error("could not sign the grant: {0}")]
     Sign(String),
+    /// The grant's `jti` was used before.
+    #[error("the grant was already used")]
+    Replayed,
 }
 
-/// The configured API keys, used to mint and verify HS256 grants.
+/// Who signed a verified grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    /// An operator API key (HS256).
+    ApiKey,
+    /// The server's own Ed25519 key (member or guest grant).
+    Server,
+}
+
+/// The keys that verify grants: API keys (HS256) and the server's Ed25519 public keys.
 #[derive(Clone)]
 pub struct KeyRing {
     keys: BTreeMap<String, String>,
     audience: String,
     max_ttl: Duration,
+    /// kid → Ed25519 public key. Shared with the membership service (rotation). A std lock:
+    /// taken for a map lookup on joins and mints only, never across an await.
+    ed: Arc<RwLock<BTreeMap<String, DecodingKey>>>,
+    ed_max_ttl: Duration,
 }
 
 impl KeyRing {
@@ -170,7 +201,38 @@ impl KeyRing {
             keys,
             audience,
             max_ttl,
+            ed: Arc::new(RwLock::new(BTreeMap::new())),
+            ed_max_ttl: Duration::from_secs(120),
         }
+    }
+
+    /// Replaces the set of Ed25519 verifying keys (kid → key).
+    pub fn set_server_keys(&self, keys: Vec<(String, DecodingKey)>) {
+        let mut map = self.ed.write().unwrap_or_else(|p| p.into_inner());
+        *map = keys.into_iter().collect();
+    }
+
+    /// Whether `kid` names a known Ed25519 key.
+    pub fn has_server_key(&self, kid: &str) -> bool {
+        self.ed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(kid)
+    }
+
+    /// Signs `claims` with the server's Ed25519 key (`iss` and `aud` are set here).
+    pub fn mint_server(
+        &self,
+        claims: &Claims,
+        kid: &str,
+        key: &EncodingKey,
+    ) -> Result<String, GrantError> {
+        let mut claims = claims.clone();
+        claims.iss = MEMBER_ISSUER.into();
+        claims.aud = self.audience.clone();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, &claims, key).map_err(|e| GrantError::Sign(e.to_string()))
     }
 
     /// The audience grants must carry.
@@ -206,24 +268,42 @@ impl KeyRing {
 
     /// Verifies a grant and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, GrantError> {
+        self.verify_signed(token).map(|(claims, _)| claims)
+    }
+
+    /// Verifies a grant and returns its claims and who signed it.
+    pub fn verify_signed(&self, token: &str) -> Result<(Claims, Signer), GrantError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| GrantError::Malformed)?;
-        if header.alg != Algorithm::HS256 {
+        let kid = header.kid.ok_or(GrantError::UnknownKey)?;
+        let (key, alg, issuer, max_ttl, signer) = if let Some(secret) = self.keys.get(&kid) {
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+                kid.clone(),
+                self.max_ttl,
+                Signer::ApiKey,
+            )
+        } else {
+            let ed = self.ed.read().unwrap_or_else(|p| p.into_inner());
+            let key = ed.get(&kid).cloned().ok_or(GrantError::UnknownKey)?;
+            (
+                key,
+                Algorithm::EdDSA,
+                MEMBER_ISSUER.to_string(),
+                self.ed_max_ttl,
+                Signer::Server,
+            )
+        };
+        if header.alg != alg {
             return Err(GrantError::WrongAlgorithm);
         }
-        let kid = header.kid.ok_or(GrantError::UnknownKey)?;
-        let secret = self.keys.get(&kid).ok_or(GrantError::UnknownKey)?;
-        let mut validation = Validation::new(Algorithm::HS256);
+        let mut validation = Validation::new(alg);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_audience(&[&self.audience]);
-        validation.set_issuer(&[&kid]);
+        validation.set_issuer(&[&issuer]);
         validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(
-            token,
-            &DecodingKey::from_secret(secret.as_bytes()),
-            &validation,
-        )
-        .map_err(|e| {
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::InvalidSignature => GrantError::BadSignature,
@@ -238,7 +318,7 @@ impl KeyRing {
             }
         })?;
         let claims = data.claims;
-        if claims.exp.saturating_sub(claims.nbf) > self.max_ttl.as_secs() {
+        if claims.exp.saturating_sub(claims.nbf) > max_ttl.as_secs() {
             return Err(GrantError::TooLong);
         }
         if claims.sub.is_empty() || claims.room.is_empty() || claims.jti.is_empty() {
@@ -246,7 +326,7 @@ impl KeyRing {
                 "sub, room and jti must not be empty".into(),
             ));
         }
-        Ok(claims)
+        Ok((claims, signer))
     }
 }
 
@@ -275,8 +355,14 @@ mod tests {
     }
 
     fn claims() -> Claims {
-        Claims::new("gm", "@alice@social.coop", "Alice", Role::Member, Duration::from_secs(60))
-            .with_permissions(Permissions::speaker())
+        Claims::new(
+            "gm",
+            "@alice@social.coop",
+            "Alice",
+            Role::Member,
+            Duration::from_secs(60),
+        )
+        .with_permissions(Permissions::speaker())
     }
 
     #[test]
@@ -327,7 +413,10 @@ mod tests {
         assert_eq!(r.verify(&forged), Err(GrantError::BadSignature));
         let mut c = claims();
         c.aud = "elsewhere".into();
-        assert_eq!(r.verify(&r.mint(&c).unwrap()), Err(GrantError::WrongAudience));
+        assert_eq!(
+            r.verify(&r.mint(&c).unwrap()),
+            Err(GrantError::WrongAudience)
+        );
         let mut unknown = BTreeMap::new();
         unknown.insert("k9".to_string(), "a".repeat(32));
         let t = KeyRing::new(unknown, "plenary".into(), Duration::from_secs(3600))

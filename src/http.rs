@@ -35,6 +35,7 @@ pub struct AppState(Arc<Inner>);
 
 struct Inner {
     keys: KeyRing,
+    membership: Option<Arc<crate::membership::Membership>>,
     media: MediaHandle,
     metrics: Arc<Metrics>,
     dev_mode: bool,
@@ -46,6 +47,7 @@ impl AppState {
     /// State for the router.
     pub fn new(
         keys: KeyRing,
+        membership: Option<Arc<crate::membership::Membership>>,
         media: MediaHandle,
         metrics: Arc<Metrics>,
         dev_mode: bool,
@@ -54,6 +56,7 @@ impl AppState {
     ) -> AppState {
         AppState(Arc::new(Inner {
             keys,
+            membership,
             media,
             metrics,
             dev_mode,
@@ -65,6 +68,11 @@ impl AppState {
     /// The grant keys.
     pub fn keys(&self) -> &KeyRing {
         &self.0.keys
+    }
+
+    /// Sign-in, member grants and invitations, when instances are configured.
+    pub fn membership(&self) -> Option<&Arc<crate::membership::Membership>> {
+        self.0.membership.as_ref()
     }
 
     /// The media plane.
@@ -95,13 +103,17 @@ impl AppState {
 /// The router.
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/", get(|| async { static_file(Path("index.html".into())).await }))
+        .route(
+            "/",
+            get(|| async { static_file(Path("index.html".into())).await }),
+        )
         .route("/{file}", get(static_file))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/info", get(info))
         .route("/api/dev/grant", post(dev_grant))
         .route("/rtc", get(rtc))
+        .merge(crate::membership::routes::routes())
         .with_state(state)
 }
 
@@ -126,6 +138,26 @@ const WEB_FILES: &[(&str, &str, &str)] = &[
         "style.css",
         "text/css; charset=utf-8",
         include_str!("../web/style.css"),
+    ),
+    (
+        "invite",
+        "text/html; charset=utf-8",
+        include_str!("../web/invite.html"),
+    ),
+    (
+        "invite.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/invite.js"),
+    ),
+    (
+        "invitations",
+        "text/html; charset=utf-8",
+        include_str!("../web/invitations.html"),
+    ),
+    (
+        "invitations.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/invitations.js"),
     ),
 ];
 
@@ -237,8 +269,7 @@ async fn dev_grant(
             "dev mode is off: grants come from sign-in or `plenary token`",
         ));
     }
-    let Json(req) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 64 {
         return Err(ApiError::new(
@@ -278,8 +309,8 @@ async fn rtc(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     if state.shutting_down() {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
-    // Frames up to 4× the protocol limit reach the session, which answers `too_large`
+    // Frames a little over the protocol limit reach the session, which answers `too_large`
     // with a reason instead of a bare protocol error.
-    ws.max_message_size(4 * plenary_proto::MAX_MESSAGE_BYTES)
+    ws.max_message_size(2 * plenary_proto::MAX_SDP_MESSAGE_BYTES)
         .on_upgrade(move |socket| crate::signal::run(socket, state))
 }

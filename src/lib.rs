@@ -7,6 +7,8 @@
 //! - [`signal`]: one signaling session per WebSocket (docs/protocol.md).
 //! - [`media`]: the media plane — UDP socket, WebRTC peers (str0m), demux, and the
 //!   forwarding core from the `plenary-sfu` crate.
+//! - [`membership`]: Mastodon sign-in, member grants (Ed25519), rooms, invitations, the
+//!   SQLite store and its audit log.
 //! - [`metrics`]: Prometheus metrics, fed from plain counters once a second.
 //!
 //! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
@@ -17,6 +19,7 @@ pub mod config;
 pub mod grant;
 pub mod http;
 pub mod media;
+pub mod membership;
 pub mod metrics;
 pub mod signal;
 
@@ -53,6 +56,9 @@ pub enum StartError {
     /// The media plane could not start.
     #[error("cannot start the media plane: {0}")]
     Media(std::io::Error),
+    /// The membership store or keys could not be opened.
+    #[error("cannot start membership: {0}")]
+    Membership(String),
 }
 
 /// A running Plenary.
@@ -113,12 +119,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             addr: config.http.addr,
             source,
         })?;
-    let udp = std::net::UdpSocket::bind(config.media.addr).map_err(|source| {
-        StartError::BindMedia {
+    let udp =
+        std::net::UdpSocket::bind(config.media.addr).map_err(|source| StartError::BindMedia {
             addr: config.media.addr,
             source,
-        }
-    })?;
+        })?;
     let media_addr = udp.local_addr().map_err(|source| StartError::BindMedia {
         addr: config.media.addr,
         source,
@@ -153,9 +158,22 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "DEV MODE: anyone who can reach http://{http_addr} may mint grants from the page"
         );
     }
+    let membership = if config.membership.instances.is_empty() {
+        None
+    } else {
+        let store =
+            membership::store::Store::open(std::path::Path::new(&config.membership.database))
+                .map_err(|e| {
+                    StartError::Membership(format!("{}: {e}", config.membership.database))
+                })?;
+        let service = membership::Membership::new(config.membership.clone(), store, keys.clone())
+            .map_err(StartError::Membership)?;
+        Some(Arc::new(service))
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = http::AppState::new(
         keys,
+        membership,
         media.clone(),
         metrics,
         dev_mode,

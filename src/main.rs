@@ -54,6 +54,29 @@ enum Cmd {
     Token(TokenArgs),
     /// Validate the configuration and print it (secrets hidden).
     CheckConfig,
+    /// Print recent entries of the audit log (sign-ins, refusals, grants, invitations,
+    /// host actions, key rotations), newest first.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the Ed25519 keys that sign member and guest grants.
+    Keys {
+        #[command(subcommand)]
+        action: KeysCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Add a new signing key; older keys keep verifying until their grants expired.
+    Rotate,
+    /// List the keys.
+    List,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +177,95 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Token(args) => token(&config, args),
+        Cmd::Audit { limit, json } => audit(&config, limit, json),
+        Cmd::Keys { action } => keys(&config, action),
+    }
+}
+
+fn open_store(config: &Config) -> Result<plenary::membership::store::Store, ExitCode> {
+    let path = std::path::Path::new(&config.membership.database);
+    if !path.exists() {
+        eprintln!(
+            "plenary: no database at {} (membership.database); it is created when the server \
+             starts with sign-in configured",
+            path.display()
+        );
+        return Err(ExitCode::from(2));
+    }
+    plenary::membership::store::Store::open(path).map_err(|e| {
+        eprintln!("plenary: {}: {e}", path.display());
+        ExitCode::FAILURE
+    })
+}
+
+fn audit(config: &Config, limit: usize, json: bool) -> ExitCode {
+    let store = match open_store(config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let entries = match store.run_sync(|c| plenary::membership::store::recent_audit(c, limit)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("plenary audit: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for e in entries {
+        if json {
+            println!("{}", serde_json::to_string(&e).unwrap_or_default());
+        } else {
+            println!(
+                "{:>6}  {}  {:<20} {:<28} {:<16} {}",
+                e.id, e.at, e.kind, e.actor, e.room, e.detail
+            );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn keys(config: &Config, action: KeysCmd) -> ExitCode {
+    use plenary::membership::{keys, keys_dir, store};
+    let db = std::path::Path::new(&config.membership.database);
+    let st = match store::Store::open(db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("plenary keys: {}: {e}", db.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match action {
+        KeysCmd::Rotate => {
+            let now = plenary::grant::unix_now() as i64;
+            match keys::rotate(&st, &keys_dir(&config.membership), now) {
+                Ok(kid) => {
+                    println!("new signing key {kid}; older keys verify until their grants expire");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("plenary keys rotate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        KeysCmd::List => match st.run_sync(|c| store::signing_keys(c)) {
+            Ok(rows) => {
+                for r in rows {
+                    let state = match r.retired_at {
+                        None => "signing".to_string(),
+                        Some(t) => format!("retired at {t}"),
+                    };
+                    println!(
+                        "{}  created {}  {}  {}",
+                        r.kid, r.created_at, state, r.private_key_file
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("plenary keys list: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -184,7 +296,10 @@ fn token(config: &Config, args: TokenArgs) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("plenary: cannot start the async runtime: {e}");

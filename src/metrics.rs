@@ -46,6 +46,8 @@ pub struct Metrics {
     pub datagrams_rejected: IntCounter,
     /// Datagrams that could not be sent.
     pub send_errors: IntCounter,
+    /// Send system calls (datagrams / calls = batching factor).
+    pub send_calls: IntCounter,
     /// Seconds from `join` to ICE+DTLS connected.
     pub join_latency: Histogram,
     /// Joins refused, by reason.
@@ -55,8 +57,8 @@ pub struct Metrics {
 impl Metrics {
     /// All metrics, registered, plus the process collector (CPU, memory, file descriptors).
     pub fn new() -> Metrics {
-        let registry = Registry::new_custom(Some("plenary".into()), None)
-            .expect("a valid registry prefix");
+        let registry =
+            Registry::new_custom(Some("plenary".into()), None).expect("a valid registry prefix");
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             r.register(Box::new(c.clone()))
                 .expect("metric names are unique");
@@ -89,23 +91,21 @@ impl Metrics {
                 "keyframe_requests_sent_total",
                 "Keyframe requests (PLI) sent to publishers",
             ),
-            datagrams_unknown: counter(
-                "datagrams_unknown_total",
-                "Datagrams from no known peer",
-            ),
+            datagrams_unknown: counter("datagrams_unknown_total", "Datagrams from no known peer"),
             datagrams_rejected: counter(
                 "datagrams_rejected_total",
                 "Datagrams a known peer refused",
             ),
             send_errors: counter("udp_send_errors_total", "Datagrams that could not be sent"),
+            send_calls: counter(
+                "udp_send_calls_total",
+                "Send system calls (sendmmsg batches)",
+            ),
             join_latency: reg(
                 &registry,
                 Histogram::with_opts(
-                    HistogramOpts::new(
-                        "join_latency_seconds",
-                        "Time from join to media connected",
-                    )
-                    .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]),
+                    HistogramOpts::new("join_latency_seconds", "Time from join to media connected")
+                        .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]),
                 )
                 .expect("valid metric"),
             ),
@@ -168,12 +168,14 @@ pub struct MediaCounters {
     pub datagrams_rejected: u64,
     /// Failed sends.
     pub send_errors: u64,
+    /// `sendmmsg` (or `send_to`) calls made.
+    pub send_calls: u64,
 }
 
 impl MediaCounters {
     /// Adds what changed since `last` to the metrics and remembers the new values.
     pub fn publish(&self, last: &mut MediaCounters, m: &Metrics) {
-        let pairs: [(&IntCounter, u64, u64); 12] = [
+        let pairs: [(&IntCounter, u64, u64); 13] = [
             (&m.packets_in, self.packets_in, last.packets_in),
             (&m.packets_out, self.packets_out, last.packets_out),
             (&m.bytes_in, self.bytes_in, last.bytes_in),
@@ -191,9 +193,18 @@ impl MediaCounters {
                 self.keyframe_requests_sent,
                 last.keyframe_requests_sent,
             ),
-            (&m.datagrams_unknown, self.datagrams_unknown, last.datagrams_unknown),
-            (&m.datagrams_rejected, self.datagrams_rejected, last.datagrams_rejected),
+            (
+                &m.datagrams_unknown,
+                self.datagrams_unknown,
+                last.datagrams_unknown,
+            ),
+            (
+                &m.datagrams_rejected,
+                self.datagrams_rejected,
+                last.datagrams_rejected,
+            ),
             (&m.send_errors, self.send_errors, last.send_errors),
+            (&m.send_calls, self.send_calls, last.send_calls),
         ];
         for (metric, now, before) in pairs {
             metric.inc_by(now.saturating_sub(before));

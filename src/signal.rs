@@ -13,10 +13,11 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use plenary_proto::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage, MAX_MESSAGE_BYTES,
-    PROTOCOL_VERSION,
+    MAX_SDP_MESSAGE_BYTES, PROTOCOL_VERSION,
 };
 use tokio::sync::{mpsc, oneshot};
 
+use crate::grant::{Claims, GrantError, Signer};
 use crate::http::AppState;
 use crate::media::{Command, JoinRequest, PeerId, SessionEvent, SESSION_QUEUE};
 
@@ -32,7 +33,14 @@ const RATE_PER_SEC: f64 = 50.0;
 
 /// The known message types, to tell "unknown type" from "bad shape".
 const CLIENT_TYPES: &[&str] = &[
-    "join", "offer", "answer", "candidate", "mute", "data", "leave", "ping",
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "mute",
+    "data",
+    "leave",
+    "ping",
 ];
 
 /// How a session ended.
@@ -52,6 +60,9 @@ struct Session {
     events: Option<mpsc::Receiver<SessionEvent>>,
     tokens: f64,
     refilled: Instant,
+    /// For guests: the inviting member, whose monthly guest time this session uses.
+    guest_of: Option<String>,
+    joined_at: Option<Instant>,
 }
 
 /// Runs one WebSocket session to its end.
@@ -64,6 +75,8 @@ pub async fn run(socket: WebSocket, state: AppState) {
         events: None,
         tokens: RATE_BURST,
         refilled: Instant::now(),
+        guest_of: None,
+        joined_at: None,
     };
     let end = session.serve().await;
     if let Some(peer) = session.peer {
@@ -79,6 +92,12 @@ pub async fn run(socket: WebSocket, state: AppState) {
     if let End::Close(reason) = end {
         let _ = session.send(&ServerMessage::Closing { reason }).await;
         let _ = session.close(1000, "bye").await;
+    }
+    if let (Some(inviter), Some(joined), Some(m)) =
+        (&session.guest_of, session.joined_at, state.membership())
+    {
+        m.record_guest_time(inviter, joined.elapsed().as_secs())
+            .await;
     }
     state.metrics().signaling_sessions.dec();
 }
@@ -144,7 +163,10 @@ impl Session {
             Message::Text(t) => t,
             Message::Binary(_) => {
                 return self
-                    .error(ErrorCode::BadMessage, "binary frames are not part of the protocol")
+                    .error(
+                        ErrorCode::BadMessage,
+                        "binary frames are not part of the protocol",
+                    )
                     .await;
             }
             Message::Close(_) => return Some(End::Gone),
@@ -155,11 +177,13 @@ impl Session {
                 .fatal(ErrorCode::RateLimited, "more than 50 messages a second")
                 .await;
         }
-        if text.len() > MAX_MESSAGE_BYTES {
+        if text.len() > MAX_SDP_MESSAGE_BYTES {
             return self
                 .fatal(
                     ErrorCode::TooLarge,
-                    &format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+                    &format!(
+                        "offer and answer messages are limited to {MAX_SDP_MESSAGE_BYTES} bytes"
+                    ),
                 )
                 .await;
         }
@@ -167,6 +191,18 @@ impl Session {
             Ok(m) => m,
             Err((code, message)) => return self.error(code, &message).await,
         };
+        let carries_sdp = matches!(
+            msg,
+            ClientMessage::Offer { .. } | ClientMessage::Answer { .. }
+        );
+        if !carries_sdp && text.len() > MAX_MESSAGE_BYTES {
+            return self
+                .fatal(
+                    ErrorCode::TooLarge,
+                    &format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+                )
+                .await;
+        }
         self.handle_message(msg).await
     }
 
@@ -178,9 +214,7 @@ impl Session {
                     grant,
                     room,
                 } => self.join(protocol, &grant, room.as_deref()).await,
-                ClientMessage::Ping { id } => {
-                    self.send_or_end(&ServerMessage::Pong { id }).await
-                }
+                ClientMessage::Ping { id } => self.send_or_end(&ServerMessage::Pong { id }).await,
                 _ => {
                     self.error(ErrorCode::OutOfOrder, "the first message must be join")
                         .await
@@ -221,7 +255,7 @@ impl Session {
                 )
                 .await;
         }
-        let claims = match self.state.keys().verify(grant) {
+        let claims = match self.verify_grant(grant).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!("join refused: {e}");
@@ -252,6 +286,7 @@ impl Session {
                 identity: claims.sub.clone(),
                 name: claims.name.clone(),
                 role: claims.role,
+                invited_by: claims.invited_by.clone(),
             },
             permissions: claims.permissions.clone(),
             started,
@@ -270,6 +305,7 @@ impl Session {
             Ok(Ok(Ok(joined))) => {
                 self.peer = Some(joined.peer);
                 self.events = Some(events_rx);
+                self.joined_at = Some(Instant::now());
                 self.send_or_end(&joined.welcome).await
             }
             Ok(Ok(Err(e))) => self.fatal(ErrorCode::Unavailable, &e.to_string()).await,
@@ -278,6 +314,35 @@ impl Session {
                     .await
             }
         }
+    }
+
+    /// Verifies a grant; server-signed (member and guest) grants are single-use.
+    async fn verify_grant(&mut self, grant: &str) -> Result<Claims, GrantError> {
+        let keys = self.state.keys().clone();
+        let mut verified = keys.verify_signed(grant);
+        if verified == Err(GrantError::UnknownKey) {
+            // Maybe a key rotated in by `plenary keys rotate` that we have not loaded yet.
+            if let Some(m) = self.state.membership() {
+                m.refresh_keys().await;
+                verified = keys.verify_signed(grant);
+            }
+        }
+        let (claims, signer) = verified?;
+        if signer == Signer::Server {
+            let m = self.state.membership().ok_or(GrantError::UnknownKey)?;
+            match m.consume_jti(&claims).await {
+                Ok(true) => {}
+                Ok(false) => return Err(GrantError::Replayed),
+                Err(e) => {
+                    tracing::error!("cannot record the grant's jti: {e}");
+                    return Err(GrantError::Replayed);
+                }
+            }
+        }
+        if claims.role == plenary_proto::Role::Guest {
+            self.guest_of = claims.invited_by.clone();
+        }
+        Ok(claims)
     }
 
     fn take_token(&mut self) -> bool {
@@ -295,8 +360,7 @@ impl Session {
 
     async fn send(&mut self, msg: &ServerMessage) -> Result<(), ()> {
         let json = serde_json::to_string(msg).map_err(|_| ())?;
-        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(json.into())))
-            .await
+        match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(json.into()))).await
         {
             Ok(Ok(())) => Ok(()),
             _ => Err(()),
@@ -380,8 +444,12 @@ fn parse(text: &str) -> Result<ClientMessage, (ErrorCode, String)> {
         ));
     }
     let kind = kind.to_string();
-    serde_json::from_value(value)
-        .map_err(|e| (ErrorCode::BadMessage, format!("malformed {kind} message: {e}")))
+    serde_json::from_value(value).map_err(|e| {
+        (
+            ErrorCode::BadMessage,
+            format!("malformed {kind} message: {e}"),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -392,11 +460,17 @@ mod tests {
     fn parse_tells_errors_apart() {
         assert_eq!(parse("{").unwrap_err().0, ErrorCode::BadMessage);
         assert_eq!(parse("[1]").unwrap_err().0, ErrorCode::BadMessage);
-        assert_eq!(parse(r#"{"type":"dance"}"#).unwrap_err().0, ErrorCode::UnknownType);
+        assert_eq!(
+            parse(r#"{"type":"dance"}"#).unwrap_err().0,
+            ErrorCode::UnknownType
+        );
         let (code, msg) = parse(r#"{"type":"offer"}"#).unwrap_err();
         assert_eq!(code, ErrorCode::BadMessage);
         assert!(msg.contains("sdp"), "{msg}");
-        assert!(matches!(parse(r#"{"type":"leave"}"#), Ok(ClientMessage::Leave)));
+        assert!(matches!(
+            parse(r#"{"type":"leave"}"#),
+            Ok(ClientMessage::Leave)
+        ));
     }
 
     #[test]
@@ -405,7 +479,10 @@ mod tests {
             (r#"{"type":"join","protocol":1,"grant":"g"}"#, "join"),
             (r#"{"type":"offer","sdp":"s"}"#, "offer"),
             (r#"{"type":"answer","sdp":"s"}"#, "answer"),
-            (r#"{"type":"candidate","candidate":{"candidate":""}}"#, "candidate"),
+            (
+                r#"{"type":"candidate","candidate":{"candidate":""}}"#,
+                "candidate",
+            ),
             (r#"{"type":"mute","track_id":"t","muted":true}"#, "mute"),
             (r#"{"type":"data","text":"x"}"#, "data"),
             (r#"{"type":"ping"}"#, "ping"),

@@ -153,7 +153,11 @@ mod tests {
         m.learn(a, src);
         assert_eq!(m.lookup(src, &[0x80]), Some(a));
         m.remove_peer(b, "ub");
-        assert_eq!(m.lookup(src, &[0x80]), Some(a), "b's removal keeps a's address");
+        assert_eq!(
+            m.lookup(src, &[0x80]),
+            Some(a),
+            "b's removal keeps a's address"
+        );
         m.remove_peer(a, "ua");
         assert_eq!(m.lookup(src, &[0x80]), None);
         assert_eq!(m.peer_count(), 0);

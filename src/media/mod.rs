@@ -16,6 +16,7 @@
 pub mod demux;
 pub mod peer;
 pub mod shard;
+pub mod udp;
 
 use std::net::SocketAddr;
 use std::time::Instant;

@@ -6,12 +6,15 @@
 //! server offers whenever the set of received tracks changes, one offer at a time. A client
 //! offer that crosses ours wins: our pending offer is dropped and its changes are offered
 //! again after the answer.
+//!
+//! M-lines are reused: when a received track goes, its m-line turns `inactive` and waits
+//! for the next track of the same kind, which gets it back (`sendonly`, with a fresh SSRC).
+//! So the SDP grows with the most tracks received at once, not with every track that ever
+//! came and went in a long meeting.
 
 use std::time::{Duration, Instant};
 
-use plenary_proto::{
-    ParticipantInfo, ServerMessage, TrackKind, TrackMapping, TrackSource,
-};
+use plenary_proto::{ParticipantInfo, ServerMessage, TrackKind, TrackMapping, TrackSource};
 use plenary_sfu::{Media, TrackKey, VideoCodec};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
@@ -42,15 +45,17 @@ pub struct InTrack {
 /// Where one received track's m-line stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutState {
-    /// Not yet in an offer.
+    /// Needs a new m-line in the next offer.
     ToOpen,
+    /// Gets this free (inactive) m-line back in the next offer.
+    ToReuse(Mid),
     /// Offered, answer pending.
     Negotiating(Mid),
     /// Negotiated: packets flow.
     Open(Mid),
-    /// To be stopped in the next offer.
+    /// To be made inactive in the next offer.
     ToStop(Mid),
-    /// Stop offered, answer pending.
+    /// Made inactive in an offer, answer pending; then the m-line is free.
     Stopping(Mid),
 }
 
@@ -107,6 +112,8 @@ pub struct Peer {
     pub ssrc_index: Vec<(Ssrc, usize)>,
     /// Tracks it receives; the index is the slot bound in the room.
     pub out: Vec<Option<OutTrack>>,
+    /// Inactive m-lines waiting for a track of their kind.
+    pub free_mlines: Vec<(Mid, MediaKind)>,
     /// Last cumulative (NACKs received, PLIs received) per m-line, for counter deltas.
     pub egress_seen: Vec<(Mid, u64, u64)>,
     /// Last cumulative NACKs sent per m-line.
@@ -167,6 +174,7 @@ impl Peer {
             in_tracks: Vec::new(),
             ssrc_index: Vec::new(),
             out: Vec::new(),
+            free_mlines: Vec::new(),
             egress_seen: Vec::new(),
             ingress_seen: Vec::new(),
         }
@@ -182,8 +190,11 @@ impl Peer {
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("unreadable SDP: {e}"))?;
         if self.pending.take().is_some() {
+            // Our offer is void; its changes are offered again. (Direction changes were
+            // applied to the session already, so a re-offer of those may need no change.)
             for t in self.out.iter_mut().flatten() {
                 t.state = match t.state {
+                    OutState::Negotiating(m) if self.rtc.media(m).is_some() => OutState::ToReuse(m),
                     OutState::Negotiating(_) => OutState::ToOpen,
                     OutState::Stopping(m) => OutState::ToStop(m),
                     s => s,
@@ -203,22 +214,37 @@ impl Peer {
     pub fn client_sends_on(&self, mid: Mid) -> Option<MediaKind> {
         let media = self.rtc.media(mid)?;
         // Directions are ours: the client sending means we receive.
-        matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv)
-            .then(|| media.kind())
+        matches!(media.direction(), Direction::RecvOnly | Direction::SendRecv).then(|| media.kind())
     }
 
-    /// Builds our next offer, if anything changed and none is outstanding.
-    pub fn negotiate(&mut self) -> Option<ServerMessage> {
+    /// Builds our next offer, if anything changed and none is outstanding. Slots whose
+    /// change needed no negotiation after all (see the glare rule) open at once and are
+    /// returned for binding.
+    pub fn negotiate(&mut self) -> (Option<ServerMessage>, Vec<(u32, TrackKey)>) {
         if !self.offered || self.pending.is_some() {
-            return None;
+            return (None, Vec::new());
         }
-        let needed = self
-            .out
-            .iter()
-            .flatten()
-            .any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)));
+        let needed = self.out.iter().flatten().any(|t| {
+            matches!(
+                t.state,
+                OutState::ToOpen | OutState::ToReuse(_) | OutState::ToStop(_)
+            )
+        });
         if !needed {
-            return None;
+            return (None, Vec::new());
+        }
+        // Fresh SSRCs for reused m-lines, so receivers see a new stream.
+        for t in self.out.iter().flatten() {
+            if let OutState::ToReuse(mid) = t.state {
+                let mut api = self.rtc.direct_api();
+                let ssrc = api.new_ssrc();
+                // Only streams that have a repair (RTX) SSRC get a new one.
+                let rtx = api
+                    .stream_tx_by_mid(mid, None)
+                    .and_then(|s| s.rtx())
+                    .map(|_| api.new_ssrc());
+                api.reset_stream_tx(mid, None, ssrc, rtx);
+            }
         }
         let mut api = self.rtc.sdp_api();
         for t in self.out.iter_mut().flatten() {
@@ -233,19 +259,28 @@ impl Peer {
                     );
                     t.state = OutState::Negotiating(mid);
                 }
+                OutState::ToReuse(mid) => {
+                    api.set_direction(mid, Direction::SendOnly);
+                    t.state = OutState::Negotiating(mid);
+                }
                 OutState::ToStop(mid) => {
-                    api.stop_media(mid);
+                    api.set_direction(mid, Direction::Inactive);
                     t.state = OutState::Stopping(mid);
                 }
                 _ => {}
             }
         }
-        let (offer, pending) = api.apply()?;
-        self.pending = Some(pending);
-        Some(ServerMessage::Offer {
-            sdp: offer.to_sdp_string(),
-            tracks: self.mappings(),
-        })
+        match api.apply() {
+            Some((offer, pending)) => {
+                self.pending = Some(pending);
+                let msg = ServerMessage::Offer {
+                    sdp: offer.to_sdp_string(),
+                    tracks: self.mappings(),
+                };
+                (Some(msg), Vec::new())
+            }
+            None => (None, self.settle()),
+        }
     }
 
     /// Every sending m-line and the track it carries.
@@ -266,8 +301,7 @@ impl Peer {
 
     /// Applies the client's answer to our offer. Returns the slots that just opened.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<Vec<(u32, TrackKey)>, String> {
-        let answer =
-            SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("unreadable SDP: {e}"))?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("unreadable SDP: {e}"))?;
         let Some(pending) = self.pending.take() else {
             return Err("there is no offer outstanding to answer".into());
         };
@@ -275,6 +309,11 @@ impl Peer {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| format!("the answer cannot be applied: {e}"))?;
+        Ok(self.settle())
+    }
+
+    /// Negotiated slots open; stopped m-lines become free. Returns the opened slots.
+    fn settle(&mut self) -> Vec<(u32, TrackKey)> {
         let mut opened = Vec::new();
         for (slot, entry) in self.out.iter_mut().enumerate() {
             let Some(t) = entry else { continue };
@@ -283,15 +322,23 @@ impl Peer {
                     t.state = OutState::Open(mid);
                     opened.push((slot as u32, t.track));
                 }
-                OutState::Stopping(_) => *entry = None,
+                OutState::Stopping(mid) => {
+                    self.free_mlines.push((mid, t.kind));
+                    *entry = None;
+                }
                 _ => {}
             }
         }
-        Ok(opened)
+        opened
     }
 
-    /// Adds a slot for a remote track; negotiated with the next offer.
-    pub fn add_out(&mut self, out: OutTrack) {
+    /// Adds a slot for a remote track, on a free m-line of its kind if there is one;
+    /// negotiated with the next offer.
+    pub fn add_out(&mut self, mut out: OutTrack) {
+        if let Some(i) = self.free_mlines.iter().position(|(_, k)| *k == out.kind) {
+            let (mid, _) = self.free_mlines.swap_remove(i);
+            out.state = OutState::ToReuse(mid);
+        }
         match self.out.iter_mut().find(|s| s.is_none()) {
             Some(free) => *free = Some(out),
             None => self.out.push(Some(out)),
@@ -307,9 +354,11 @@ impl Peer {
             }
             match t.state {
                 OutState::ToOpen => *entry = None,
-                OutState::Negotiating(mid) | OutState::Open(mid) => {
-                    t.state = OutState::ToStop(mid)
+                OutState::ToReuse(mid) => {
+                    self.free_mlines.push((mid, t.kind));
+                    *entry = None;
                 }
+                OutState::Negotiating(mid) | OutState::Open(mid) => t.state = OutState::ToStop(mid),
                 OutState::ToStop(_) | OutState::Stopping(_) => {}
             }
         }
@@ -317,9 +366,10 @@ impl Peer {
 
     /// The slot whose m-line is `mid`.
     pub fn slot_by_mid(&self, mid: Mid) -> Option<&OutTrack> {
-        self.out.iter().flatten().find(|t| {
-            matches!(t.state, OutState::Open(m) | OutState::Negotiating(m) if m == mid)
-        })
+        self.out
+            .iter()
+            .flatten()
+            .find(|t| matches!(t.state, OutState::Open(m) | OutState::Negotiating(m) if m == mid))
     }
 
     /// The published track an incoming SSRC belongs to (cached after the first packet).
@@ -344,7 +394,12 @@ impl Peer {
                 return Some(params);
             }
         }
-        let params = *self.rtc.codec_config().params().iter().find(|p| p.pt() == pt)?;
+        let params = *self
+            .rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.pt() == pt)?;
         self.in_tracks[index].last_pt = Some((pt, params));
         Some(params)
     }

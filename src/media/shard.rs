@@ -28,20 +28,18 @@ use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::demux::{is_stun, Demux};
 use super::peer::{core_media, first_codec, InTrack, OutState, OutTrack, Peer};
+use super::udp::{BatchSocket, SendQueue};
 use super::{Command, JoinError, JoinRequest, Joined, MediaSettings, PeerId, SessionEvent};
 use crate::metrics::{MediaCounters, Metrics};
 
 /// Most tracks one participant may publish.
 const MAX_TRACKS_PER_PEER: usize = 8;
-/// Most datagrams read before the loop looks at commands and timers again.
-const READ_BATCH: usize = 128;
-/// Largest datagram we read.
-const MAX_DATAGRAM: usize = 2048;
+/// Most `recvmmsg` batches read before the loop looks at commands and timers again.
+const READ_BATCHES: usize = 4;
 /// Most text in a data message.
 const MAX_DATA_TEXT: usize = 4096;
 
@@ -56,7 +54,10 @@ struct RoomEntry {
 
 /// The media loop's state. See the module docs.
 pub struct Shard {
-    socket: UdpSocket,
+    /// The socket (taken out while a batch of datagrams is handled).
+    io: Option<BatchSocket>,
+    /// Datagrams to send at the end of this turn.
+    out: SendQueue,
     /// The address put in `Receive::destination` (our announced candidate).
     local: SocketAddr,
     settings: MediaSettings,
@@ -86,7 +87,7 @@ impl Shard {
         settings: MediaSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Shard, String> {
-        let socket = UdpSocket::from_std(socket).map_err(|e| e.to_string())?;
+        let socket = tokio::net::UdpSocket::from_std(socket).map_err(|e| e.to_string())?;
         let provider = str0m::crypto::from_feature_flags();
         let cert = provider
             .dtls_provider
@@ -99,7 +100,8 @@ impl Shard {
             .collect::<Result<Vec<_>, _>>()?;
         let local = *settings.announce.first().ok_or("no address to announce")?;
         Ok(Shard {
-            socket,
+            io: Some(BatchSocket::new(socket)),
+            out: SendQueue::default(),
             local,
             settings,
             metrics,
@@ -124,7 +126,6 @@ impl Shard {
 
     /// Runs until [`Command::Shutdown`] or until every handle is gone.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         let mut ticks: u32 = 0;
         loop {
@@ -141,9 +142,9 @@ impl Shard {
                     }
                     Some(cmd) => self.handle_command(cmd),
                 },
-                ready = self.socket.readable() => {
+                ready = readable(&self.io) => {
                     if ready.is_ok() {
-                        self.read_datagrams(&mut buf);
+                        self.read_datagrams();
                     }
                 }
                 _ = tokio::time::sleep_until(next_timer.into()) => {
@@ -162,10 +163,7 @@ impl Shard {
 
     fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
         let idx = (id.0 & 0xffff_ffff) as usize;
-        self.peers
-            .get_mut(idx)?
-            .as_mut()
-            .filter(|p| p.id == id)
+        self.peers.get_mut(idx)?.as_mut().filter(|p| p.id == id)
     }
 
     fn peer(&self, id: PeerId) -> Option<&Peer> {
@@ -198,20 +196,33 @@ impl Shard {
 
     // ---- network -----------------------------------------------------------------------
 
-    fn read_datagrams(&mut self, buf: &mut [u8]) {
-        for _ in 0..READ_BATCH {
-            match self.socket.try_recv_from(buf) {
-                Ok((n, source)) => {
-                    let now = Instant::now();
-                    self.handle_datagram(now, source, &buf[..n]);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+    fn read_datagrams(&mut self) {
+        let Some(mut io) = self.io.take() else { return };
+        for _ in 0..READ_BATCHES {
+            let now = Instant::now();
+            match io.recv_batch(|source, data| self.handle_datagram(now, source, data)) {
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(e) => {
                     tracing::debug!("media socket receive error: {e}");
-                    return;
+                    break;
                 }
             }
         }
+        self.io = Some(io);
+    }
+
+    /// Sends every queued datagram (batched).
+    fn send_queued(&mut self) {
+        if self.out.is_empty() {
+            return;
+        }
+        let Some(io) = self.io.as_mut() else { return };
+        let sent = io.flush(&mut self.out);
+        self.counters.packets_out += sent.datagrams;
+        self.counters.bytes_out += sent.bytes;
+        self.counters.send_errors += sent.dropped;
+        self.counters.send_calls += sent.calls;
     }
 
     fn handle_datagram(&mut self, now: Instant, source: SocketAddr, data: &[u8]) {
@@ -257,20 +268,18 @@ impl Shard {
         self.drive(id);
     }
 
-    fn send_datagram(&mut self, dest: SocketAddr, data: &[u8]) {
-        match self.socket.try_send_to(data, dest) {
-            Ok(_) => {
-                self.counters.packets_out += 1;
-                self.counters.bytes_out += data.len() as u64;
-            }
-            Err(_) => self.counters.send_errors += 1,
+    fn send_datagram(&mut self, dest: SocketAddr, data: Vec<u8>) {
+        if !self.out.push(dest, data) {
+            self.counters.send_errors += 1;
         }
     }
 
     /// Polls a peer until it has nothing more to say now.
     fn drive(&mut self, id: PeerId) {
         loop {
-            let Some(peer) = self.peer_mut(id) else { return };
+            let Some(peer) = self.peer_mut(id) else {
+                return;
+            };
             if !peer.rtc.is_alive() {
                 self.to_remove.push((id, LeaveReason::Disconnected));
                 return;
@@ -291,7 +300,7 @@ impl Shard {
                     }
                     return;
                 }
-                Output::Transmit(t) => self.send_datagram(t.destination, &t.contents),
+                Output::Transmit(t) => self.send_datagram(t.destination, t.contents.into()),
                 Output::Event(e) => self.handle_event(id, e),
             }
         }
@@ -304,7 +313,9 @@ impl Shard {
             }
             self.timers.pop();
             let id = ParticipantKey(key);
-            let Some(peer) = self.peer_mut(id) else { continue };
+            let Some(peer) = self.peer_mut(id) else {
+                continue;
+            };
             if peer.scheduled != Some(at) {
                 continue; // superseded
             }
@@ -343,18 +354,24 @@ impl Shard {
                 };
                 let room = peer.room;
                 if let Some(entry) = self.room_mut(room) {
-                    let _ = entry.core.handle_keyframe_request(Instant::now(), id, track);
+                    let _ = entry
+                        .core
+                        .handle_keyframe_request(Instant::now(), id, track);
                 }
                 self.handle_room_events(room);
             }
             Event::MediaEgressStats(s) => {
-                let Some(peer) = self.peer_mut(id) else { return };
+                let Some(peer) = self.peer_mut(id) else {
+                    return;
+                };
                 let (nacks, plis) = delta3(&mut peer.egress_seen, s.mid, s.nacks, s.plis + s.firs);
                 let _ = plis;
                 self.counters.nacks_received += nacks;
             }
             Event::MediaIngressStats(s) => {
-                let Some(peer) = self.peer_mut(id) else { return };
+                let Some(peer) = self.peer_mut(id) else {
+                    return;
+                };
                 let nacks = delta2(&mut peer.ingress_seen, s.mid, s.nacks);
                 self.counters.nacks_sent += nacks;
             }
@@ -365,12 +382,16 @@ impl Shard {
 
     /// One RTP packet from a publisher: through the room's core, out to the subscribers.
     fn forward(&mut self, from: PeerId, pkt: RtpPacket) {
-        let Some(peer) = self.peer_mut(from) else { return };
+        let Some(peer) = self.peer_mut(from) else {
+            return;
+        };
         let Some(index) = peer.in_track_for(pkt.header.ssrc) else {
             return; // not a published track (e.g. a source the grant forbids)
         };
         let in_pt = pkt.header.payload_type;
-        let Some(params) = peer.in_params(index, in_pt) else { return };
+        let Some(params) = peer.in_params(index, in_pt) else {
+            return;
+        };
         let track = peer.in_tracks[index].key;
         let room = peer.room;
         let video = params.spec().codec.kind() == MediaKind::Video;
@@ -401,10 +422,18 @@ impl Shard {
             ..ExtensionValues::default()
         };
         for f in &forwards {
-            let Some(sub) = self.peer_mut(f.subscriber) else { continue };
-            let Some(pt) = sub.out_pt(f.slot, in_pt, params) else { continue };
-            let Some(Some(out)) = sub.out.get(f.slot as usize) else { continue };
-            let OutState::Open(mid) = out.state else { continue };
+            let Some(sub) = self.peer_mut(f.subscriber) else {
+                continue;
+            };
+            let Some(pt) = sub.out_pt(f.slot, in_pt, params) else {
+                continue;
+            };
+            let Some(Some(out)) = sub.out.get(f.slot as usize) else {
+                continue;
+            };
+            let OutState::Open(mid) = out.state else {
+                continue;
+            };
             let mut api = sub.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                 continue;
@@ -430,8 +459,12 @@ impl Shard {
 
     fn handle_room_events(&mut self, room: usize) {
         loop {
-            let Some(entry) = self.room_mut(room) else { return };
-            let Some(event) = entry.core.poll_event() else { return };
+            let Some(entry) = self.room_mut(room) else {
+                return;
+            };
+            let Some(event) = entry.core.poll_event() else {
+                return;
+            };
             match event {
                 RoomEvent::Subscribe {
                     subscriber, track, ..
@@ -464,7 +497,9 @@ impl Shard {
                     self.mark_dirty(subscriber);
                 }
                 RoomEvent::RequestKeyframe { publisher, track } => {
-                    let Some(p) = self.peer_mut(publisher) else { continue };
+                    let Some(p) = self.peer_mut(publisher) else {
+                        continue;
+                    };
                     let Some(mid) = p.in_tracks.iter().find(|t| t.key == track).map(|t| t.mid)
                     else {
                         continue;
@@ -490,7 +525,9 @@ impl Shard {
                 continue;
             }
             let idx = (member.0 & 0xffff_ffff) as usize;
-            let Some(Some(peer)) = self.peers.get(idx) else { continue };
+            let Some(Some(peer)) = self.peers.get(idx) else {
+                continue;
+            };
             if !peer.send(msg.clone()) {
                 self.to_remove.push((*member, LeaveReason::Disconnected));
             }
@@ -509,11 +546,15 @@ impl Shard {
                         JoinError::ServerFull => "server_full",
                         JoinError::ShuttingDown => "shutting_down",
                     };
-                    self.metrics.joins_refused.with_label_values(&[reason]).inc();
+                    self.metrics
+                        .joins_refused
+                        .with_label_values(&[reason])
+                        .inc();
                 }
                 if let Err(Ok(joined)) = reply.send(result) {
                     // The session went away while we were joining it.
-                    self.to_remove.push((joined.peer, LeaveReason::Disconnected));
+                    self.to_remove
+                        .push((joined.peer, LeaveReason::Disconnected));
                 }
             }
             Command::Offer { peer, sdp, tracks } => self.offer(peer, &sdp, tracks),
@@ -740,14 +781,20 @@ impl Shard {
                 entry.tracks.push((key, info.clone()));
                 let _ = entry.core.handle_publish(id, key, media);
             }
-            self.broadcast(room, Some(id), &ServerMessage::TrackPublished { track: info });
+            self.broadcast(
+                room,
+                Some(id),
+                &ServerMessage::TrackPublished { track: info },
+            );
         }
         self.handle_room_events(room);
         self.mark_dirty(id);
     }
 
     fn unpublish(&mut self, room: usize, key: TrackKey) {
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         let _ = entry.core.handle_unpublish(key);
         let Some(pos) = entry.tracks.iter().position(|(k, _)| *k == key) else {
             return;
@@ -762,17 +809,11 @@ impl Shard {
     }
 
     fn answer(&mut self, id: PeerId, sdp: &str) {
-        let Some(peer) = self.peer_mut(id) else { return };
-        let room = peer.room;
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         match peer.accept_answer(sdp) {
-            Ok(opened) => {
-                if let Some(entry) = self.room_mut(room) {
-                    for (slot, track) in opened {
-                        let _ = entry.core.bind(id, track, slot);
-                    }
-                }
-                self.handle_room_events(room);
-            }
+            Ok(opened) => self.bind_opened(id, opened),
             Err(message) => {
                 let code = if peer.pending.is_none() && message.starts_with("there is no") {
                     ErrorCode::OutOfOrder
@@ -785,8 +826,23 @@ impl Shard {
         self.mark_dirty(id);
     }
 
+    /// Tells the room that these slots of `id` are negotiated, so packets may flow.
+    fn bind_opened(&mut self, id: PeerId, opened: Vec<(u32, TrackKey)>) {
+        let Some(room) = self.peer(id).map(|p| p.room) else {
+            return;
+        };
+        if let Some(entry) = self.room_mut(room) {
+            for (slot, track) in opened {
+                let _ = entry.core.bind(id, track, slot);
+            }
+        }
+        self.handle_room_events(room);
+    }
+
     fn candidate(&mut self, id: PeerId, c: IceCandidate) {
-        let Some(peer) = self.peer_mut(id) else { return };
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         let line = c.candidate.trim();
         if line.is_empty() || line.contains(".local ") {
             // End of candidates, or an mDNS name we cannot resolve: the client's STUN
@@ -806,7 +862,9 @@ impl Shard {
     }
 
     fn mute(&mut self, id: PeerId, track_id: &str, muted: bool) {
-        let Some(peer) = self.peer_mut(id) else { return };
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         let Some(key) = peer
             .in_tracks
             .iter()
@@ -820,7 +878,9 @@ impl Shard {
             return;
         };
         let room = peer.room;
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         let _ = entry.core.handle_mute(key, muted);
         if let Some((_, info)) = entry.tracks.iter_mut().find(|(k, _)| *k == key) {
             info.muted = muted;
@@ -836,7 +896,9 @@ impl Shard {
     }
 
     fn data(&mut self, id: PeerId, text: String) {
-        let Some(peer) = self.peer_mut(id) else { return };
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         if !peer.permissions.can_publish_data {
             peer.send(ServerMessage::error(
                 ErrorCode::PermissionDenied,
@@ -863,7 +925,11 @@ impl Shard {
 
     fn remove_peer(&mut self, id: PeerId, reason: LeaveReason) {
         let idx = (id.0 & 0xffff_ffff) as usize;
-        let Some(peer) = self.peers.get_mut(idx).and_then(|p| p.take_if(|p| p.id == id)) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(idx)
+            .and_then(|p| p.take_if(|p| p.id == id))
+        else {
             return;
         };
         self.free.push(idx as u32);
@@ -871,7 +937,9 @@ impl Shard {
         let _ = peer.events.try_send(SessionEvent::Close(reason));
         let room = peer.room;
         tracing::info!(peer = id.0, ?reason, "left");
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         entry.members.retain(|m| *m != id);
         let _ = entry.core.handle_leave(id);
         let mut gone = Vec::new();
@@ -898,7 +966,9 @@ impl Shard {
     }
 
     fn close_room_if_empty(&mut self, room: usize) {
-        let empty = self.rooms[room].as_ref().is_some_and(|e| e.members.is_empty());
+        let empty = self.rooms[room]
+            .as_ref()
+            .is_some_and(|e| e.members.is_empty());
         if empty {
             if let Some(entry) = self.rooms[room].take() {
                 self.room_index.remove(&entry.name);
@@ -911,17 +981,24 @@ impl Shard {
     fn flush(&mut self) {
         loop {
             while let Some(id) = self.dirty.pop() {
-                let Some(peer) = self.peer_mut(id) else { continue };
+                let Some(peer) = self.peer_mut(id) else {
+                    continue;
+                };
                 peer.dirty = false;
-                if let Some(offer) = peer.negotiate() {
+                let (offer, opened) = peer.negotiate();
+                if let Some(offer) = offer {
                     if !peer.send(offer) {
                         self.to_remove.push((id, LeaveReason::Disconnected));
                         continue;
                     }
                 }
+                if !opened.is_empty() {
+                    self.bind_opened(id, opened);
+                }
                 self.drive(id);
             }
             if self.to_remove.is_empty() {
+                self.send_queued();
                 return;
             }
             let removals = std::mem::take(&mut self.to_remove);
@@ -969,11 +1046,20 @@ impl Shard {
     fn shutdown(&mut self) {
         self.shutting_down = true;
         for peer in self.peers.iter_mut().flatten() {
-            let _ = peer.events.try_send(SessionEvent::Close(LeaveReason::ServerShutdown));
+            let _ = peer
+                .events
+                .try_send(SessionEvent::Close(LeaveReason::ServerShutdown));
             peer.rtc.disconnect();
         }
         self.counters.publish(&mut self.published, &self.metrics);
         tracing::info!("media plane stopped");
+    }
+}
+
+async fn readable(io: &Option<BatchSocket>) -> std::io::Result<()> {
+    match io {
+        Some(io) => io.readable().await,
+        None => std::future::pending().await,
     }
 }
 

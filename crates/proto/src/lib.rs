@@ -13,9 +13,13 @@ use serde::{Deserialize, Serialize};
 /// The protocol version this crate speaks. A `join` with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Largest signaling message (in bytes) the server accepts; larger ones are refused with
-/// [`ErrorCode::TooLarge`] and the connection is closed.
+/// Largest signaling message (in bytes) the server accepts, except `offer` and `answer`;
+/// larger ones are refused with [`ErrorCode::TooLarge`] and the connection is closed.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Largest `offer` or `answer` message (in bytes). SDP grows with the number of tracks a
+/// client receives at once (about 1–4 KiB per m-line).
+pub const MAX_SDP_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Where a published track's media comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,6 +78,9 @@ pub struct ParticipantInfo {
     pub name: String,
     /// Role from the grant.
     pub role: Role,
+    /// For guests: the handle of the member who invited them (shown as "guest of …").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_by: Option<String>,
 }
 
 /// A published track as the other participants see it.

@@ -134,8 +134,8 @@ impl Munger {
                 // Advance the timestamp by the wall-clock time since the last output packet,
                 // at least one tick, so the receiver's jitter buffer sees time move on.
                 let elapsed = p.at.saturating_duration_since(at);
-                let ticks = (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000)
-                    .max(1) as u32;
+                let ticks =
+                    (elapsed.as_micros() as u64 * self.clock_rate as u64 / 1_000_000).max(1) as u32;
                 (seq + 1, ts.wrapping_add(ticks))
             }
         };
@@ -220,10 +220,16 @@ mod tests {
         let later = t0 + Duration::from_millis(33);
         let (s2, ts2) = fwd(m.process(&pkt(2, 9_001, 7, true, later)));
         assert_eq!(s2, s + 1, "no gap in sequence numbers across the switch");
-        assert!(ts2.wrapping_sub(last_ts) >= 2_970, "timestamp moved on by ~33 ms");
+        assert!(
+            ts2.wrapping_sub(last_ts) >= 2_970,
+            "timestamp moved on by ~33 ms"
+        );
         // The old stream is now dropped; the new one continues.
         assert_eq!(m.process(&pkt(1, 503, 99_000, false, later)), Munged::Drop);
-        assert_eq!(fwd(m.process(&pkt(2, 9_002, 3_007, false, later))).0, s2 + 1);
+        assert_eq!(
+            fwd(m.process(&pkt(2, 9_002, 3_007, false, later))).0,
+            s2 + 1
+        );
         assert_eq!(m.current_stream(), Some(2));
     }
 

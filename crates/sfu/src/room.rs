@@ -484,7 +484,8 @@ impl Room {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
-        let first_out_seq = 1 + (track.0.wrapping_mul(7919) ^ subscriber.0.wrapping_mul(104_729)) % 20_000;
+        let first_out_seq =
+            1 + (track.0.wrapping_mul(7919) ^ subscriber.0.wrapping_mul(104_729)) % 20_000;
         t.down.push(DownTrack {
             subscriber,
             slot: None,

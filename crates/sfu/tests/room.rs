@@ -20,7 +20,8 @@ fn bind_all(room: &mut Room) -> Vec<RoomEvent> {
             subscriber, track, ..
         } = &e
         {
-            room.bind(*subscriber, *track, slot(*subscriber, *track)).unwrap();
+            room.bind(*subscriber, *track, slot(*subscriber, *track))
+                .unwrap();
         }
         seen.push(e);
     }
@@ -117,13 +118,25 @@ fn keyframe_requests_are_rate_limited_and_folded() {
     let requests = |room: &mut Room| {
         let mut n = 0;
         while let Some(e) = room.poll_event() {
-            assert!(matches!(e, RoomEvent::RequestKeyframe { publisher: P(1), track: T(11) }));
+            assert!(matches!(
+                e,
+                RoomEvent::RequestKeyframe {
+                    publisher: P(1),
+                    track: T(11)
+                }
+            ));
             n += 1;
         }
         n
     };
-    assert_eq!(requests(&mut room), 1, "one request reaches the publisher at once");
-    let due = room.poll_timeout().expect("the folded request is scheduled");
+    assert_eq!(
+        requests(&mut room),
+        1,
+        "one request reaches the publisher at once"
+    );
+    let due = room
+        .poll_timeout()
+        .expect("the folded request is scheduled");
     assert_eq!(due, t0 + Duration::from_millis(500));
     room.handle_timeout(due - Duration::from_millis(1));
     assert_eq!(requests(&mut room), 0);
@@ -149,7 +162,13 @@ fn a_new_subscriber_joins_mid_stream_and_gets_a_keyframe_request() {
     assert_eq!(
         events
             .iter()
-            .filter(|e| matches!(e, RoomEvent::Subscribe { subscriber: P(4), .. }))
+            .filter(|e| matches!(
+                e,
+                RoomEvent::Subscribe {
+                    subscriber: P(4),
+                    ..
+                }
+            ))
             .count(),
         6
     );
@@ -181,16 +200,23 @@ fn leaving_unpublishes_and_stops_forwarding() {
         })
         .collect();
     assert_eq!(unsubs.len(), 4, "two tracks × two subscribers");
-    assert!(unsubs.iter().all(|(s, t, slot)| *s != P(1)
-        && (t.0 == 10 || t.0 == 11)
-        && slot.is_some()));
+    assert!(unsubs
+        .iter()
+        .all(|(s, t, slot)| *s != P(1) && (t.0 == 10 || t.0 == 11) && slot.is_some()));
     assert_eq!(room.track_count(), 4);
-    assert_eq!(room.subscription_count(), 4, "4 tracks × 1 other subscriber");
+    assert_eq!(
+        room.subscription_count(),
+        4,
+        "4 tracks × 1 other subscriber"
+    );
     let mut out = Vec::new();
     room.handle_rtp(T(10), &rtp(1, 1, 0, b"x", Instant::now()), &mut out);
     assert!(out.is_empty());
     room.handle_rtp(T(20), &rtp(1, 1, 0, b"x", Instant::now()), &mut out);
-    assert_eq!(out.iter().map(|f| f.subscriber).collect::<Vec<_>>(), vec![P(3)]);
+    assert_eq!(
+        out.iter().map(|f| f.subscriber).collect::<Vec<_>>(),
+        vec![P(3)]
+    );
     room.handle_leave(P(2)).unwrap();
     room.handle_leave(P(3)).unwrap();
     assert!(room.is_empty());
@@ -207,10 +233,17 @@ fn paused_and_muted_tracks_are_not_forwarded_and_resume_without_gaps() {
     room.set_paused(P(2), T(10), true).unwrap();
     out.clear();
     room.handle_rtp(T(10), &rtp(9, 2, 960, b"a", t0), &mut out);
-    assert_eq!(out.iter().map(|f| f.subscriber).collect::<Vec<_>>(), vec![P(3)]);
+    assert_eq!(
+        out.iter().map(|f| f.subscriber).collect::<Vec<_>>(),
+        vec![P(3)]
+    );
     room.set_paused(P(2), T(10), false).unwrap();
     out.clear();
-    room.handle_rtp(T(10), &rtp(9, 50, 48_000, b"a", t0 + Duration::from_secs(1)), &mut out);
+    room.handle_rtp(
+        T(10),
+        &rtp(9, 50, 48_000, b"a", t0 + Duration::from_secs(1)),
+        &mut out,
+    );
     let after = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
     assert_eq!(after, before + 1, "the subscriber sees no sequence gap");
     room.handle_mute(T(10), true).unwrap();
@@ -234,7 +267,10 @@ fn simulcast_layer_switch_happens_at_a_keyframe() {
     room.switch_stream(P(2), T(11), 200).unwrap();
     out.clear();
     room.handle_rtp(T(11), &rtp(200, 2, 3000, VP8_DELTA, t0), &mut out);
-    assert_eq!(out.iter().map(|f| f.subscriber).collect::<Vec<_>>(), vec![P(3)]);
+    assert_eq!(
+        out.iter().map(|f| f.subscriber).collect::<Vec<_>>(),
+        vec![P(3)]
+    );
     out.clear();
     room.handle_rtp(T(11), &rtp(200, 3, 6000, VP8_KEY, t0), &mut out);
     let f2 = out.iter().find(|f| f.subscriber == P(2)).unwrap();
@@ -248,7 +284,10 @@ fn listeners_receive_but_are_not_subscribed_to_by_anyone() {
     room.handle_join(P(2), false).unwrap();
     room.handle_publish(P(1), T(1), OPUS).unwrap();
     let events = bind_all(&mut room);
-    assert!(events.is_empty(), "P2 may not subscribe, P1 does not get its own track");
+    assert!(
+        events.is_empty(),
+        "P2 may not subscribe, P1 does not get its own track"
+    );
     assert!(room.handle_publish(P(9), T(2), OPUS).is_err());
     assert!(room.handle_publish(P(1), T(1), OPUS).is_err());
     assert!(room.handle_join(P(1), true).is_err());

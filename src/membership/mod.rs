@@ -1,0 +1,955 @@
+//! Membership: who may enter, decided by accounts on the co-op's Mastodon instance(s).
+//!
+//! # Flow
+//! 1. Sign-in ([`Membership::begin_login`] → instance → [`Membership::complete_login`]):
+//!    OAuth 2 authorization code with PKCE S256, a single-use `state` bound to a cookie,
+//!    redirect URIs built from `membership.public_url`. `verify_credentials` decides:
+//!    a 200 is an active local account, so a member (unless denied); 401/403 is refused
+//!    with the reason. Hosts by role rule or host list. A server-side session (opaque
+//!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser.
+//! 2. Grants ([`Membership::member_grant`]): short-lived, single-use `jti`, one room,
+//!    permissions from the role, signed with the server's Ed25519 key ([`keys`]).
+//!    Membership is checked again with the instance when the last check is old.
+//! 3. Rooms: members (or only hosts) open them; hosts set members-only, members and
+//!    guests, or locked.
+//! 4. Invitations ([`invitations`]): a member invites a partner co-op's people to one
+//!    room for a limited time; guests redeem the link for a guest grant.
+//!
+//! Everything that changes state is written with an audit entry in the same transaction
+//! ([`store`]). Codes, tokens and secrets never reach the log or the audit.
+
+pub mod invitations;
+pub mod keys;
+pub mod mastodon;
+pub mod routes;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use base64::Engine;
+use plenary_proto::Role;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::config::{InstanceConfig, LimitedPolicy, MembershipConfig, OpenRooms};
+use crate::grant::{unix_now, Claims, KeyRing, Permissions};
+use mastodon::{Account, ApiError, AppCredentials, Discovery};
+use store::{RoomMode, Session, Store, StoreError};
+
+/// How long an OAuth `state` stays valid.
+pub const STATE_TTL_SECS: i64 = 600;
+/// When the instance cannot be reached, a membership checked this recently still counts.
+pub const OFFLINE_GRACE_SECS: i64 = 12 * 3600;
+
+/// Why a membership operation failed. Each maps to one HTTP status in [`routes`].
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// No instance with that id is configured.
+    #[error("no instance {0:?} is configured for sign-in")]
+    UnknownInstance(String),
+    /// The return path is not a relative path on this site.
+    #[error("the return path must be a path on this site, like /room/gm")]
+    BadReturnPath,
+    /// The OAuth state cookie is missing or differs from the callback's state.
+    #[error(
+        "this sign-in was not started from this browser (state mismatch); please sign in again"
+    )]
+    StateMismatch,
+    /// The state is unknown, used, or expired.
+    #[error("this sign-in link has expired or was already used; please sign in again")]
+    StateExpired,
+    /// The state was issued for another instance.
+    #[error("this sign-in was started for another instance; please sign in again")]
+    WrongInstance,
+    /// The instance refused the authorization (the user cancelled, or the code is invalid).
+    #[error("the instance did not authorize the sign-in: {0}")]
+    NotAuthorized(String),
+    /// The account may not sign in.
+    #[error("{0}")]
+    Refused(String),
+    /// The instance is rate-limiting.
+    #[error("the instance is busy (rate-limited); please try again in a minute")]
+    RateLimited,
+    /// The instance could not be reached or answered oddly.
+    #[error("the instance could not be reached: {0}")]
+    Instance(ApiError),
+    /// Not signed in (or the session expired).
+    #[error("please sign in")]
+    NotSignedIn,
+    /// The signed-in member may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is invalid.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing found.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A grant could not be signed.
+    #[error("could not sign the grant: {0}")]
+    Sign(String),
+}
+
+/// One configured instance.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// Its configuration.
+    pub config: InstanceConfig,
+    /// Its base URL.
+    pub base: Url,
+}
+
+/// A grant handed to a browser.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssuedGrant {
+    /// The JWT.
+    pub grant: String,
+    /// The room it opens.
+    pub room: String,
+    /// Where the signaling WebSocket is (relative).
+    pub ws_url: &'static str,
+}
+
+/// The membership service. Shared by the HTTP handlers.
+pub struct Membership {
+    config: MembershipConfig,
+    public: Url,
+    instances: Vec<Instance>,
+    store: Store,
+    client: mastodon::Client,
+    keys: KeyRing,
+    keys_dir: PathBuf,
+    // std mutexes: held for a map access only, never across an await.
+    active_key: Mutex<keys::ActiveKey>,
+    discovery: Mutex<HashMap<String, Discovery>>,
+}
+
+impl Membership {
+    /// Opens the store and keys and shares the verifying keys with `keys`.
+    pub fn new(
+        config: MembershipConfig,
+        store: Store,
+        keys: KeyRing,
+    ) -> Result<Membership, String> {
+        let public =
+            Url::parse(&config.public_url).map_err(|e| format!("membership.public_url: {e}"))?;
+        let instances = config
+            .instances
+            .iter()
+            .map(|c| {
+                Url::parse(&c.base_url)
+                    .map(|base| Instance {
+                        config: c.clone(),
+                        base,
+                    })
+                    .map_err(|e| format!("instance {}: {e}", c.id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys_dir = keys_dir(&config);
+        let now = unix_now() as i64;
+        let active = keys::active(&store, &keys_dir, now).map_err(|e| e.to_string())?;
+        let verifying = keys::verifying(&store, now, config.grant_ttl_secs as i64)
+            .map_err(|e| e.to_string())?;
+        keys.set_server_keys(verifying);
+        Ok(Membership {
+            config,
+            public,
+            instances,
+            store,
+            client: mastodon::Client::new(),
+            keys,
+            keys_dir,
+            active_key: Mutex::new(active),
+            discovery: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The configured instances.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether cookies must be `Secure` (served over HTTPS).
+    pub fn secure_cookies(&self) -> bool {
+        self.public.scheme() == "https"
+    }
+
+    /// Session lifetime, for the cookie's Max-Age.
+    pub fn session_max_age(&self) -> u64 {
+        self.config.session_absolute_secs
+    }
+
+    fn instance(&self, id: &str) -> Result<&Instance, MembershipError> {
+        self.instances
+            .iter()
+            .find(|i| i.config.id == id)
+            .ok_or_else(|| MembershipError::UnknownInstance(id.into()))
+    }
+
+    /// The callback URL registered with an instance.
+    pub fn redirect_uri(&self, instance: &str) -> String {
+        let mut u = self.public.clone();
+        let base = u.path().trim_end_matches('/').to_string();
+        u.set_path(&format!("{base}/auth/{instance}/callback"));
+        u.set_query(None);
+        u.to_string()
+    }
+
+    /// An absolute URL on this site for `path` (e.g. invitation links).
+    pub fn public_link(&self, path_and_fragment: &str) -> String {
+        let base = self.public.as_str().trim_end_matches('/');
+        format!("{base}{path_and_fragment}")
+    }
+
+    async fn discovery(&self, inst: &Instance) -> Discovery {
+        if let Some(d) = self.lock_discovery().get(&inst.config.id).cloned() {
+            return d;
+        }
+        let d = self.client.discover(&inst.base).await;
+        self.lock_discovery()
+            .insert(inst.config.id.clone(), d.clone());
+        d
+    }
+
+    fn lock_discovery(&self) -> std::sync::MutexGuard<'_, HashMap<String, Discovery>> {
+        self.discovery.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn app(
+        &self,
+        inst: &Instance,
+        disc: &Discovery,
+    ) -> Result<AppCredentials, MembershipError> {
+        let redirect = self.redirect_uri(&inst.config.id);
+        let id = inst.config.id.clone();
+        let r = redirect.clone();
+        if let Some(app) = self.store.run(move |c| store::app(c, &id, &r)).await? {
+            return Ok(AppCredentials {
+                client_id: app.client_id,
+                client_secret: app.client_secret,
+            });
+        }
+        let creds = self
+            .client
+            .register_app(&inst.base, &redirect, &disc.scope, self.public.as_str())
+            .await
+            .map_err(api_error)?;
+        let reg = store::AppRegistration {
+            client_id: creds.client_id.clone(),
+            client_secret: creds.client_secret.clone(),
+            redirect_uri: redirect,
+        };
+        let id = inst.config.id.clone();
+        let base = inst.config.base_url.clone();
+        self.store
+            .run(move |c| store::save_app(c, &id, &base, &reg, unix_now() as i64))
+            .await?;
+        tracing::info!(instance = %inst.config.id, "registered Plenary as an app");
+        Ok(creds)
+    }
+
+    /// Starts a sign-in: returns the instance's authorization URL and the `state` to bind
+    /// to the browser's cookie.
+    pub async fn begin_login(
+        &self,
+        instance: &str,
+        return_to: Option<&str>,
+    ) -> Result<(String, String), MembershipError> {
+        let return_to = return_to.unwrap_or("/");
+        if !is_local_path(return_to) {
+            return Err(MembershipError::BadReturnPath);
+        }
+        let inst = self.instance(instance)?.clone();
+        let disc = self.discovery(&inst).await;
+        let app = self.app(&inst, &disc).await?;
+        let state = random_b64(32);
+        let verifier = random_b64(32);
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(verifier.as_bytes()));
+        let pending = store::OauthState {
+            instance: inst.config.id.clone(),
+            verifier,
+            return_to: return_to.to_string(),
+            expires_at: unix_now() as i64 + STATE_TTL_SECS,
+        };
+        let s = state.clone();
+        self.store
+            .run(move |c| store::save_oauth_state(c, &s, &pending, unix_now() as i64))
+            .await?;
+        let mut url = disc.authorize.clone();
+        url.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &app.client_id)
+            .append_pair("redirect_uri", &self.redirect_uri(&inst.config.id))
+            .append_pair("scope", &disc.scope)
+            .append_pair("state", &state)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        Ok((url.to_string(), state))
+    }
+
+    /// Completes a sign-in from the instance's callback. Returns the new session's cookie
+    /// value and where to send the browser.
+    pub async fn complete_login(
+        &self,
+        instance: &str,
+        code: &str,
+        state: &str,
+        cookie_state: Option<&str>,
+    ) -> Result<(String, String), MembershipError> {
+        let inst = self.instance(instance)?.clone();
+        match cookie_state {
+            Some(c) if constant_time_eq(c.as_bytes(), state.as_bytes()) => {}
+            _ => {
+                self.audit_refusal(instance, "state_mismatch").await;
+                return Err(MembershipError::StateMismatch);
+            }
+        }
+        let s = state.to_string();
+        let pending = self
+            .store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let p = store::take_oauth_state(&tx, &s)?;
+                tx.commit()?;
+                Ok(p)
+            })
+            .await?;
+        let Some(pending) = pending else {
+            self.audit_refusal(instance, "state_unknown_or_used").await;
+            return Err(MembershipError::StateExpired);
+        };
+        if pending.expires_at < unix_now() as i64 {
+            self.audit_refusal(instance, "state_expired").await;
+            return Err(MembershipError::StateExpired);
+        }
+        if pending.instance != inst.config.id {
+            self.audit_refusal(instance, "state_for_other_instance")
+                .await;
+            return Err(MembershipError::WrongInstance);
+        }
+        let disc = self.discovery(&inst).await;
+        let app = self.app(&inst, &disc).await?;
+        let token = match self
+            .client
+            .exchange_code(
+                &disc,
+                &app,
+                code,
+                &pending.verifier,
+                &self.redirect_uri(instance),
+            )
+            .await
+        {
+            Ok(t) => t,
+            Err(ApiError::Status(s)) if (400..500).contains(&s) && s != 429 => {
+                self.audit_refusal(instance, "code_rejected").await;
+                return Err(MembershipError::NotAuthorized(
+                    "the authorization code was not accepted".into(),
+                ));
+            }
+            Err(e) => return Err(api_error(e)),
+        };
+        let account = match self.client.verify_credentials(&inst.base, &token).await {
+            Ok(a) => a,
+            Err(ApiError::Status(401 | 403)) => {
+                self.audit_refusal(instance, "account_not_active").await;
+                return Err(MembershipError::Refused(format!(
+                    "{} says this account is not active (suspended, disabled or not yet \
+                     approved), so it cannot sign in to Plenary",
+                    display_name(&inst)
+                )));
+            }
+            Err(e) => return Err(api_error(e)),
+        };
+        let domain = self.client.domain(&inst.base).await.map_err(api_error)?;
+        let handle = format!("@{}@{}", account.username.to_ascii_lowercase(), domain);
+        let decision = self.decide(&inst, &account, &handle);
+        let (is_host, listen_only) = match decision {
+            Ok(v) => v,
+            Err(reason) => {
+                let detail = serde_json::json!({ "instance": instance, "reason": reason });
+                let h = handle.clone();
+                let _ = self
+                    .store
+                    .run(move |c| {
+                        store::audit(c, unix_now() as i64, "sign_in_refused", &h, "", detail)
+                    })
+                    .await;
+                let _ = self.client.revoke(&disc, &app, &token).await;
+                return Err(MembershipError::Refused(reason));
+            }
+        };
+        let now = unix_now() as i64;
+        let cookie = random_b64(32);
+        let session = Session {
+            id_hash: String::new(),
+            instance: inst.config.id.clone(),
+            account_id: account.id.clone(),
+            handle: handle.clone(),
+            display_name: if account.display_name.trim().is_empty() {
+                account.username.clone()
+            } else {
+                account.display_name.clone()
+            },
+            is_host,
+            listen_only,
+            access_token: token,
+            created_at: now,
+            last_seen: now,
+            checked_at: now,
+        };
+        let c2 = cookie.clone();
+        self.store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                store::create_session(&tx, &c2, &session)?;
+                store::audit(
+                    &tx,
+                    now,
+                    "sign_in",
+                    &session.handle,
+                    "",
+                    serde_json::json!({
+                        "instance": session.instance,
+                        "is_host": session.is_host,
+                        "listen_only": session.listen_only,
+                    }),
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        tracing::info!(%handle, is_host, "signed in");
+        Ok((cookie, pending.return_to))
+    }
+
+    /// Member or not, host or not, from the account and the rules. `Err` is the reason.
+    fn decide(
+        &self,
+        inst: &Instance,
+        account: &Account,
+        handle: &str,
+    ) -> Result<(bool, bool), String> {
+        if account.suspended {
+            return Err(format!(
+                "{} reports this account as suspended",
+                display_name(inst)
+            ));
+        }
+        if !inst.config.members {
+            return Err(format!(
+                "accounts on {} do not make members of this co-op",
+                display_name(inst)
+            ));
+        }
+        if contains_handle(&self.config.deny, handle) {
+            return Err("this account may not use Plenary (operator's deny list)".into());
+        }
+        let listen_only = match (account.limited, self.config.limited_accounts) {
+            (false, _) | (true, LimitedPolicy::Allow) => false,
+            (true, LimitedPolicy::ListenOnly) => true,
+            (true, LimitedPolicy::Deny) => {
+                return Err("this account is limited by its instance's moderators".into())
+            }
+        };
+        let is_host =
+            contains_handle(&self.config.hosts, handle) || role_is_host(&inst.config, account);
+        Ok((is_host, listen_only))
+    }
+
+    async fn audit_refusal(&self, instance: &str, reason: &str) {
+        let detail = serde_json::json!({ "instance": instance, "reason": reason });
+        let _ = self
+            .store
+            .run(move |c| store::audit(c, unix_now() as i64, "sign_in_refused", "", "", detail))
+            .await;
+    }
+
+    /// The session a cookie opens, if it is still valid (and marks it used).
+    pub async fn session(&self, cookie: &str) -> Result<Option<Session>, MembershipError> {
+        let cookie = cookie.to_string();
+        let absolute = self.config.session_absolute_secs as i64;
+        let idle = self.config.session_idle_secs as i64;
+        Ok(self
+            .store
+            .run(move |c| {
+                let Some(s) = store::session(c, &cookie)? else {
+                    return Ok(None);
+                };
+                let now = unix_now() as i64;
+                if now - s.created_at > absolute || now - s.last_seen > idle {
+                    store::delete_session(c, &s.id_hash)?;
+                    return Ok(None);
+                }
+                store::touch_session(c, &s.id_hash, now, false)?;
+                Ok(Some(s))
+            })
+            .await?)
+    }
+
+    /// Checks with the instance that the session's account is still a member, if the last
+    /// check is older than `recheck_secs`. Loses the session when it is not.
+    async fn recheck(&self, s: &Session) -> Result<(), MembershipError> {
+        let now = unix_now() as i64;
+        if now - s.checked_at < self.config.recheck_secs as i64 {
+            return Ok(());
+        }
+        let inst = self.instance(&s.instance)?.clone();
+        match self
+            .client
+            .verify_credentials(&inst.base, &s.access_token)
+            .await
+        {
+            Ok(account) => {
+                if let Err(reason) = self.decide(&inst, &account, &s.handle) {
+                    self.lose_membership(s, &reason).await?;
+                    return Err(MembershipError::Refused(reason));
+                }
+                let id = s.id_hash.clone();
+                let (i, a, h) = (s.instance.clone(), s.account_id.clone(), s.handle.clone());
+                self.store
+                    .run(move |c| {
+                        store::touch_session(c, &id, now, true)?;
+                        store::set_member(c, &i, &a, &h, true, now)
+                    })
+                    .await?;
+                Ok(())
+            }
+            Err(ApiError::Status(401 | 403)) => {
+                let reason = "your instance says your account is no longer active";
+                self.lose_membership(s, reason).await?;
+                Err(MembershipError::Refused(reason.into()))
+            }
+            Err(e) if now - s.checked_at < OFFLINE_GRACE_SECS => {
+                tracing::warn!(instance = %s.instance, "membership re-check failed ({e}); using the last check");
+                Ok(())
+            }
+            Err(e) => Err(api_error(e)),
+        }
+    }
+
+    async fn lose_membership(&self, s: &Session, reason: &str) -> Result<(), MembershipError> {
+        let (i, a, h) = (s.instance.clone(), s.account_id.clone(), s.handle.clone());
+        let reason = reason.to_string();
+        self.store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let now = unix_now() as i64;
+                store::set_member(&tx, &i, &a, &h, false, now)?;
+                store::delete_account_sessions(&tx, &i, &a)?;
+                store::audit(
+                    &tx,
+                    now,
+                    "membership_lost",
+                    &h,
+                    "",
+                    serde_json::json!({ "reason": reason }),
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A grant for a signed-in member to join `room` (opening it if they may).
+    pub async fn member_grant(
+        &self,
+        s: &Session,
+        room: &str,
+    ) -> Result<IssuedGrant, MembershipError> {
+        if !crate::http::valid_room_name(room) {
+            return Err(MembershipError::BadRequest(
+                "room must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        self.recheck(s).await?;
+        let may_open = s.is_host || self.config.who_may_open_rooms == OpenRooms::Members;
+        let (r, h) = (room.to_string(), s.handle.clone());
+        let mode = self
+            .store
+            .run(move |c| {
+                let now = unix_now() as i64;
+                if let Some(mode) = store::room_mode(c, &r)? {
+                    return Ok(Some(mode));
+                }
+                if !may_open {
+                    return Ok(None);
+                }
+                let tx = c.transaction()?;
+                store::open_room(&tx, &r, &h, now)?;
+                store::audit(&tx, now, "room_opened", &h, &r, serde_json::json!({}))?;
+                tx.commit()?;
+                Ok(Some(RoomMode::MembersAndGuests))
+            })
+            .await?;
+        match mode {
+            None => {
+                return Err(MembershipError::Forbidden(
+                    "this room is not open yet, and only hosts may open rooms".into(),
+                ))
+            }
+            Some(RoomMode::Locked) if !s.is_host => {
+                return Err(MembershipError::Forbidden(
+                    "a host has locked this room".into(),
+                ))
+            }
+            _ => {}
+        }
+        let permissions = Permissions {
+            can_publish: !s.listen_only,
+            can_publish_sources: Vec::new(),
+            can_subscribe: true,
+            can_publish_data: true,
+            is_host: s.is_host,
+        };
+        let role = if s.is_host { Role::Host } else { Role::Member };
+        let claims = Claims::new(
+            room,
+            &s.handle,
+            &s.display_name,
+            role,
+            std::time::Duration::from_secs(self.config.grant_ttl_secs),
+        )
+        .with_permissions(permissions);
+        self.issue(claims, &s.handle).await
+    }
+
+    /// Signs `claims` with the active key and records the grant in the audit log.
+    async fn issue(&self, claims: Claims, actor: &str) -> Result<IssuedGrant, MembershipError> {
+        let key = self.current_key().await?;
+        let grant = self
+            .keys
+            .mint_server(&claims, &key.kid, &key.encoding)
+            .map_err(|e| MembershipError::Sign(e.to_string()))?;
+        let detail = serde_json::json!({
+            "jti": claims.jti,
+            "identity": claims.sub,
+            "role": claims.role,
+            "permissions": claims.permissions,
+            "exp": claims.exp,
+            "kid": key.kid,
+        });
+        let (a, r) = (actor.to_string(), claims.room.clone());
+        self.store
+            .run(move |c| store::audit(c, unix_now() as i64, "grant", &a, &r, detail))
+            .await?;
+        Ok(IssuedGrant {
+            grant,
+            room: claims.room,
+            ws_url: "/rtc",
+        })
+    }
+
+    /// The active signing key, reloaded when `plenary keys rotate` added a newer one.
+    async fn current_key(&self) -> Result<keys::ActiveKey, MembershipError> {
+        let store = self.store.clone();
+        let dir = self.keys_dir.clone();
+        let ttl = self.config.grant_ttl_secs as i64;
+        // Not through `Store::run`: the key functions take the store's lock themselves.
+        let (active, verifying) = tokio::task::spawn_blocking(move || {
+            let now = unix_now() as i64;
+            let a = keys::active(&store, &dir, now).map_err(key_to_store)?;
+            let v = keys::verifying(&store, now, ttl).map_err(key_to_store)?;
+            Ok::<_, StoreError>((a, v))
+        })
+        .await
+        .map_err(|_| StoreError::Task)??;
+        let changed = {
+            let mut cur = self.active_key.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = cur.kid != active.kid;
+            *cur = active.clone();
+            changed
+        };
+        if changed {
+            tracing::info!(kid = %active.kid, "signing with a new key");
+        }
+        self.keys.set_server_keys(verifying);
+        Ok(active)
+    }
+
+    /// Loads keys from the store when a grant names a `kid` we do not know yet.
+    pub async fn refresh_keys(&self) {
+        let _ = self.current_key().await;
+    }
+
+    /// Marks a member grant's `jti` as used; a second use is a replay.
+    pub async fn consume_jti(&self, claims: &Claims) -> Result<bool, MembershipError> {
+        let (jti, exp) = (claims.jti.clone(), claims.exp as i64);
+        Ok(self
+            .store
+            .run(move |c| store::use_jti(c, &jti, exp + 60, unix_now() as i64))
+            .await?)
+    }
+
+    /// A host sets a room's mode.
+    pub async fn set_room_mode(
+        &self,
+        s: &Session,
+        room: &str,
+        mode: RoomMode,
+    ) -> Result<(), MembershipError> {
+        if !s.is_host {
+            return Err(MembershipError::Forbidden(
+                "only hosts may change a room's access".into(),
+            ));
+        }
+        let (r, h) = (room.to_string(), s.handle.clone());
+        let found = self
+            .store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let found = store::set_room_mode(&tx, &r, mode)?;
+                if found {
+                    store::audit(
+                        &tx,
+                        unix_now() as i64,
+                        "room_mode",
+                        &h,
+                        &r,
+                        serde_json::json!({ "mode": mode }),
+                    )?;
+                }
+                tx.commit()?;
+                Ok(found)
+            })
+            .await?;
+        if found {
+            Ok(())
+        } else {
+            Err(MembershipError::NotFound(format!(
+                "room {room:?} is not open"
+            )))
+        }
+    }
+
+    /// Signs out: revokes the instance token (best effort), deletes the session.
+    pub async fn logout(&self, cookie: &str) -> Result<(), MembershipError> {
+        let c = cookie.to_string();
+        let Some(s) = self.store.run(move |conn| store::session(conn, &c)).await? else {
+            return Ok(());
+        };
+        if let Ok(inst) = self.instance(&s.instance).cloned() {
+            let disc = self.discovery(&inst).await;
+            if let Ok(app) = self.app(&inst, &disc).await {
+                if let Err(e) = self.client.revoke(&disc, &app, &s.access_token).await {
+                    tracing::warn!(instance = %s.instance, "token revocation failed: {e}");
+                }
+            }
+        }
+        self.store
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                store::delete_session(&tx, &s.id_hash)?;
+                store::audit(
+                    &tx,
+                    unix_now() as i64,
+                    "sign_out",
+                    &s.handle,
+                    "",
+                    serde_json::json!({}),
+                )?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn key_to_store(e: keys::KeyError) -> StoreError {
+    match e {
+        keys::KeyError::Store(s) => s,
+        keys::KeyError::File { path, reason } => StoreError::Sql(rusqlite::Error::InvalidPath(
+            PathBuf::from(format!("{path}: {reason}")),
+        )),
+    }
+}
+
+/// Where keys live: `keys_dir`, or `keys` beside the database.
+pub fn keys_dir(config: &MembershipConfig) -> PathBuf {
+    if !config.keys_dir.is_empty() {
+        return PathBuf::from(&config.keys_dir);
+    }
+    let db = PathBuf::from(&config.database);
+    db.parent()
+        .map(|p| p.join("keys"))
+        .unwrap_or_else(|| PathBuf::from("keys"))
+}
+
+fn display_name(inst: &Instance) -> String {
+    if inst.config.display_name.is_empty() {
+        inst.base.host_str().unwrap_or("the instance").to_string()
+    } else {
+        inst.config.display_name.clone()
+    }
+}
+
+fn api_error(e: ApiError) -> MembershipError {
+    match e {
+        ApiError::Status(429) => MembershipError::RateLimited,
+        other => MembershipError::Instance(other),
+    }
+}
+
+/// Whether a member's role makes them a host under the instance's rule.
+pub fn role_is_host(rule: &InstanceConfig, account: &Account) -> bool {
+    if let Some(role) = &account.role {
+        if rule
+            .host_roles
+            .iter()
+            .any(|n| !role.name.is_empty() && n.eq_ignore_ascii_case(&role.name))
+        {
+            return true;
+        }
+        if !role.id.is_empty() && rule.host_role_ids.iter().any(|i| *i == role.id) {
+            return true;
+        }
+        if rule.host_permissions != 0 {
+            if let Ok(bits) = role.permissions.parse::<u64>() {
+                if bits & rule.host_permissions != 0 {
+                    return true;
+                }
+            }
+        }
+    }
+    if rule.pleroma_staff_are_hosts {
+        if let Some(p) = &account.pleroma {
+            return p.is_admin || p.is_moderator;
+        }
+    }
+    false
+}
+
+/// Case-insensitive handle match (`@user@domain`, leading `@` optional in the list).
+pub fn contains_handle(list: &[String], handle: &str) -> bool {
+    let norm = |h: &str| h.trim().trim_start_matches('@').to_ascii_lowercase();
+    let h = norm(handle);
+    list.iter().any(|x| norm(x) == h)
+}
+
+/// Whether `path` is a path on this site (no scheme, no host, no `//` or `/\` tricks).
+pub fn is_local_path(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.starts_with("//")
+        && !path.starts_with("/\\")
+        && !path.contains(['\r', '\n', '\\'])
+        && !path.chars().any(|c| c.is_control())
+}
+
+/// `n` random bytes, base64url without padding.
+pub fn random_b64(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    rand::fill(bytes.as_mut_slice());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mastodon::{AccountRole, PleromaFields};
+
+    fn rule() -> InstanceConfig {
+        InstanceConfig {
+            id: "sc".into(),
+            base_url: "https://social.coop".into(),
+            display_name: String::new(),
+            members: true,
+            host_roles: vec!["Moderator".into(), "Host".into()],
+            host_role_ids: vec!["7".into()],
+            host_permissions: 0x400,
+            pleroma_staff_are_hosts: true,
+        }
+    }
+
+    fn account(role: Option<AccountRole>, pleroma: Option<PleromaFields>) -> Account {
+        Account {
+            id: "1".into(),
+            username: "a".into(),
+            display_name: String::new(),
+            limited: false,
+            suspended: false,
+            role,
+            pleroma,
+        }
+    }
+
+    #[test]
+    fn host_rules_by_name_id_permission_and_pleroma_flags() {
+        let r = rule();
+        let role = |id: &str, name: &str, perms: &str| {
+            Some(AccountRole {
+                id: id.into(),
+                name: name.into(),
+                permissions: perms.into(),
+            })
+        };
+        assert!(role_is_host(
+            &r,
+            &account(role("3", "moderator", "0"), None)
+        ));
+        assert!(role_is_host(&r, &account(role("7", "Custom", "0"), None)));
+        assert!(role_is_host(&r, &account(role("9", "Other", "1024"), None)));
+        assert!(!role_is_host(&r, &account(role("9", "Other", "1"), None)));
+        assert!(!role_is_host(&r, &account(role("", "", ""), None)));
+        assert!(!role_is_host(&r, &account(None, None)));
+        let staff = PleromaFields {
+            is_admin: false,
+            is_moderator: true,
+        };
+        assert!(role_is_host(&r, &account(None, Some(staff.clone()))));
+        let mut no_pleroma = rule();
+        no_pleroma.pleroma_staff_are_hosts = false;
+        assert!(!role_is_host(&no_pleroma, &account(None, Some(staff))));
+    }
+
+    #[test]
+    fn handles_compare_case_insensitively() {
+        let list = vec!["@Alice@Social.Coop".to_string(), "bob@x.org".to_string()];
+        assert!(contains_handle(&list, "@alice@social.coop"));
+        assert!(contains_handle(&list, "@BOB@x.org"));
+        assert!(!contains_handle(&list, "@carol@social.coop"));
+    }
+
+    #[test]
+    fn only_local_return_paths() {
+        assert!(is_local_path("/"));
+        assert!(is_local_path("/room/gm?x=1"));
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "evil",
+            "/a\r\nSet-Cookie: x",
+            "",
+        ] {
+            assert!(!is_local_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn random_values_are_long_and_distinct() {
+        let a = random_b64(32);
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, random_b64(32));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
