@@ -69,6 +69,39 @@ async function fetchDevGrant(room, name, publish) {
   return body;
 }
 
+/** The signed-in member (from /api/me), if any. */
+let member = null;
+/** A grant handed over in the URL fragment (invitations), used for the next join. */
+let handedGrant = null;
+
+async function loadMember() {
+  try {
+    const res = await fetch("/api/me");
+    if (res.ok) member = await res.json();
+    return res.status !== 404; // 404: sign-in is not configured on this server
+  } catch {
+    return false;
+  }
+}
+
+async function fetchMemberGrant(room) {
+  const res = await fetch("/api/grant", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ room }),
+  });
+  let body = {};
+  try {
+    body = await res.json();
+  } catch {}
+  if (res.status === 401) {
+    location.assign(`/login`);
+    throw new Error("please sign in again");
+  }
+  if (!res.ok) throw new Error(body.error || `grant refused (HTTP ${res.status})`);
+  return body;
+}
+
 async function join() {
   if (client && client.state !== "closed") return;
   const name = $("name").value.trim();
@@ -98,13 +131,21 @@ async function join() {
     setStatus("Getting a room grant…");
     let grant;
     let wsUrl;
-    if (info.dev_mode) {
+    if (handedGrant) {
+      // From an invitation page (or a backend), once: a grant is single-use.
+      grant = handedGrant;
+      handedGrant = null;
+    } else if (member) {
+      const g = await fetchMemberGrant(room);
+      grant = g.grant;
+      wsUrl = g.ws_url;
+    } else if (info.dev_mode) {
       const g = await fetchDevGrant(room, name, publish.length > 0);
       grant = g.grant;
       wsUrl = g.ws_url;
     } else {
       grant = $("grant").value.trim();
-      if (!grant) throw new Error("this server needs a room grant from your co-op's sign-in");
+      if (!grant) throw new Error("please sign in with your co-op's account first");
     }
 
     client = new PlenaryClient({ url: wsUrlFrom(wsUrl), grant, room, publish });
@@ -269,6 +310,46 @@ if (params.has("camera")) $("camera").checked = flag(params.get("camera"));
 if (params.has("mic")) $("microphone").checked = flag(params.get("mic"));
 if (params.has("grant")) $("grant").value = params.get("grant");
 
+// An invitation hands its guest grant over in the fragment (never sent to a server);
+// read it, then take it out of the address bar.
+const fragment = new URLSearchParams(location.hash.replace(/^#/, ""));
+if (fragment.has("grant")) {
+  handedGrant = fragment.get("grant");
+  for (const [k, v] of fragment) if (k !== "grant") params.set(k, v);
+  if (fragment.has("room")) $("room").value = fragment.get("room");
+  if (fragment.has("name")) $("name").value = fragment.get("name");
+  if (fragment.has("camera")) $("camera").checked = flag(fragment.get("camera"));
+  if (fragment.has("mic")) $("microphone").checked = flag(fragment.get("mic"));
+  params.set("autojoin", "1");
+  history.replaceState(null, "", location.pathname);
+}
+
 await loadInfo();
-setStatus(info.dev_mode ? "Dev mode: anyone on this machine can join." : "Ready.");
+const signInConfigured = !info.dev_mode && (await loadMember());
+if (member) {
+  $("name").value = member.display_name;
+  $("grant-field").hidden = true;
+  $("grant").required = false;
+  $("signed-in").textContent = `Signed in as ${member.handle}${member.is_host ? " (host)" : ""}`;
+  $("signed-in").hidden = false;
+  $("sign-out").hidden = false;
+  $("my-invitations").hidden = false;
+} else if (signInConfigured && !handedGrant) {
+  $("grant-field").hidden = true;
+  $("grant").required = false;
+  $("sign-in").hidden = false;
+}
+$("sign-out").addEventListener("click", async () => {
+  await fetch("/auth/logout", { method: "POST" });
+  location.reload();
+});
+setStatus(
+  info.dev_mode
+    ? "Dev mode: anyone on this machine can join."
+    : member || handedGrant
+      ? "Ready."
+      : signInConfigured
+        ? "Sign in with your co-op's account to join."
+        : "Ready.",
+);
 if (params.get("autojoin") === "1") join();
