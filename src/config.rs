@@ -214,6 +214,9 @@ pub struct LimitsConfig {
     pub signaling_idle_secs: u64,
     /// Seconds to wait for clients to go at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Rooms with more participants than this switch to listener mode: only hosts and
+    /// those given the floor may publish.
+    pub listener_mode_above: usize,
 }
 
 impl Default for HttpConfig {
@@ -252,6 +255,7 @@ impl Default for LimitsConfig {
             ice_timeout_secs: 5,
             signaling_idle_secs: 30,
             shutdown_grace_secs: 5,
+            listener_mode_above: 50,
         }
     }
 }

@@ -7,7 +7,8 @@
 //! - `GET /healthz`: `ok` while the server takes joins, 503 while it shuts down.
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /api/info`: `{"dev_mode":bool,"version":"…"}`.
-//! - `POST /api/dev/grant`: dev mode only; `{"room","name","publish"}` → `{"grant","ws_url"}`.
+//! - `POST /api/dev/grant`: dev mode only; `{"room","name","publish","host"}` →
+//!   `{"grant","ws_url","identity"}`.
 //! - `GET /rtc`: the signaling WebSocket (docs/protocol.md).
 
 use std::sync::Arc;
@@ -237,6 +238,9 @@ struct DevGrantRequest {
     name: String,
     #[serde(default = "yes")]
     publish: bool,
+    /// Dev mode only: a host grant (to try the host controls).
+    #[serde(default)]
+    host: bool,
 }
 
 fn yes() -> bool {
@@ -292,8 +296,11 @@ async fn dev_grant(
             ..Permissions::listener()
         }
     };
-    let claims = Claims::new(&req.room, &identity, name, Role::Member, DEV_GRANT_TTL)
-        .with_permissions(permissions);
+    let mut permissions = permissions;
+    permissions.is_host = req.host;
+    let role = if req.host { Role::Host } else { Role::Member };
+    let claims =
+        Claims::new(&req.room, &identity, name, role, DEV_GRANT_TTL).with_permissions(permissions);
     let grant = state
         .keys()
         .mint(&claims)

@@ -133,17 +133,6 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         .into_iter()
         .map(|ip| SocketAddr::new(ip, media_addr.port()))
         .collect();
-    let metrics = Arc::new(metrics::Metrics::new());
-    let settings = media::MediaSettings {
-        announce,
-        ice_servers: config.ice_servers.clone(),
-        max_participants_per_room: config.limits.max_participants_per_room,
-        max_participants: config.limits.max_participants,
-        ice_timeout: Duration::from_secs(config.limits.ice_timeout_secs),
-    };
-    let (media, media_thread) =
-        media::spawn(udp, settings, metrics.clone()).map_err(StartError::Media)?;
-
     let dev_mode = config.dev_mode();
     let mut keys = config.key_ring();
     if dev_mode && config.auth.api_keys.is_empty() {
@@ -151,11 +140,6 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         keys.insert(
             format!("dev-{}", media::peer::random_token(8)),
             media::peer::random_token(48),
-        );
-    }
-    if dev_mode {
-        tracing::warn!(
-            "DEV MODE: anyone who can reach http://{http_addr} may mint grants from the page"
         );
     }
     let membership = if config.membership.instances.is_empty() {
@@ -170,6 +154,44 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             .map_err(StartError::Membership)?;
         Some(Arc::new(service))
     };
+    // Host actions from the media plane go to the audit log (with sign-in configured) or
+    // to the server log.
+    let audit = membership.as_ref().map(|m| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<media::AuditRecord>(1024);
+        let store = m.store().clone();
+        tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let now = grant::unix_now() as i64;
+                let res = store
+                    .run(move |c| {
+                        membership::store::audit(c, now, &r.kind, &r.actor, &r.room, r.detail)
+                    })
+                    .await;
+                if let Err(e) = res {
+                    tracing::warn!("cannot write the audit log: {e}");
+                }
+            }
+        });
+        tx
+    });
+    let metrics = Arc::new(metrics::Metrics::new());
+    let settings = media::MediaSettings {
+        announce,
+        ice_servers: config.ice_servers.clone(),
+        max_participants_per_room: config.limits.max_participants_per_room,
+        max_participants: config.limits.max_participants,
+        ice_timeout: Duration::from_secs(config.limits.ice_timeout_secs),
+        listener_mode_above: config.limits.listener_mode_above,
+        audit,
+    };
+    let (media, media_thread) =
+        media::spawn(udp, settings, metrics.clone()).map_err(StartError::Media)?;
+
+    if dev_mode {
+        tracing::warn!(
+            "DEV MODE: anyone who can reach http://{http_addr} may mint grants from the page"
+        );
+    }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = http::AppState::new(
         keys,

@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::grant::{Claims, GrantError, Signer};
 use crate::http::AppState;
-use crate::media::{Command, JoinRequest, PeerId, SessionEvent, SESSION_QUEUE};
+use crate::media::{
+    Command, JoinError, JoinOutcome, JoinRequest, PeerId, SessionEvent, SESSION_QUEUE,
+};
 
 /// Time a client has to send `join` after connecting.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -63,6 +65,8 @@ struct Session {
     /// For guests: the inviting member, whose monthly guest time this session uses.
     guest_of: Option<String>,
     joined_at: Option<Instant>,
+    /// Waiting in the lobby.
+    waiting: bool,
 }
 
 /// Runs one WebSocket session to its end.
@@ -77,6 +81,7 @@ pub async fn run(socket: WebSocket, state: AppState) {
         refilled: Instant::now(),
         guest_of: None,
         joined_at: None,
+        waiting: false,
     };
     let end = session.serve().await;
     if let Some(peer) = session.peer {
@@ -110,7 +115,7 @@ impl Session {
         let idle = self.state.idle_timeout();
         let mut last_heard = tokio::time::Instant::now();
         loop {
-            let deadline = if self.peer.is_some() {
+            let deadline = if self.peer.is_some() || self.waiting {
                 last_heard + idle
             } else {
                 join_deadline
@@ -126,6 +131,14 @@ impl Session {
                 event = recv_event(&mut self.events) => match event {
                     Some(SessionEvent::Send(msg)) => {
                         if self.send(&msg).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
+                    Some(SessionEvent::Admitted(joined)) => {
+                        self.waiting = false;
+                        self.peer = Some(joined.peer);
+                        self.joined_at = Some(Instant::now());
+                        if self.send(&joined.welcome).await.is_err() {
                             return End::Gone;
                         }
                     }
@@ -208,12 +221,31 @@ impl Session {
 
     async fn handle_message(&mut self, msg: ClientMessage) -> Option<End> {
         let Some(peer) = self.peer else {
+            if self.waiting {
+                return match msg {
+                    ClientMessage::Ping { id } => {
+                        self.send_or_end(&ServerMessage::Pong { id }).await
+                    }
+                    ClientMessage::Leave => Some(End::Close(LeaveReason::Left)),
+                    _ => {
+                        self.error(
+                            ErrorCode::OutOfOrder,
+                            "you are waiting in the lobby for a host to let you in",
+                        )
+                        .await
+                    }
+                };
+            }
             return match msg {
                 ClientMessage::Join {
                     protocol,
                     grant,
                     room,
-                } => self.join(protocol, &grant, room.as_deref()).await,
+                    resume,
+                } => match resume {
+                    Some(token) => self.resume(protocol, &token).await,
+                    None => self.join(protocol, &grant, room.as_deref()).await,
+                },
                 ClientMessage::Ping { id } => self.send_or_end(&ServerMessage::Pong { id }).await,
                 _ => {
                     self.error(ErrorCode::OutOfOrder, "the first message must be join")
@@ -238,6 +270,10 @@ impl Session {
                 muted,
             },
             ClientMessage::Data { text } => Command::Data { peer, text },
+            ClientMessage::Chat { text } => Command::Chat { peer, text },
+            ClientMessage::RaiseHand { raised } => Command::RaiseHand { peer, raised },
+            ClientMessage::Subscription { tracks } => Command::Subscription { peer, tracks },
+            ClientMessage::Host(action) => Command::Host { peer, action },
         };
         if self.state.media().send(command).await.is_err() {
             return Some(End::Close(LeaveReason::ServerShutdown));
@@ -255,28 +291,23 @@ impl Session {
                 )
                 .await;
         }
-        let claims = match self.verify_grant(grant).await {
+        let claims = match self.verify_grant(grant, room).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!("join refused: {e}");
+                let reason = if e == GrantError::WrongRoom {
+                    "wrong_room"
+                } else {
+                    "invalid_grant"
+                };
                 self.state
                     .metrics()
                     .joins_refused
-                    .with_label_values(&["invalid_grant"])
+                    .with_label_values(&[reason])
                     .inc();
                 return self.fatal(ErrorCode::InvalidGrant, &e.to_string()).await;
             }
         };
-        if room.is_some_and(|r| r != claims.room) {
-            self.state
-                .metrics()
-                .joins_refused
-                .with_label_values(&["wrong_room"])
-                .inc();
-            return self
-                .fatal(ErrorCode::InvalidGrant, "the grant is for another room")
-                .await;
-        }
         let (events_tx, events_rx) = mpsc::channel(SESSION_QUEUE);
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = JoinRequest {
@@ -287,6 +318,7 @@ impl Session {
                 name: claims.name.clone(),
                 role: claims.role,
                 invited_by: claims.invited_by.clone(),
+                ..ParticipantInfo::default()
             },
             permissions: claims.permissions.clone(),
             started,
@@ -301,14 +333,61 @@ impl Session {
                 .fatal(ErrorCode::Unavailable, "the server is shutting down")
                 .await;
         }
+        self.await_join(reply_rx, events_rx).await
+    }
+
+    /// A dropped session comes back with its resume token.
+    async fn resume(&mut self, protocol: u32, token: &str) -> Option<End> {
+        if protocol != PROTOCOL_VERSION {
+            return self
+                .fatal(
+                    ErrorCode::UnsupportedVersion,
+                    &format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                )
+                .await;
+        }
+        let (events_tx, events_rx) = mpsc::channel(SESSION_QUEUE);
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let command = Command::Resume {
+            token: token.to_string(),
+            events: events_tx,
+            started: Instant::now(),
+            reply: reply_tx,
+        };
+        if self.state.media().send(command).await.is_err() {
+            return self
+                .fatal(ErrorCode::Unavailable, "the server is shutting down")
+                .await;
+        }
+        self.await_join(reply_rx, events_rx).await
+    }
+
+    async fn await_join(
+        &mut self,
+        reply_rx: oneshot::Receiver<Result<JoinOutcome, JoinError>>,
+        events_rx: mpsc::Receiver<SessionEvent>,
+    ) -> Option<End> {
         match tokio::time::timeout(JOIN_REPLY, reply_rx).await {
-            Ok(Ok(Ok(joined))) => {
+            Ok(Ok(Ok(JoinOutcome::Joined(joined)))) => {
                 self.peer = Some(joined.peer);
                 self.events = Some(events_rx);
                 self.joined_at = Some(Instant::now());
                 self.send_or_end(&joined.welcome).await
             }
-            Ok(Ok(Err(e))) => self.fatal(ErrorCode::Unavailable, &e.to_string()).await,
+            Ok(Ok(Ok(JoinOutcome::Waiting { room }))) => {
+                self.waiting = true;
+                self.events = Some(events_rx);
+                self.send_or_end(&ServerMessage::Waiting { room }).await
+            }
+            Ok(Ok(Err(e))) => {
+                let code = match e {
+                    JoinError::Locked => ErrorCode::RoomLocked,
+                    JoinError::Barred => ErrorCode::Barred,
+                    JoinError::ResumeFailed => ErrorCode::ResumeFailed,
+                    _ => ErrorCode::Unavailable,
+                };
+                self.fatal(code, &e.to_string()).await
+            }
             _ => {
                 self.fatal(ErrorCode::Internal, "the media plane did not answer")
                     .await
@@ -317,7 +396,10 @@ impl Session {
     }
 
     /// Verifies a grant; server-signed (member and guest) grants are single-use.
-    async fn verify_grant(&mut self, grant: &str) -> Result<Claims, GrantError> {
+    ///
+    /// The room the client asked for is checked before the `jti` is recorded, so a refused
+    /// join uses nothing up.
+    async fn verify_grant(&mut self, grant: &str, room: Option<&str>) -> Result<Claims, GrantError> {
         let keys = self.state.keys().clone();
         let mut verified = keys.verify_signed(grant);
         if verified == Err(GrantError::UnknownKey) {
@@ -328,6 +410,9 @@ impl Session {
             }
         }
         let (claims, signer) = verified?;
+        if room.is_some_and(|r| r != claims.room) {
+            return Err(GrantError::WrongRoom);
+        }
         if signer == Signer::Server {
             let m = self.state.membership().ok_or(GrantError::UnknownKey)?;
             match m.consume_jti(&claims).await {

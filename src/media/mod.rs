@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use plenary_proto::{
-    IceCandidate, IceServer, LeaveReason, ParticipantInfo, PublishedTrack, ServerMessage,
+    HostAction, IceCandidate, IceServer, LeaveReason, ParticipantInfo, PublishedTrack,
+    ServerMessage, SubscriptionUpdate,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -39,7 +40,18 @@ pub enum Command {
         /// Who and where.
         request: JoinRequest,
         /// The answer.
-        reply: oneshot::Sender<Result<Joined, JoinError>>,
+        reply: oneshot::Sender<Result<JoinOutcome, JoinError>>,
+    },
+    /// Come back as the participant a resume token names (after a dropped connection).
+    Resume {
+        /// The token from the earlier `welcome`.
+        token: String,
+        /// Where the session's messages go.
+        events: mpsc::Sender<SessionEvent>,
+        /// When the client asked.
+        started: Instant,
+        /// The answer.
+        reply: oneshot::Sender<Result<JoinOutcome, JoinError>>,
     },
     /// The client's SDP offer and the tracks it publishes.
     Offer {
@@ -80,6 +92,34 @@ pub enum Command {
         /// The text.
         text: String,
     },
+    /// A chat message to the room.
+    Chat {
+        /// Who.
+        peer: PeerId,
+        /// The text.
+        text: String,
+    },
+    /// Raise or lower a hand.
+    RaiseHand {
+        /// Who.
+        peer: PeerId,
+        /// New state.
+        raised: bool,
+    },
+    /// Pause or resume forwarding of remote tracks to this peer.
+    Subscription {
+        /// Who.
+        peer: PeerId,
+        /// The changes.
+        tracks: Vec<SubscriptionUpdate>,
+    },
+    /// A host action (checked by the media plane).
+    Host {
+        /// Who asks.
+        peer: PeerId,
+        /// What.
+        action: HostAction,
+    },
     /// The participant goes.
     Leave {
         /// Who.
@@ -106,6 +146,19 @@ pub struct JoinRequest {
     pub events: mpsc::Sender<SessionEvent>,
 }
 
+/// How a join went.
+#[derive(Debug)]
+pub enum JoinOutcome {
+    /// In the room.
+    Joined(Joined),
+    /// Waiting in the lobby: [`SessionEvent::Admitted`] or a close with reason `denied`
+    /// follows.
+    Waiting {
+        /// The room.
+        room: String,
+    },
+}
+
 /// A successful join.
 #[derive(Debug)]
 pub struct Joined {
@@ -127,13 +180,24 @@ pub enum JoinError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A host locked the room.
+    #[error("a host has locked this room")]
+    Locked,
+    /// A host barred this identity from the meeting.
+    #[error("a host has removed you from this meeting")]
+    Barred,
+    /// The resume token is unknown or expired.
+    #[error("this session cannot be resumed; join again with a new grant")]
+    ResumeFailed,
 }
 
 /// What the media plane tells one session.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum SessionEvent {
     /// Send this to the client.
     Send(ServerMessage),
+    /// A host admitted the session from the lobby: it is now in the room.
+    Admitted(Joined),
     /// Tell the client `closing` with this reason and close the connection.
     Close(LeaveReason),
 }
@@ -151,6 +215,23 @@ pub struct MediaSettings {
     pub max_participants: usize,
     /// Remove a peer whose ICE stays disconnected this long.
     pub ice_timeout: std::time::Duration,
+    /// Rooms with more participants than this switch to listener mode.
+    pub listener_mode_above: usize,
+    /// Where host actions are recorded (the audit log), if anywhere.
+    pub audit: Option<mpsc::Sender<AuditRecord>>,
+}
+
+/// A host action (or other meeting event) for the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    /// What happened (`host_mute`, `host_remove`, ...).
+    pub kind: String,
+    /// Who did it (identity).
+    pub actor: String,
+    /// The room.
+    pub room: String,
+    /// Details (JSON).
+    pub detail: serde_json::Value,
 }
 
 /// The signaling side's handle to the media plane.

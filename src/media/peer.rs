@@ -118,6 +118,14 @@ pub struct Peer {
     pub egress_seen: Vec<(Mid, u64, u64)>,
     /// Last cumulative NACKs sent per m-line.
     pub ingress_seen: Vec<(Mid, u64)>,
+    /// Host powers in this meeting (by grant, or made host by a host).
+    pub is_host: bool,
+    /// Given the floor by a host.
+    pub has_floor: bool,
+    /// Hand raised.
+    pub hand_raised: bool,
+    /// Hash of the resume token handed out in `welcome`.
+    pub resume_hash: String,
 }
 
 /// Most SSRCs remembered per peer (simulcast layers and RTX of a few tracks).
@@ -136,6 +144,7 @@ impl Peer {
         candidates: &[Candidate],
     ) -> Peer {
         let ufrag = random_token(8);
+        let is_host = permissions.is_host;
         let creds = IceCreds {
             ufrag: ufrag.clone(),
             pass: random_token(24),
@@ -177,7 +186,44 @@ impl Peer {
             free_mlines: Vec::new(),
             egress_seen: Vec::new(),
             ingress_seen: Vec::new(),
+            is_host,
+            has_floor: false,
+            hand_raised: false,
+            resume_hash: String::new(),
         }
+    }
+
+    /// What this participant may do now, given the room's listener mode.
+    pub fn effective_permissions(&self, listener_mode: bool) -> plenary_proto::Permissions {
+        use TrackSource::*;
+        let mut sources = Vec::new();
+        for source in [Microphone, Camera, Screen, ScreenAudio] {
+            let by_grant =
+                self.permissions.may_publish(source) && (!listener_mode || self.is_host);
+            let by_floor = self.has_floor && matches!(source, Microphone | Camera);
+            if by_grant || by_floor || (self.has_floor && self.permissions.may_publish(source)) {
+                sources.push(source);
+            }
+        }
+        plenary_proto::Permissions {
+            can_publish: sources,
+            can_subscribe: self.permissions.can_subscribe,
+            can_chat: self.permissions.can_publish_data,
+            is_host: self.is_host,
+            has_floor: self.has_floor,
+        }
+    }
+
+    /// This participant's public record, with the meeting state filled in.
+    pub fn public_info(&self, listener_mode: bool) -> ParticipantInfo {
+        let mut info = self.info.clone();
+        info.is_host = self.is_host;
+        info.hand_raised = self.hand_raised;
+        info.can_publish = self
+            .effective_permissions(listener_mode)
+            .can_publish
+            .contains(&TrackSource::Microphone);
+        info
     }
 
     /// Queues a message for the client; false when its queue is full or gone.

@@ -22,6 +22,9 @@ use plenary_proto::{
     ErrorCode, IceCandidate, LeaveReason, ParticipantInfo, PublishedTrack, ServerMessage,
     TrackInfo, PROTOCOL_VERSION,
 };
+
+mod meeting;
+use meeting::{participant_id, Diff, Resumable, Waiting};
 use plenary_sfu::{Forward, ParticipantKey, Room, RoomConfig, RoomEvent, RtpIn, TrackKey};
 use str0m::config::DtlsCert;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
@@ -33,7 +36,9 @@ use tokio::sync::mpsc;
 use super::demux::{is_stun, Demux};
 use super::peer::{core_media, first_codec, InTrack, OutState, OutTrack, Peer};
 use super::udp::{BatchSocket, SendQueue};
-use super::{Command, JoinError, JoinRequest, Joined, MediaSettings, PeerId, SessionEvent};
+use super::{
+    Command, JoinError, JoinOutcome, JoinRequest, Joined, MediaSettings, PeerId, SessionEvent,
+};
 use crate::metrics::{MediaCounters, Metrics};
 
 /// Most tracks one participant may publish.
@@ -50,6 +55,47 @@ struct RoomEntry {
     members: Vec<PeerId>,
     /// Published tracks with their protocol records.
     tracks: Vec<(TrackKey, TrackInfo)>,
+    /// No new non-hosts.
+    locked: bool,
+    /// Newcomers wait for a host.
+    lobby_on: bool,
+    /// Only hosts and those with the floor may publish.
+    listener_mode: bool,
+    /// Waiting in the lobby, in arrival order.
+    lobby: Vec<Waiting>,
+    /// Identities a host removed for the rest of the meeting.
+    barred: std::collections::HashSet<String>,
+    /// Raised hands in order.
+    hands: Vec<PeerId>,
+    /// Participant changes not yet sent (flushed by housekeeping).
+    diff: Diff,
+}
+
+impl RoomEntry {
+    fn new(name: String) -> RoomEntry {
+        RoomEntry {
+            name,
+            core: Room::new(RoomConfig::default()),
+            members: Vec::new(),
+            tracks: Vec::new(),
+            locked: false,
+            lobby_on: false,
+            listener_mode: false,
+            lobby: Vec::new(),
+            barred: Default::default(),
+            hands: Vec::new(),
+            diff: Diff::default(),
+        }
+    }
+
+    fn state(&self) -> plenary_proto::RoomState {
+        plenary_proto::RoomState {
+            locked: self.locked,
+            lobby: self.lobby_on,
+            listener_mode: self.listener_mode,
+            size: self.members.len(),
+        }
+    }
 }
 
 /// The media loop's state. See the module docs.
@@ -77,6 +123,9 @@ pub struct Shard {
     counters: MediaCounters,
     published: MediaCounters,
     next_track: u64,
+    next_lobby: u64,
+    /// Sessions that dropped recently and may resume, by token hash.
+    resumable: HashMap<String, Resumable>,
     shutting_down: bool,
 }
 
@@ -120,6 +169,8 @@ impl Shard {
             counters: MediaCounters::default(),
             published: MediaCounters::default(),
             next_track: 1,
+            next_lobby: 1,
+            resumable: HashMap::new(),
             shutting_down: false,
         })
     }
@@ -540,23 +591,21 @@ impl Shard {
         match cmd {
             Command::Join { request, reply } => {
                 let result = self.join(request);
-                if let Err(e) = &result {
-                    let reason = match e {
-                        JoinError::RoomFull(_) => "room_full",
-                        JoinError::ServerFull => "server_full",
-                        JoinError::ShuttingDown => "shutting_down",
-                    };
-                    self.metrics
-                        .joins_refused
-                        .with_label_values(&[reason])
-                        .inc();
-                }
-                if let Err(Ok(joined)) = reply.send(result) {
-                    // The session went away while we were joining it.
-                    self.to_remove
-                        .push((joined.peer, LeaveReason::Disconnected));
-                }
+                self.reply_join(result, reply);
             }
+            Command::Resume {
+                token,
+                events,
+                started,
+                reply,
+            } => {
+                let result = self.resume(&token, events, started);
+                self.reply_join(result, reply);
+            }
+            Command::Chat { peer, text } => self.chat(peer, text),
+            Command::RaiseHand { peer, raised } => self.raise_hand(peer, raised),
+            Command::Subscription { peer, tracks } => self.subscription(peer, tracks),
+            Command::Host { peer, action } => self.host_action(peer, action),
             Command::Offer { peer, sdp, tracks } => self.offer(peer, &sdp, tracks),
             Command::Answer { peer, sdp } => self.answer(peer, &sdp),
             Command::Candidate { peer, candidate } => self.candidate(peer, candidate),
@@ -571,7 +620,78 @@ impl Shard {
         }
     }
 
-    fn join(&mut self, req: JoinRequest) -> Result<Joined, JoinError> {
+    fn reply_join(
+        &mut self,
+        result: Result<JoinOutcome, JoinError>,
+        reply: tokio::sync::oneshot::Sender<Result<JoinOutcome, JoinError>>,
+    ) {
+        if let Err(e) = &result {
+            let reason = match e {
+                JoinError::RoomFull(_) => "room_full",
+                JoinError::ServerFull => "server_full",
+                JoinError::ShuttingDown => "shutting_down",
+                JoinError::Locked => "locked",
+                JoinError::Barred => "barred",
+                JoinError::ResumeFailed => "resume_failed",
+            };
+            self.metrics.joins_refused.with_label_values(&[reason]).inc();
+        }
+        if let Err(Ok(outcome)) = reply.send(result) {
+            // The session went away while we were joining it.
+            if let JoinOutcome::Joined(joined) = outcome {
+                self.to_remove.push((joined.peer, LeaveReason::Disconnected));
+            }
+        }
+    }
+
+    /// A join with a verified grant: refused, into the lobby, or into the room.
+    fn join(&mut self, req: JoinRequest) -> Result<JoinOutcome, JoinError> {
+        if self.shutting_down {
+            return Err(JoinError::ShuttingDown);
+        }
+        if let Some(&room) = self.room_index.get(&req.room) {
+            let entry = self.rooms[room].as_mut().expect("indexed rooms exist");
+            if entry.barred.contains(&req.info.identity) {
+                return Err(JoinError::Barred);
+            }
+            let host = req.permissions.is_host;
+            if entry.locked && !host {
+                return Err(JoinError::Locked);
+            }
+            if entry.lobby_on && !host {
+                // The same identity waiting twice: the newer request replaces the older.
+                let mut replaced = Vec::new();
+                entry.lobby.retain(|w| {
+                    let same = w.request.info.identity == req.info.identity;
+                    if same {
+                        replaced.push(w.request.events.clone());
+                    }
+                    !same
+                });
+                for events in replaced {
+                    let _ = events.try_send(SessionEvent::Close(LeaveReason::Replaced));
+                }
+                let lobby_id = format!("LB_{}", self.next_lobby);
+                self.next_lobby += 1;
+                let room_name = req.room.clone();
+                entry.lobby.push(Waiting {
+                    lobby_id,
+                    request: req,
+                    restore: None,
+                });
+                self.send_lobby_to_hosts(room);
+                return Ok(JoinOutcome::Waiting { room: room_name });
+            }
+        }
+        self.enter(req, None).map(JoinOutcome::Joined)
+    }
+
+    /// Puts a participant into the room (after the lobby, or on resume).
+    fn enter(
+        &mut self,
+        req: JoinRequest,
+        restore: Option<&Resumable>,
+    ) -> Result<Joined, JoinError> {
         if self.shutting_down {
             return Err(JoinError::ShuttingDown);
         }
@@ -600,12 +720,7 @@ impl Shard {
         let room = match self.room_index.get(&req.room) {
             Some(&r) => r,
             None => {
-                let entry = RoomEntry {
-                    name: req.room.clone(),
-                    core: Room::new(RoomConfig::default()),
-                    members: Vec::new(),
-                    tracks: Vec::new(),
-                };
+                let entry = RoomEntry::new(req.room.clone());
                 let slot = match self.rooms.iter().position(|r| r.is_none()) {
                     Some(i) => {
                         self.rooms[i] = Some(entry);
@@ -628,7 +743,7 @@ impl Shard {
         let (idx, id) = self.alloc_peer_id();
         let mut info = req.info;
         info.id = format!("PA_{:x}", id.0);
-        let peer = Peer::new(
+        let mut peer = Peer::new(
             id,
             room,
             info.clone(),
@@ -638,41 +753,69 @@ impl Shard {
             &self.cert,
             &self.candidates,
         );
+        if let Some(r) = restore {
+            peer.is_host = r.is_host;
+            peer.has_floor = r.has_floor;
+        }
+        let resume_token = crate::membership::random_b64(32);
+        peer.resume_hash = crate::membership::store::hash_secret(&resume_token);
         self.demux.add_peer(id, peer.ufrag.clone());
         let can_subscribe = peer.permissions.can_subscribe;
         self.peers[idx] = Some(peer);
+        let threshold = self.settings.listener_mode_above;
         let entry = self.rooms[room].as_mut().expect("room exists");
         let _ = entry.core.handle_join(id, can_subscribe);
+        entry.members.push(id);
+        entry.diff.joined.push(id);
+        let listener_mode_changed = !entry.listener_mode && entry.members.len() > threshold;
+        if listener_mode_changed {
+            entry.listener_mode = true;
+        }
+        let listener_mode = entry.listener_mode;
         let participants: Vec<ParticipantInfo> = entry
             .members
             .iter()
+            .filter(|m| **m != id)
             .filter_map(|m| {
                 let i = (m.0 & 0xffff_ffff) as usize;
-                self.peers.get(i)?.as_ref().map(|p| p.info.clone())
+                self.peers.get(i)?.as_ref().map(|p| p.public_info(listener_mode))
             })
             .collect();
         let tracks: Vec<TrackInfo> = entry.tracks.iter().map(|(_, t)| t.clone()).collect();
-        entry.members.push(id);
+        let hand_queue = entry.hands.iter().map(|h| participant_id(*h)).collect();
+        let room_state = entry.state();
+        let room_name = entry.name.clone();
+        let me = self.peer(id).expect("just added");
+        let is_host = me.is_host;
         let welcome = ServerMessage::Welcome {
             protocol: PROTOCOL_VERSION,
-            room: entry.name.clone(),
-            me: info.clone(),
+            room: room_name.clone(),
+            me: me.public_info(listener_mode),
             participants,
             tracks,
             ice_servers: self.settings.ice_servers.clone(),
+            permissions: me.effective_permissions(listener_mode),
+            room_state,
+            hand_queue,
+            resume_token,
         };
-        self.broadcast(
-            room,
-            Some(id),
-            &ServerMessage::ParticipantJoined { participant: info },
-        );
+        if listener_mode_changed {
+            self.room_state_changed(room);
+        }
+        if is_host {
+            self.send_lobby_to(room, id);
+        }
         self.handle_room_events(room);
         self.mark_dirty(id);
-        tracing::info!(peer = id.0, room = %req.room, "joined");
+        tracing::info!(peer = id.0, room = %room_name, "joined");
         Ok(Joined { peer: id, welcome })
     }
 
     fn offer(&mut self, id: PeerId, sdp: &str, tracks: Vec<PublishedTrack>) {
+        let listener_mode = self
+            .peer(id)
+            .and_then(|p| self.rooms.get(p.room)?.as_ref())
+            .is_some_and(|e| e.listener_mode);
         let next_track = &mut self.next_track;
         let Some(peer) = self.peers.get_mut((id.0 & 0xffff_ffff) as usize) else {
             return;
@@ -687,6 +830,7 @@ impl Shard {
                 return;
             }
         };
+        let allowed = peer.effective_permissions(listener_mode);
         let mut errors = Vec::new();
         let mut new_tracks = Vec::new();
         let mut listed: Vec<Mid> = Vec::new();
@@ -714,10 +858,15 @@ impl Shard {
                 ));
                 continue;
             }
-            if !peer.permissions.may_publish(t.source) {
+            if !allowed.can_publish.contains(&t.source) {
+                let why = if listener_mode {
+                    "the room is in listener mode: raise your hand and wait for a host to give you the floor"
+                } else {
+                    "your grant does not allow it"
+                };
                 errors.push((
                     ErrorCode::PermissionDenied,
-                    format!("your grant does not allow publishing {:?}", t.source),
+                    format!("you may not publish {:?}: {why}", t.source),
                 ));
                 continue;
             }
@@ -925,11 +1074,7 @@ impl Shard {
 
     fn remove_peer(&mut self, id: PeerId, reason: LeaveReason) {
         let idx = (id.0 & 0xffff_ffff) as usize;
-        let Some(peer) = self
-            .peers
-            .get_mut(idx)
-            .and_then(|p| p.take_if(|p| p.id == id))
-        else {
+        let Some(peer) = self.peers.get_mut(idx).and_then(|p| p.take_if(|p| p.id == id)) else {
             return;
         };
         self.free.push(idx as u32);
@@ -937,11 +1082,27 @@ impl Shard {
         let _ = peer.events.try_send(SessionEvent::Close(reason));
         let room = peer.room;
         tracing::info!(peer = id.0, ?reason, "left");
-        let Some(entry) = self.room_mut(room) else {
-            return;
-        };
+        let Some(entry) = self.room_mut(room) else { return };
+        if reason == LeaveReason::Disconnected && !peer.resume_hash.is_empty() {
+            let restore = Resumable {
+                room: entry.name.clone(),
+                info: peer.info.clone(),
+                permissions: peer.permissions.clone(),
+                is_host: peer.is_host,
+                has_floor: peer.has_floor,
+                expires: Instant::now() + meeting::RESUME_WINDOW,
+            };
+            self.resumable_insert(peer.resume_hash.clone(), restore);
+        }
+        let Some(entry) = self.room_mut(room) else { return };
         entry.members.retain(|m| *m != id);
         let _ = entry.core.handle_leave(id);
+        let had_hand = entry.hands.contains(&id);
+        entry.hands.retain(|h| *h != id);
+        entry.diff.left.push(plenary_proto::LeftParticipant {
+            id: peer.info.id.clone(),
+            reason,
+        });
         let mut gone = Vec::new();
         entry.tracks.retain(|(_, t)| {
             let mine = t.participant_id == peer.info.id;
@@ -953,14 +1114,9 @@ impl Shard {
         for track_id in gone {
             self.broadcast(room, None, &ServerMessage::TrackUnpublished { track_id });
         }
-        self.broadcast(
-            room,
-            None,
-            &ServerMessage::ParticipantLeft {
-                participant_id: peer.info.id.clone(),
-                reason,
-            },
-        );
+        if had_hand {
+            self.send_hand_queue(room);
+        }
         self.handle_room_events(room);
         self.close_room_if_empty(room);
     }
@@ -1009,6 +1165,11 @@ impl Shard {
     }
 
     fn housekeeping(&mut self, now: Instant, publish: bool) {
+        self.flush_participant_diffs();
+        if publish {
+            self.resumable.retain(|_, r| r.expires > now);
+            self.prune_lobbies();
+        }
         for entry in self.rooms.iter_mut().flatten() {
             if entry.core.poll_timeout().is_some_and(|t| t <= now) {
                 entry.core.handle_timeout(now);
@@ -1045,6 +1206,14 @@ impl Shard {
 
     fn shutdown(&mut self) {
         self.shutting_down = true;
+        for entry in self.rooms.iter_mut().flatten() {
+            for w in entry.lobby.drain(..) {
+                let _ = w
+                    .request
+                    .events
+                    .try_send(SessionEvent::Close(LeaveReason::ServerShutdown));
+            }
+        }
         for peer in self.peers.iter_mut().flatten() {
             let _ = peer
                 .events

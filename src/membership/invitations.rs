@@ -6,12 +6,14 @@
 //! types a display name and redeems the token for a guest grant (never host powers), shown
 //! to others as "guest of @member". An invitation stops working when it expires, is used up
 //! or revoked, when its room is locked or members-only, when its member is no longer a
-//! member, or when the member's guest-minute budget for the month is spent.
+//! member, or when the member's guest-minute budget for the month is spent. Where only hosts
+//! may open rooms, it works only once a host has opened its room.
 
 use serde::{Deserialize, Serialize};
 
 use super::store::{self, Invitation, RoomMode, Session};
 use super::{random_b64, IssuedGrant, Membership, MembershipError, OFFLINE_GRACE_SECS};
+use crate::config::OpenRooms;
 use crate::grant::{unix_now, Claims, Permissions};
 use plenary_proto::{Role, TrackSource};
 
@@ -106,6 +108,8 @@ impl Membership {
                 "max_uses must be 1 to {MAX_USES}"
             )));
         }
+        // Only members invite: a member who lost membership since the last check may not.
+        let s = &self.recheck(s).await?;
         let now = unix_now() as i64;
         let token = random_b64(32);
         let inv = Invitation {
@@ -282,6 +286,12 @@ impl Membership {
         match mode {
             Some(RoomMode::Locked) => return gone("a host has locked this room"),
             Some(RoomMode::MembersOnly) => return gone("this room is now for members only"),
+            // A guest's join would open the room in the media plane: not where only hosts may.
+            None if self.config.who_may_open_rooms == OpenRooms::Hosts => {
+                return gone(
+                    "this meeting has not been opened by a host yet; please try again when it starts",
+                )
+            }
             _ => {}
         }
         if super::contains_handle(&self.config.deny, &inv.inviter_handle) {

@@ -19,6 +19,21 @@ use url::Url;
 /// Timeout of every call to an instance.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The scope of the app-level token that looks up an inviting member's account
+/// (`GET /api/v1/accounts/:id` accepts `read` or `read:accounts` tokens).
+pub const APP_TOKEN_SCOPE: &str = "read:accounts";
+
+/// The scopes Plenary registers its app with: the sign-in scope, plus [`APP_TOKEN_SCOPE`]
+/// for the app-level token. A client-credentials token may only ask for scopes the app was
+/// registered with, and `profile` alone does not let it read accounts.
+pub fn app_scopes(sign_in_scope: &str) -> String {
+    if sign_in_scope.split(' ').any(|s| s == APP_TOKEN_SCOPE) {
+        sign_in_scope.to_string()
+    } else {
+        format!("{sign_in_scope} {APP_TOKEN_SCOPE}")
+    }
+}
+
 /// What went wrong talking to an instance.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -161,7 +176,10 @@ impl Client {
     }
 
     /// The instance's OAuth endpoints: discovered where supported, else Mastodon's defaults.
-    pub async fn discover(&self, base: &Url) -> Discovery {
+    /// The flag says whether the answer is definitive (worth keeping): a discovery document,
+    /// or a 404 from a server without one. A network error, a timeout or a 429/5xx is not,
+    /// so a passing failure does not make Plenary ask for `read:accounts` forever.
+    pub async fn discover(&self, base: &Url) -> (Discovery, bool) {
         let defaults = Discovery {
             authorize: join(base, "/oauth/authorize"),
             token: join(base, "/oauth/token"),
@@ -170,16 +188,17 @@ impl Client {
         };
         let url = join(base, "/.well-known/oauth-authorization-server");
         let Ok(resp) = self.http.get(url).send().await else {
-            return defaults;
+            return (defaults, false);
         };
         if !resp.status().is_success() {
-            return defaults;
+            let definitive = matches!(resp.status().as_u16(), 404 | 410);
+            return (defaults, definitive);
         }
         let Ok(meta) = resp.json::<Metadata>().await else {
-            return defaults;
+            return (defaults, true);
         };
         let pick = |v: Option<String>, d: Url| v.and_then(|s| Url::parse(&s).ok()).unwrap_or(d);
-        Discovery {
+        let found = Discovery {
             authorize: pick(meta.authorization_endpoint, defaults.authorize),
             token: pick(meta.token_endpoint, defaults.token),
             revoke: pick(meta.revocation_endpoint, defaults.revoke),
@@ -188,7 +207,8 @@ impl Client {
             } else {
                 "read:accounts".into()
             },
-        }
+        };
+        (found, true)
     }
 
     /// Registers Plenary as an app (`POST /api/v1/apps`).
@@ -238,7 +258,8 @@ impl Client {
         .await
     }
 
-    /// An app-level token (client credentials), for looking up accounts without a user.
+    /// An app-level token (client credentials, scope `read:accounts`: see
+    /// [`app_scopes`]), for looking up accounts without a user.
     pub async fn app_token(
         &self,
         disc: &Discovery,
@@ -250,7 +271,7 @@ impl Client {
                 ("grant_type", "client_credentials"),
                 ("client_id", &app.client_id),
                 ("client_secret", &app.client_secret),
-                ("scope", "read"),
+                ("scope", APP_TOKEN_SCOPE),
             ],
         )
         .await
@@ -400,6 +421,12 @@ mod tests {
         .unwrap();
         assert!(akkoma.pleroma.unwrap().is_moderator);
         assert!(serde_json::from_str::<Account>(r#"{"username":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn the_app_may_mint_an_app_token_that_reads_accounts() {
+        assert_eq!(app_scopes("profile"), "profile read:accounts");
+        assert_eq!(app_scopes("read:accounts"), "read:accounts");
     }
 
     #[test]

@@ -128,6 +128,9 @@ pub struct Membership {
     // std mutexes: held for a map access only, never across an await.
     active_key: Mutex<keys::ActiveKey>,
     discovery: Mutex<HashMap<String, Discovery>>,
+    /// Held while looking up or registering an app, so concurrent first sign-ins register one
+    /// app (the second registration would replace the first's credentials mid-flight).
+    registering: tokio::sync::Mutex<()>,
 }
 
 impl Membership {
@@ -167,6 +170,7 @@ impl Membership {
             keys_dir,
             active_key: Mutex::new(active),
             discovery: Mutex::new(HashMap::new()),
+            registering: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -216,9 +220,11 @@ impl Membership {
         if let Some(d) = self.lock_discovery().get(&inst.config.id).cloned() {
             return d;
         }
-        let d = self.client.discover(&inst.base).await;
-        self.lock_discovery()
-            .insert(inst.config.id.clone(), d.clone());
+        let (d, definitive) = self.client.discover(&inst.base).await;
+        if definitive {
+            self.lock_discovery()
+                .insert(inst.config.id.clone(), d.clone());
+        }
         d
     }
 
@@ -234,6 +240,7 @@ impl Membership {
         let redirect = self.redirect_uri(&inst.config.id);
         let id = inst.config.id.clone();
         let r = redirect.clone();
+        let _registering = self.registering.lock().await;
         if let Some(app) = self.store.run(move |c| store::app(c, &id, &r)).await? {
             return Ok(AppCredentials {
                 client_id: app.client_id,
@@ -242,7 +249,12 @@ impl Membership {
         }
         let creds = self
             .client
-            .register_app(&inst.base, &redirect, &disc.scope, self.public.as_str())
+            .register_app(
+                &inst.base,
+                &redirect,
+                &mastodon::app_scopes(&disc.scope),
+                self.public.as_str(),
+            )
             .await
             .map_err(api_error)?;
         let reg = store::AppRegistration {
@@ -501,10 +513,12 @@ impl Membership {
 
     /// Checks with the instance that the session's account is still a member, if the last
     /// check is older than `recheck_secs`. Loses the session when it is not.
-    async fn recheck(&self, s: &Session) -> Result<(), MembershipError> {
+    /// Returns the session as it stands after the check: host status and listen-only follow
+    /// the account's current role and `limited` flag.
+    async fn recheck(&self, s: &Session) -> Result<Session, MembershipError> {
         let now = unix_now() as i64;
         if now - s.checked_at < self.config.recheck_secs as i64 {
-            return Ok(());
+            return Ok(s.clone());
         }
         let inst = self.instance(&s.instance)?.clone();
         match self
@@ -513,19 +527,32 @@ impl Membership {
             .await
         {
             Ok(account) => {
-                if let Err(reason) = self.decide(&inst, &account, &s.handle) {
-                    self.lose_membership(s, &reason).await?;
-                    return Err(MembershipError::Refused(reason));
-                }
+                let (is_host, listen_only) = match self.decide(&inst, &account, &s.handle) {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        self.lose_membership(s, &reason).await?;
+                        return Err(MembershipError::Refused(reason));
+                    }
+                };
                 let id = s.id_hash.clone();
                 let (i, a, h) = (s.instance.clone(), s.account_id.clone(), s.handle.clone());
                 self.store
                     .run(move |c| {
-                        store::touch_session(c, &id, now, true)?;
-                        store::set_member(c, &i, &a, &h, true, now)
+                        let tx = c.transaction()?;
+                        store::touch_session(&tx, &id, now, true)?;
+                        store::set_account_sessions_roles(&tx, &i, &a, is_host, listen_only)?;
+                        store::set_member(&tx, &i, &a, &h, true, now)?;
+                        tx.commit()?;
+                        Ok(())
                     })
                     .await?;
-                Ok(())
+                Ok(Session {
+                    is_host,
+                    listen_only,
+                    last_seen: now,
+                    checked_at: now,
+                    ..s.clone()
+                })
             }
             Err(ApiError::Status(401 | 403)) => {
                 let reason = "your instance says your account is no longer active";
@@ -534,7 +561,7 @@ impl Membership {
             }
             Err(e) if now - s.checked_at < OFFLINE_GRACE_SECS => {
                 tracing::warn!(instance = %s.instance, "membership re-check failed ({e}); using the last check");
-                Ok(())
+                Ok(s.clone())
             }
             Err(e) => Err(api_error(e)),
         }
@@ -575,7 +602,7 @@ impl Membership {
                 "room must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
             ));
         }
-        self.recheck(s).await?;
+        let s = &self.recheck(s).await?;
         let may_open = s.is_host || self.config.who_may_open_rooms == OpenRooms::Members;
         let (r, h) = (room.to_string(), s.handle.clone());
         let mode = self
@@ -701,6 +728,7 @@ impl Membership {
         room: &str,
         mode: RoomMode,
     ) -> Result<(), MembershipError> {
+        let s = &self.recheck(s).await?;
         if !s.is_host {
             return Err(MembershipError::Forbidden(
                 "only hosts may change a room's access".into(),

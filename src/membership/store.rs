@@ -563,6 +563,22 @@ pub fn touch_session(
     Ok(())
 }
 
+/// Sets host status and listen-only on every session of an account (after a re-check found
+/// its role or `limited` flag changed).
+pub fn set_account_sessions_roles(
+    conn: &Connection,
+    instance: &str,
+    account_id: &str,
+    is_host: bool,
+    listen_only: bool,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET is_host = ?3, listen_only = ?4 WHERE instance = ?1 AND account_id = ?2",
+        params![instance, account_id, is_host, listen_only],
+    )?;
+    Ok(())
+}
+
 /// Deletes a session.
 pub fn delete_session(conn: &Connection, id_hash: &str) -> Result<(), StoreError> {
     conn.execute("DELETE FROM sessions WHERE id_hash = ?1", params![id_hash])?;

@@ -56,19 +56,20 @@ impl TrackSource {
 }
 
 /// A participant's role in a room, as stated by their grant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Runs the meeting.
     Host,
     /// A member of the co-op.
+    #[default]
     Member,
     /// A guest, e.g. invited by an ambassador.
     Guest,
 }
 
 /// A participant as the other participants see them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ParticipantInfo {
     /// Server-assigned id of this session in the room (changes when the person rejoins).
     pub id: String,
@@ -81,6 +82,142 @@ pub struct ParticipantInfo {
     /// For guests: the handle of the member who invited them (shown as "guest of …").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub invited_by: Option<String>,
+    /// Has host powers in this meeting (by grant, or made host by a host).
+    #[serde(default)]
+    pub is_host: bool,
+    /// Has a raised hand.
+    #[serde(default)]
+    pub hand_raised: bool,
+    /// May publish now (has the floor, or the room is not in listener mode).
+    #[serde(default)]
+    pub can_publish: bool,
+}
+
+/// Someone who left, in a [`ServerMessage::ParticipantsChanged`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftParticipant {
+    /// Their participant id.
+    pub id: String,
+    /// Why.
+    pub reason: LeaveReason,
+}
+
+/// What the client itself may do now (changes when given or denied the floor, made host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Permissions {
+    /// May publish these sources now (empty: nothing).
+    pub can_publish: Vec<TrackSource>,
+    /// Receives the others' media.
+    pub can_subscribe: bool,
+    /// May send chat and data messages.
+    pub can_chat: bool,
+    /// Has host powers.
+    pub is_host: bool,
+    /// Was given the floor by a host.
+    pub has_floor: bool,
+}
+
+/// The meeting-wide settings hosts control.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RoomState {
+    /// No new participants may join (hosts still may).
+    pub locked: bool,
+    /// Newcomers wait until a host admits them.
+    pub lobby: bool,
+    /// Only hosts and those given the floor may publish.
+    pub listener_mode: bool,
+    /// Participants in the room now.
+    pub size: usize,
+}
+
+/// One track's forwarding choice in a [`ClientMessage::Subscription`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionUpdate {
+    /// The remote track.
+    pub track_id: String,
+    /// `true`: the server stops forwarding it to this client.
+    pub paused: bool,
+}
+
+/// What a host asks for. Every action is checked by the server: a non-host gets
+/// [`ErrorCode::PermissionDenied`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum HostAction {
+    /// Let this participant speak: raises their publish permission, lowers their hand.
+    GiveFloor {
+        /// Who.
+        participant_id: String,
+    },
+    /// Take the floor back: their tracks are unpublished and they return to listening.
+    TakeFloor {
+        /// Who.
+        participant_id: String,
+    },
+    /// Reorder the raised hands.
+    ReorderQueue {
+        /// Participant ids, first speaks first (ids not in the queue are ignored).
+        order: Vec<String>,
+    },
+    /// Lower every raised hand.
+    ClearQueue,
+    /// Mute someone's microphone (they may unmute themselves if they may publish).
+    Mute {
+        /// Who.
+        participant_id: String,
+    },
+    /// Mute every microphone except the hosts'.
+    MuteAll,
+    /// Ask someone to unmute (never forced).
+    AskUnmute {
+        /// Who.
+        participant_id: String,
+    },
+    /// Turn someone's camera off.
+    CameraOff {
+        /// Who.
+        participant_id: String,
+    },
+    /// Stop someone's screen share.
+    StopScreenShare {
+        /// Who.
+        participant_id: String,
+    },
+    /// Remove someone from the meeting.
+    Remove {
+        /// Who.
+        participant_id: String,
+        /// Also refuse this identity for the rest of the meeting.
+        #[serde(default)]
+        bar: bool,
+    },
+    /// Lock or unlock the room.
+    Lock {
+        /// New state.
+        locked: bool,
+    },
+    /// Turn the lobby on or off (turning it off admits everyone waiting).
+    Lobby {
+        /// New state.
+        enabled: bool,
+    },
+    /// Let someone waiting in the lobby in.
+    Admit {
+        /// Who (their id from the `lobby` message).
+        participant_id: String,
+    },
+    /// Turn someone waiting in the lobby away.
+    Deny {
+        /// Who.
+        participant_id: String,
+    },
+    /// Give someone host powers for this meeting.
+    MakeHost {
+        /// Who.
+        participant_id: String,
+    },
+    /// End the meeting for everyone.
+    EndMeeting,
 }
 
 /// A published track as the other participants see it.
@@ -162,6 +299,12 @@ pub enum LeaveReason {
     ServerShutdown,
     /// They broke the protocol and were closed.
     ProtocolError,
+    /// A host removed them.
+    Removed,
+    /// A host ended the meeting.
+    MeetingEnded,
+    /// A host turned them away from the lobby.
+    Denied,
 }
 
 /// Machine-readable error codes in [`ServerMessage::Error`].
@@ -190,6 +333,12 @@ pub enum ErrorCode {
     Unavailable,
     /// Something went wrong on the server's side.
     Internal,
+    /// The room is locked.
+    RoomLocked,
+    /// A host barred this identity from the meeting.
+    Barred,
+    /// The session to resume is unknown or expired (join with a grant instead).
+    ResumeFailed,
 }
 
 impl ErrorCode {
@@ -203,6 +352,9 @@ impl ErrorCode {
                 | ErrorCode::Unavailable
                 | ErrorCode::Internal
                 | ErrorCode::RateLimited
+                | ErrorCode::RoomLocked
+                | ErrorCode::Barred
+                | ErrorCode::ResumeFailed
         )
     }
 }
@@ -215,8 +367,13 @@ pub enum ClientMessage {
     Join {
         /// Must equal [`PROTOCOL_VERSION`].
         protocol: u32,
-        /// The signed room grant (a JWT).
+        /// The signed room grant (a JWT). May be empty when `resume` is given.
+        #[serde(default)]
         grant: String,
+        /// A resume token from an earlier `welcome` of this client: rejoins as the same
+        /// participant within a minute of losing the connection, without a new grant.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<String>,
         /// The room the client means to enter. When given it must equal the grant's room,
         /// else the join is refused with [`ErrorCode::InvalidGrant`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +409,24 @@ pub enum ClientMessage {
         /// The text.
         text: String,
     },
+    /// A chat message to the room (at most 2000 characters).
+    Chat {
+        /// The text.
+        text: String,
+    },
+    /// Raise or lower one's hand.
+    RaiseHand {
+        /// New state.
+        raised: bool,
+    },
+    /// Pause or resume forwarding of remote tracks to this client (e.g. only the visible
+    /// tiles of a grid receive video).
+    Subscription {
+        /// The changes.
+        tracks: Vec<SubscriptionUpdate>,
+    },
+    /// A host action (see [`HostAction`]).
+    Host(HostAction),
     /// Leave the room.
     Leave,
     /// Keep-alive; answered with [`ServerMessage::Pong`].
@@ -280,6 +455,25 @@ pub enum ServerMessage {
         tracks: Vec<TrackInfo>,
         /// ICE servers for the client's `RTCPeerConnection`.
         ice_servers: Vec<IceServer>,
+        /// What this client may do now.
+        #[serde(default)]
+        permissions: Permissions,
+        /// Lock, lobby, listener mode, size.
+        #[serde(default)]
+        room_state: RoomState,
+        /// Raised hands, in order (participant ids).
+        #[serde(default)]
+        hand_queue: Vec<String>,
+        /// Send this in `join.resume` to come back as the same participant after a
+        /// dropped connection (valid for a minute after the drop).
+        #[serde(default)]
+        resume_token: String,
+    },
+    /// Joining waits in the lobby until a host admits (then `welcome`) or denies (then
+    /// `closing` with reason `denied`).
+    Waiting {
+        /// The room.
+        room: String,
     },
     /// The answer to the client's offer.
     Answer {
@@ -300,17 +494,63 @@ pub enum ServerMessage {
         /// The candidate.
         candidate: IceCandidate,
     },
-    /// Someone joined the room.
-    ParticipantJoined {
-        /// Who.
-        participant: ParticipantInfo,
+    /// Who joined, changed (hand, host, floor) or left since the last such message. The
+    /// server batches these (a few per second at most), so a crowd arriving at once costs
+    /// each client a few messages, not one per arrival.
+    ParticipantsChanged {
+        /// New participants.
+        #[serde(default)]
+        joined: Vec<ParticipantInfo>,
+        /// Participants whose record changed.
+        #[serde(default)]
+        updated: Vec<ParticipantInfo>,
+        /// Participants who left.
+        #[serde(default)]
+        left: Vec<LeftParticipant>,
     },
-    /// Someone left the room.
-    ParticipantLeft {
-        /// Their participant id.
+    /// A chat message.
+    Chat {
+        /// Sender's participant id.
         participant_id: String,
-        /// Why.
-        reason: LeaveReason,
+        /// Sender's display name.
+        name: String,
+        /// Sent by a host (shown highlighted).
+        from_host: bool,
+        /// The text.
+        text: String,
+    },
+    /// The raised hands, in order (participant ids). Sent to everyone on change.
+    HandQueue {
+        /// Participant ids.
+        queue: Vec<String>,
+    },
+    /// This client's permissions changed (floor given or taken, made host).
+    PermissionsChanged {
+        /// The new permissions.
+        permissions: Permissions,
+    },
+    /// The room's lock, lobby or listener mode changed.
+    RoomStateChanged {
+        /// The new state.
+        room_state: RoomState,
+    },
+    /// For hosts: who waits in the lobby.
+    Lobby {
+        /// The waiting participants.
+        waiting: Vec<ParticipantInfo>,
+    },
+    /// A host muted this client's microphone (or turned its camera off, or stopped its
+    /// screen share): the client should reflect that in its controls.
+    HostMuted {
+        /// The track.
+        track_id: String,
+        /// Its source.
+        source: TrackSource,
+    },
+    /// A host asks this client to unmute.
+    AskedToUnmute {
+        /// The host's participant id.
+        by: String,
     },
     /// A track was published.
     TrackPublished {
@@ -374,6 +614,7 @@ mod tests {
         let msg = ClientMessage::Join {
             protocol: PROTOCOL_VERSION,
             grant: "abc".into(),
+            resume: None,
             room: None,
         };
         let json = serde_json::to_string(&msg).unwrap();
@@ -404,6 +645,24 @@ mod tests {
         assert!(json.contains(r#""code":"invalid_grant""#), "{json}");
         assert!(ErrorCode::InvalidGrant.is_fatal());
         assert!(!ErrorCode::BadSdp.is_fatal());
+    }
+
+    #[test]
+    fn host_actions_are_flat_json() {
+        let json = r#"{"type":"host","action":"remove","participant_id":"PA_1","bar":true}"#;
+        let msg: ClientMessage = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            msg,
+            ClientMessage::Host(HostAction::Remove {
+                participant_id: "PA_1".into(),
+                bar: true
+            })
+        );
+        assert_eq!(serde_json::to_string(&msg).unwrap(), json);
+        let all: ClientMessage =
+            serde_json::from_str(r#"{"type":"host","action":"mute_all"}"#).unwrap();
+        assert_eq!(all, ClientMessage::Host(HostAction::MuteAll));
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"host","action":"fly"}"#).is_err());
     }
 
     #[test]
