@@ -41,6 +41,10 @@ const CLIENT_TYPES: &[&str] = &[
     "candidate",
     "mute",
     "data",
+    "chat",
+    "raise_hand",
+    "subscription",
+    "host",
     "leave",
     "ping",
 ];
@@ -399,7 +403,11 @@ impl Session {
     ///
     /// The room the client asked for is checked before the `jti` is recorded, so a refused
     /// join uses nothing up.
-    async fn verify_grant(&mut self, grant: &str, room: Option<&str>) -> Result<Claims, GrantError> {
+    async fn verify_grant(
+        &mut self,
+        grant: &str,
+        room: Option<&str>,
+    ) -> Result<Claims, GrantError> {
         let keys = self.state.keys().clone();
         let mut verified = keys.verify_signed(grant);
         if verified == Err(GrantError::UnknownKey) {
@@ -571,6 +579,11 @@ mod tests {
             (r#"{"type":"mute","track_id":"t","muted":true}"#, "mute"),
             (r#"{"type":"data","text":"x"}"#, "data"),
             (r#"{"type":"ping"}"#, "ping"),
+            (r#"{"type":"chat","text":"hi"}"#, "chat"),
+            (r#"{"type":"raise_hand","raised":true}"#, "raise_hand"),
+            (r#"{"type":"subscription","tracks":[]}"#, "subscription"),
+            (r#"{"type":"host","action":"mute_all"}"#, "host"),
+            (r#"{"type":"leave"}"#, "leave"),
         ] {
             assert!(CLIENT_TYPES.contains(&kind));
             parse(json).unwrap();

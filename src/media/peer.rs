@@ -198,8 +198,7 @@ impl Peer {
         use TrackSource::*;
         let mut sources = Vec::new();
         for source in [Microphone, Camera, Screen, ScreenAudio] {
-            let by_grant =
-                self.permissions.may_publish(source) && (!listener_mode || self.is_host);
+            let by_grant = self.permissions.may_publish(source) && (!listener_mode || self.is_host);
             let by_floor = self.has_floor && matches!(source, Microphone | Camera);
             if by_grant || by_floor || (self.has_floor && self.permissions.may_publish(source)) {
                 sources.push(source);

@@ -634,12 +634,16 @@ impl Shard {
                 JoinError::Barred => "barred",
                 JoinError::ResumeFailed => "resume_failed",
             };
-            self.metrics.joins_refused.with_label_values(&[reason]).inc();
+            self.metrics
+                .joins_refused
+                .with_label_values(&[reason])
+                .inc();
         }
         if let Err(Ok(outcome)) = reply.send(result) {
             // The session went away while we were joining it.
             if let JoinOutcome::Joined(joined) = outcome {
-                self.to_remove.push((joined.peer, LeaveReason::Disconnected));
+                self.to_remove
+                    .push((joined.peer, LeaveReason::Disconnected));
             }
         }
     }
@@ -778,7 +782,10 @@ impl Shard {
             .filter(|m| **m != id)
             .filter_map(|m| {
                 let i = (m.0 & 0xffff_ffff) as usize;
-                self.peers.get(i)?.as_ref().map(|p| p.public_info(listener_mode))
+                self.peers
+                    .get(i)?
+                    .as_ref()
+                    .map(|p| p.public_info(listener_mode))
             })
             .collect();
         let tracks: Vec<TrackInfo> = entry.tracks.iter().map(|(_, t)| t.clone()).collect();
@@ -1074,7 +1081,11 @@ impl Shard {
 
     fn remove_peer(&mut self, id: PeerId, reason: LeaveReason) {
         let idx = (id.0 & 0xffff_ffff) as usize;
-        let Some(peer) = self.peers.get_mut(idx).and_then(|p| p.take_if(|p| p.id == id)) else {
+        let Some(peer) = self
+            .peers
+            .get_mut(idx)
+            .and_then(|p| p.take_if(|p| p.id == id))
+        else {
             return;
         };
         self.free.push(idx as u32);
@@ -1082,7 +1093,9 @@ impl Shard {
         let _ = peer.events.try_send(SessionEvent::Close(reason));
         let room = peer.room;
         tracing::info!(peer = id.0, ?reason, "left");
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         if reason == LeaveReason::Disconnected && !peer.resume_hash.is_empty() {
             let restore = Resumable {
                 room: entry.name.clone(),
@@ -1094,7 +1107,9 @@ impl Shard {
             };
             self.resumable_insert(peer.resume_hash.clone(), restore);
         }
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         entry.members.retain(|m| *m != id);
         let _ = entry.core.handle_leave(id);
         let had_hand = entry.hands.contains(&id);

@@ -287,11 +287,9 @@ impl Membership {
             Some(RoomMode::Locked) => return gone("a host has locked this room"),
             Some(RoomMode::MembersOnly) => return gone("this room is now for members only"),
             // A guest's join would open the room in the media plane: not where only hosts may.
-            None if self.config.who_may_open_rooms == OpenRooms::Hosts => {
-                return gone(
-                    "this meeting has not been opened by a host yet; please try again when it starts",
-                )
-            }
+            None if self.config.who_may_open_rooms == OpenRooms::Hosts => return gone(
+                "this meeting has not been opened by a host yet; please try again when it starts",
+            ),
             _ => {}
         }
         if super::contains_handle(&self.config.deny, &inv.inviter_handle) {

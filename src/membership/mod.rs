@@ -373,21 +373,44 @@ impl Membership {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let account = match self.client.verify_credentials(&inst.base, &token).await {
+        let result = self.sign_in_account(&inst, &token, pending.return_to).await;
+        if result.is_err() {
+            // The instance gave us a token we will not keep: give it back (in the background,
+            // so a slow instance does not hold up the page that says what went wrong).
+            let (client, disc, app) = (self.client.clone(), disc.clone(), app.clone());
+            tokio::spawn(async move {
+                if let Err(e) = client.revoke(&disc, &app, &token).await {
+                    tracing::warn!("could not revoke the token of a failed sign-in: {e}");
+                }
+            });
+        }
+        result
+    }
+
+    /// The part of a sign-in after the code exchange: who the account is, and whether it
+    /// makes a member (and host). On `Err` the caller revokes `token`.
+    async fn sign_in_account(
+        &self,
+        inst: &Instance,
+        token: &str,
+        return_to: String,
+    ) -> Result<(String, String), MembershipError> {
+        let instance = inst.config.id.as_str();
+        let account = match self.client.verify_credentials(&inst.base, token).await {
             Ok(a) => a,
             Err(ApiError::Status(401 | 403)) => {
                 self.audit_refusal(instance, "account_not_active").await;
                 return Err(MembershipError::Refused(format!(
                     "{} says this account is not active (suspended, disabled or not yet \
                      approved), so it cannot sign in to Plenary",
-                    display_name(&inst)
+                    display_name(inst)
                 )));
             }
             Err(e) => return Err(api_error(e)),
         };
         let domain = self.client.domain(&inst.base).await.map_err(api_error)?;
         let handle = format!("@{}@{}", account.username.to_ascii_lowercase(), domain);
-        let decision = self.decide(&inst, &account, &handle);
+        let decision = self.decide(inst, &account, &handle);
         let (is_host, listen_only) = match decision {
             Ok(v) => v,
             Err(reason) => {
@@ -399,7 +422,6 @@ impl Membership {
                         store::audit(c, unix_now() as i64, "sign_in_refused", &h, "", detail)
                     })
                     .await;
-                let _ = self.client.revoke(&disc, &app, &token).await;
                 return Err(MembershipError::Refused(reason));
             }
         };
@@ -417,7 +439,7 @@ impl Membership {
             },
             is_host,
             listen_only,
-            access_token: token,
+            access_token: token.to_string(),
             created_at: now,
             last_seen: now,
             checked_at: now,
@@ -444,7 +466,7 @@ impl Membership {
             })
             .await?;
         tracing::info!(%handle, is_host, "signed in");
-        Ok((cookie, pending.return_to))
+        Ok((cookie, return_to))
     }
 
     /// Member or not, host or not, from the account and the rules. `Err` is the reason.

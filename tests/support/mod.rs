@@ -615,6 +615,39 @@ impl TestClient {
         Ok(client)
     }
 
+    /// Offers again with the same tracks (e.g. after a host gave this client the floor:
+    /// the server then publishes what it refused before). Waits for the answer.
+    pub async fn reoffer(&self) -> Result<()> {
+        let answered = {
+            let mut neg = self.shared.negotiation.lock().await;
+            let offer = self
+                .pc
+                .create_offer(None)
+                .await
+                .map_err(|e| other("create offer", e))?;
+            self.pc
+                .set_local_description(offer.clone())
+                .await
+                .map_err(|e| other("set local offer", e))?;
+            let sdp = self
+                .pc
+                .local_description()
+                .await
+                .map(|d| d.sdp)
+                .unwrap_or(offer.sdp);
+            neg.offer_outstanding = true;
+            let tracks = neg.offered.clone();
+            let before = self.shared.lock().answers_received;
+            send_message(&self.out, &ClientMessage::Offer { sdp, tracks })?;
+            before
+        };
+        self.wait_until(STEP_TIMEOUT, |s| {
+            (s.answers_received > answered).then_some(())
+        })
+        .await
+        .map_err(|_| ConnectError::Timeout("answer to the new offer".into()))
+    }
+
     /// This client's identity (the grant's `sub`).
     pub fn identity(&self) -> &str {
         &self.identity
@@ -853,7 +886,10 @@ fn event_summary(e: &ServerMessage) -> String {
                 .map(|p| format!("joined({}={})", p.id, p.identity))
                 .collect();
             parts.extend(updated.iter().map(|p| format!("updated({})", p.id)));
-            parts.extend(left.iter().map(|l| format!("left({}, {:?})", l.id, l.reason)));
+            parts.extend(
+                left.iter()
+                    .map(|l| format!("left({}, {:?})", l.id, l.reason)),
+            );
             parts.join(", ")
         }
         ServerMessage::TrackPublished { track } => {
@@ -878,6 +914,7 @@ pub struct RawSignaling {
 
 /// What [`RawSignaling::recv`] got.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // Matched by value in tests; size does not matter here.
 pub enum RawEvent {
     /// A server message.
     Message(ServerMessage),
@@ -1572,7 +1609,7 @@ pub struct PayloadInfo {
 
 /// Whether video packet number `counter` is a keyframe.
 pub fn is_keyframe(counter: u32) -> bool {
-    counter < 3 || counter % KEYFRAME_EVERY == 0
+    counter < 3 || counter.is_multiple_of(KEYFRAME_EVERY)
 }
 
 /// The payload of packet number `counter` of `identity`'s track of `kind`.

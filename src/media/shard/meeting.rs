@@ -181,7 +181,9 @@ impl Shard {
     /// Sends each room's collected participant changes as one message to every member.
     pub(super) fn flush_participant_diffs(&mut self) {
         for room in 0..self.rooms.len() {
-            let Some(entry) = self.rooms[room].as_mut() else { continue };
+            let Some(entry) = self.rooms[room].as_mut() else {
+                continue;
+            };
             if entry.diff.is_empty() {
                 continue;
             }
@@ -252,7 +254,9 @@ impl Shard {
     /// Drops lobby entries whose session went away, and tells the hosts.
     pub(super) fn prune_lobbies(&mut self) {
         for room in 0..self.rooms.len() {
-            let Some(entry) = self.rooms[room].as_mut() else { continue };
+            let Some(entry) = self.rooms[room].as_mut() else {
+                continue;
+            };
             let before = entry.lobby.len();
             entry.lobby.retain(|w| !w.request.events.is_closed());
             if entry.lobby.len() != before {
@@ -269,7 +273,9 @@ impl Shard {
     }
 
     pub(super) fn send_lobby_to_hosts(&mut self, room: usize) {
-        let Some(msg) = self.lobby_message(room) else { return };
+        let Some(msg) = self.lobby_message(room) else {
+            return;
+        };
         let hosts: Vec<PeerId> = self.rooms[room]
             .as_ref()
             .map(|e| {
@@ -320,7 +326,9 @@ impl Shard {
 
     pub(super) fn raise_hand(&mut self, id: PeerId, raised: bool) {
         let Some(room) = self.room_of(id) else { return };
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         let present = entry.hands.contains(&id);
         if raised == present {
             return;
@@ -339,7 +347,9 @@ impl Shard {
 
     pub(super) fn subscription(&mut self, id: PeerId, updates: Vec<SubscriptionUpdate>) {
         let Some(room) = self.room_of(id) else { return };
-        let Some(entry) = self.room_mut(room) else { return };
+        let Some(entry) = self.room_mut(room) else {
+            return;
+        };
         for u in updates {
             // Tracks that went away meanwhile are ignored.
             if let Some((key, _)) = entry.tracks.iter().find(|(_, t)| t.id == u.track_id) {
@@ -369,7 +379,9 @@ impl Shard {
     /// A host mutes these sources of `target` (the forwarding stops at once).
     fn host_mute(&mut self, room: usize, target: PeerId, sources: &[TrackSource]) {
         for (key, track_id, source) in self.tracks_of(target, sources) {
-            let Some(entry) = self.room_mut(room) else { return };
+            let Some(entry) = self.room_mut(room) else {
+                return;
+            };
             let _ = entry.core.handle_mute(key, true);
             let already = entry
                 .tracks
@@ -453,7 +465,9 @@ impl Shard {
                 self.send_hand_queue(room);
             }
             A::ReorderQueue { order } => {
-                let Some(entry) = self.room_mut(room) else { return };
+                let Some(entry) = self.room_mut(room) else {
+                    return;
+                };
                 let mut queue: Vec<PeerId> = order
                     .iter()
                     .filter_map(|s| parse_participant_id(s))
@@ -469,7 +483,9 @@ impl Shard {
                 self.send_hand_queue(room);
             }
             A::ClearQueue => {
-                let Some(entry) = self.room_mut(room) else { return };
+                let Some(entry) = self.room_mut(room) else {
+                    return;
+                };
                 let hands = std::mem::take(&mut entry.hands);
                 for h in hands {
                     if let Some(p) = self.peer_mut(h) {
@@ -504,9 +520,12 @@ impl Shard {
                 let Some(t) = needs_target(self, participant_id) else {
                     return missing(self, participant_id);
                 };
-                self.tell(t, ServerMessage::AskedToUnmute {
-                    by: participant_id_of(id),
-                });
+                self.tell(
+                    t,
+                    ServerMessage::AskedToUnmute {
+                        by: participant_id_of(id),
+                    },
+                );
             }
             A::CameraOff { participant_id } => {
                 let Some(t) = needs_target(self, participant_id) else {
@@ -536,12 +555,16 @@ impl Shard {
                 self.to_remove.push((t, LeaveReason::Removed));
             }
             A::Lock { locked } => {
-                let Some(entry) = self.room_mut(room) else { return };
+                let Some(entry) = self.room_mut(room) else {
+                    return;
+                };
                 entry.locked = *locked;
                 self.room_state_changed(room);
             }
             A::Lobby { enabled } => {
-                let Some(entry) = self.room_mut(room) else { return };
+                let Some(entry) = self.room_mut(room) else {
+                    return;
+                };
                 entry.lobby_on = *enabled;
                 let admit_all = if *enabled {
                     Vec::new()
@@ -555,8 +578,13 @@ impl Shard {
                 self.send_lobby_to_hosts(room);
             }
             A::Admit { participant_id } | A::Deny { participant_id } => {
-                let Some(entry) = self.room_mut(room) else { return };
-                let Some(pos) = entry.lobby.iter().position(|w| w.lobby_id == *participant_id)
+                let Some(entry) = self.room_mut(room) else {
+                    return;
+                };
+                let Some(pos) = entry
+                    .lobby
+                    .iter()
+                    .position(|w| w.lobby_id == *participant_id)
                 else {
                     return missing(self, participant_id);
                 };
@@ -582,7 +610,9 @@ impl Shard {
                 self.send_lobby_to(room, t);
             }
             A::EndMeeting => {
-                let Some(entry) = self.room_mut(room) else { return };
+                let Some(entry) = self.room_mut(room) else {
+                    return;
+                };
                 entry.locked = true;
                 let waiting = std::mem::take(&mut entry.lobby);
                 let members = entry.members.clone();
