@@ -373,6 +373,12 @@ impl Session {
     ) -> Option<End> {
         match tokio::time::timeout(JOIN_REPLY, reply_rx).await {
             Ok(Ok(Ok(JoinOutcome::Joined(joined)))) => {
+                // A resumed guest has no grant to tell whose guest time this session uses.
+                if let ServerMessage::Welcome { me, .. } = &joined.welcome {
+                    if me.role == plenary_proto::Role::Guest {
+                        self.guest_of = me.invited_by.clone();
+                    }
+                }
                 self.peer = Some(joined.peer);
                 self.events = Some(events_rx);
                 self.joined_at = Some(Instant::now());

@@ -280,6 +280,9 @@ async fn leaving_peer_is_announced_and_its_media_stops() {
 
         carol.leave().await.expect("carol says leave");
 
+        // The reason must be `left`. (A server that drops the session's event queue right after
+        // queuing its Leave can misreport it as `disconnected` when it happens to message the
+        // peer in between: this assertion is what catches that race.)
         for client in [&alice, &bob] {
             must(client, "carol's departure is announced", |s| {
                 s.saw_left(&carol_id) == Some(LeaveReason::Left)

@@ -225,9 +225,14 @@ impl Peer {
         info
     }
 
-    /// Queues a message for the client; false when its queue is full or gone.
+    /// Queues a message for the client; false when its queue is full (a client that cannot
+    /// keep up, which the caller removes). A closed queue counts as sent: the session has
+    /// ended and its `Leave`, with the real reason, is already on its way.
     pub fn send(&self, msg: ServerMessage) -> bool {
-        self.events.try_send(SessionEvent::Send(msg)).is_ok()
+        !matches!(
+            self.events.try_send(SessionEvent::Send(msg)),
+            Err(mpsc::error::TrySendError::Full(_))
+        )
     }
 
     /// Accepts the client's offer and returns our answer. A pending offer of ours is dropped

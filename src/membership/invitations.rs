@@ -320,11 +320,19 @@ impl Membership {
         let disc = self.discovery(&inst).await;
         let result = match self.app(&inst, &disc).await {
             Ok(app) => match self.client.app_token(&disc, &app).await {
-                Ok(token) => self
-                    .client
-                    .account(&inst.base, &token, &inv.inviter_account)
-                    .await
-                    .map(|a| !a.suspended),
+                Ok(token) => {
+                    let r = self
+                        .client
+                        .account(&inst.base, &token, &inv.inviter_account)
+                        .await
+                        .map(|a| !a.suspended);
+                    // One look-up per token: revoke it so app tokens do not pile up.
+                    let (client, disc, app) = (self.client.clone(), disc.clone(), app.clone());
+                    tokio::spawn(async move {
+                        let _ = client.revoke(&disc, &app, &token).await;
+                    });
+                    r
+                }
                 Err(e) => Err(e),
             },
             Err(MembershipError::Instance(e)) => Err(e),

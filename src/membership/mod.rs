@@ -9,7 +9,8 @@
 //!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser.
 //! 2. Grants ([`Membership::member_grant`]): short-lived, single-use `jti`, one room,
 //!    permissions from the role, signed with the server's Ed25519 key ([`keys`]).
-//!    Membership is checked again with the instance when the last check is old.
+//!    Membership (and host status) is checked again with the instance when the last
+//!    check is old.
 //! 3. Rooms: members (or only hosts) open them; hosts set members-only, members and
 //!    guests, or locked.
 //! 4. Invitations ([`invitations`]): a member invites a partner co-op's people to one
@@ -41,6 +42,10 @@ use store::{RoomMode, Session, Store, StoreError};
 
 /// How long an OAuth `state` stays valid.
 pub const STATE_TTL_SECS: i64 = 600;
+/// Most sign-in refusals written to the audit log per minute.
+pub const MAX_REFUSALS_PER_MINUTE: u64 = 120;
+/// Most sign-ins waiting for their callback at once (each is an OAuth state row).
+pub const MAX_PENDING_SIGN_INS: i64 = 10_000;
 /// When the instance cannot be reached, a membership checked this recently still counts.
 pub const OFFLINE_GRACE_SECS: i64 = 12 * 3600;
 
@@ -128,6 +133,8 @@ pub struct Membership {
     // std mutexes: held for a map access only, never across an await.
     active_key: Mutex<keys::ActiveKey>,
     discovery: Mutex<HashMap<String, Discovery>>,
+    /// (minute, refusals audited in it), to bound unauthenticated audit writes.
+    refusals: Mutex<(u64, u64)>,
     /// Held while looking up or registering an app, so concurrent first sign-ins register one
     /// app (the second registration would replace the first's credentials mid-flight).
     registering: tokio::sync::Mutex<()>,
@@ -170,6 +177,7 @@ impl Membership {
             keys_dir,
             active_key: Mutex::new(active),
             discovery: Mutex::new(HashMap::new()),
+            refusals: Mutex::new((0, 0)),
             registering: tokio::sync::Mutex::new(()),
         })
     }
@@ -296,9 +304,15 @@ impl Membership {
             expires_at: unix_now() as i64 + STATE_TTL_SECS,
         };
         let s = state.clone();
-        self.store
-            .run(move |c| store::save_oauth_state(c, &s, &pending, unix_now() as i64))
+        let stored = self
+            .store
+            .run(move |c| {
+                store::save_oauth_state(c, &s, &pending, unix_now() as i64, MAX_PENDING_SIGN_INS)
+            })
             .await?;
+        if !stored {
+            return Err(MembershipError::RateLimited);
+        }
         let mut url = disc.authorize.clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
@@ -309,6 +323,20 @@ impl Membership {
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
         Ok((url.to_string(), state))
+    }
+
+    /// Forgets a sign-in the instance ended with an error (its state is single-use).
+    pub async fn discard_login(&self, state: &str) {
+        let s = state.to_string();
+        let _ = self
+            .store
+            .run(move |c| {
+                let tx = c.transaction()?;
+                store::take_oauth_state(&tx, &s)?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await;
     }
 
     /// Completes a sign-in from the instance's callback. Returns the new session's cookie
@@ -504,6 +532,26 @@ impl Membership {
     }
 
     async fn audit_refusal(&self, instance: &str, reason: &str) {
+        // Anyone can make refusals happen (a bogus callback needs no account): bound the
+        // rows they write, so the append-only log cannot be flooded. The rest are counted
+        // in the server log.
+        {
+            let now = unix_now() / 60;
+            let mut window = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            if window.0 != now {
+                if window.1 > MAX_REFUSALS_PER_MINUTE {
+                    tracing::warn!(
+                        dropped = window.1 - MAX_REFUSALS_PER_MINUTE,
+                        "sign-in refusals over the audit limit were not recorded"
+                    );
+                }
+                *window = (now, 0);
+            }
+            window.1 += 1;
+            if window.1 > MAX_REFUSALS_PER_MINUTE {
+                return;
+            }
+        }
         let detail = serde_json::json!({ "instance": instance, "reason": reason });
         let _ = self
             .store
@@ -534,9 +582,10 @@ impl Membership {
     }
 
     /// Checks with the instance that the session's account is still a member, if the last
-    /// check is older than `recheck_secs`. Loses the session when it is not.
-    /// Returns the session as it stands after the check: host status and listen-only follow
-    /// the account's current role and `limited` flag.
+    /// check is older than `recheck_secs`. Loses the session when it is not. Runs before a
+    /// grant is minted, a room's mode is set and an invitation is created. Returns the session
+    /// as it stands after the check: host status and listen-only follow the account's current
+    /// role and `limited` flag (on every session of the account).
     async fn recheck(&self, s: &Session) -> Result<Session, MembershipError> {
         let now = unix_now() as i64;
         if now - s.checked_at < self.config.recheck_secs as i64 {
@@ -864,7 +913,7 @@ pub fn role_is_host(rule: &InstanceConfig, account: &Account) -> bool {
         {
             return true;
         }
-        if !role.id.is_empty() && rule.host_role_ids.iter().any(|i| *i == role.id) {
+        if !role.id.is_empty() && rule.host_role_ids.contains(&role.id) {
             return true;
         }
         if rule.host_permissions != 0 {

@@ -147,6 +147,18 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// A plain explanation of a standard OAuth error code (RFC 6749 §4.1.2.1).
+fn oauth_error_text(code: &str) -> String {
+    match code {
+        "access_denied" => "you (or the instance) declined to let Plenary see your account".into(),
+        "invalid_scope" => "the instance did not grant the permission Plenary asks for".into(),
+        "server_error" | "temporarily_unavailable" => {
+            "the instance had a problem; please try again".into()
+        }
+        _ => "the instance refused the request".into(),
+    }
+}
+
 /// A signed-in member (extractor). Rejects with 401 when there is no valid session.
 pub struct Member(pub Session, pub Arc<Membership>);
 
@@ -245,8 +257,19 @@ async fn callback(
 ) -> Result<Response, Page> {
     let svc = service(&state).map_err(Page)?;
     if let Some(error) = q.error {
-        let why = q.error_description.unwrap_or(error);
-        return Err(Page(MembershipError::NotAuthorized(why)));
+        // The sign-in ends here: its state is used up and its cookie cleared. Only the
+        // standard error code is shown (the description is the other side's free text).
+        if let Some(st) = &q.state {
+            svc.discard_login(st).await;
+        }
+        let mut resp =
+            Page(MembershipError::NotAuthorized(oauth_error_text(&error))).into_response();
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(STATE_COOKIE, "", "/auth", 0, svc.secure_cookies()),
+        );
+        let _ = q.error_description;
+        return Ok(resp);
     }
     let (Some(code), Some(oauth_state)) = (q.code, q.state) else {
         return Err(Page(MembershipError::StateMismatch));

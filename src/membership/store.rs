@@ -409,11 +409,16 @@ pub fn save_oauth_state(
     state: &str,
     s: &OauthState,
     now: i64,
-) -> Result<(), StoreError> {
+    max_pending: i64,
+) -> Result<bool, StoreError> {
     conn.execute(
         "DELETE FROM oauth_states WHERE expires_at < ?1",
         params![now],
     )?;
+    let pending: i64 = conn.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?;
+    if pending >= max_pending {
+        return Ok(false);
+    }
     conn.execute(
         "INSERT INTO oauth_states (state_hash, instance, verifier, return_to, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -425,7 +430,7 @@ pub fn save_oauth_state(
             s.expires_at
         ],
     )?;
-    Ok(())
+    Ok(true)
 }
 
 /// Takes (reads and deletes: single use) a pending OAuth state.
@@ -899,8 +904,14 @@ mod tests {
             return_to: "/".into(),
             expires_at: 100,
         };
-        s.run_sync(|c| save_oauth_state(c, "secret-state", &st, 0))
-            .unwrap();
+        assert!(s
+            .run_sync(|c| save_oauth_state(c, "secret-state", &st, 0, 10))
+            .unwrap());
+        assert!(
+            !s.run_sync(|c| save_oauth_state(c, "other", &st, 0, 1))
+                .unwrap(),
+            "pending states are bounded"
+        );
         let raw: i64 = s
             .run_sync(|c| {
                 Ok(c.query_row(

@@ -25,7 +25,7 @@
 //! Switches ([`Switches`], changeable while running through [`MastodonDouble::switches`]):
 //! older versions (no discovery, no `profile` scope, no PKCE, no v2 instance), the GoToSocial
 //! (`role: {name}` only) and Akkoma (`pleroma.is_admin` / `is_moderator`) shapes, rate limiting
-//! (429 on every API call), slow answers. Per account ([`Account`]): role, `limited`,
+//! (429 on every API call, or on chosen paths), slow answers, the user denying access. Per account ([`Account`]): role, `limited`,
 //! suspended (403 on `verify_credentials`), deleted (404 on `accounts/:id`, tokens invalid).
 //! [`Counters`] and the lists of revoked tokens and handed-out secrets let tests assert what
 //! Plenary did at the instance.
@@ -76,8 +76,10 @@ pub struct Switches {
     pub v1_uri_is_url: bool,
     /// The account JSON's shape.
     pub shape: Shape,
-    /// Every API call (not the browser's authorize page) answers 429.
+    /// Every API call (not the browser's authorize page) answers 429...
     pub rate_limited: bool,
+    /// ...or, when not empty, only calls to these paths (Mastodon limits by endpoint class).
+    pub rate_limited_paths: Vec<String>,
     /// Every answer waits this long first.
     pub delay: Duration,
     /// The user clicks "Deny" on the authorize page.
@@ -99,6 +101,7 @@ impl Switches {
             v1_uri_is_url: false,
             shape: Shape::Mastodon,
             rate_limited: false,
+            rate_limited_paths: Vec::new(),
             delay: Duration::ZERO,
             deny_authorization: false,
             private_api: false,
@@ -409,7 +412,7 @@ impl MastodonDouble {
         self.lock().secrets.clone()
     }
 
-    /// Every code the double handed out (they travel through the browser).
+    /// The redirect URIs of every registered app.
     pub fn registered_redirect_uris(&self) -> Vec<String> {
         self.lock()
             .apps
@@ -462,14 +465,21 @@ fn scope_exists(switches: &Switches, scope: &str) -> bool {
 /// Every answer waits `delay`; every API call answers 429 while rate-limited (the browser's
 /// authorize page is not an API call).
 async fn delay_and_rate_limit(State(inner): State<Shared>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
     let (delay, limited) = {
         let i = inner.lock().unwrap_or_else(|p| p.into_inner());
-        (i.switches.delay, i.switches.rate_limited)
+        let s = &i.switches;
+        let limited = if s.rate_limited_paths.is_empty() {
+            s.rate_limited && path != "/oauth/authorize"
+        } else {
+            s.rate_limited_paths.contains(&path)
+        };
+        (s.delay, limited)
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if limited && req.uri().path() != "/oauth/authorize" {
+    if limited {
         inner
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -555,7 +565,10 @@ async fn discovery(State(inner): State<Shared>) -> Response {
     let mut i = inner.lock().unwrap_or_else(|p| p.into_inner());
     i.counters.discovery_requests += 1;
     if !i.switches.discovery {
-        return (StatusCode::NOT_FOUND, Html("<h1>The page you are looking for isn't here.</h1>"))
+        return (
+            StatusCode::NOT_FOUND,
+            Html("<h1>The page you are looking for isn't here.</h1>"),
+        )
             .into_response();
     }
     let b = &i.base;
@@ -615,9 +628,7 @@ fn redirect_back(redirect_uri: &str, params: &[(&str, &str)]) -> Response {
 fn error_page(status: StatusCode, what: &str) -> Response {
     (
         status,
-        Html(format!(
-            "<h1>An error has occurred</h1><p>{what}</p>"
-        )),
+        Html(format!("<h1>An error has occurred</h1><p>{what}</p>")),
     )
         .into_response()
 }
@@ -629,7 +640,13 @@ async fn authorize(State(inner): State<Shared>, Query(q): Query<AuthorizeQuery>)
         .client_id
         .as_deref()
         .and_then(|id| i.apps.iter().find(|a| a.client_id == id))
-        .map(|a| (a.client_id.clone(), a.redirect_uris.clone(), a.scopes.clone()))
+        .map(|a| {
+            (
+                a.client_id.clone(),
+                a.redirect_uris.clone(),
+                a.scopes.clone(),
+            )
+        })
     else {
         i.counters.authorizations_refused += 1;
         return error_page(
@@ -678,7 +695,10 @@ async fn authorize(State(inner): State<Shared>, Query(q): Query<AuthorizeQuery>)
         );
     }
     let challenge = if i.switches.pkce {
-        match (q.code_challenge.as_deref(), q.code_challenge_method.as_deref()) {
+        match (
+            q.code_challenge.as_deref(),
+            q.code_challenge_method.as_deref(),
+        ) {
             (Some(c), Some("S256")) if c.len() == 43 => Some(c.to_string()),
             _ => {
                 return refuse(

@@ -39,8 +39,10 @@ struct LogWriter;
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOG.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
-        if std::env::var_os("PLENARY_TEST_LOG").is_some() {
+        LOG.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        if std::env::var_os("MEMBERSHIP_TEST_LOG").is_some() {
             let _ = std::io::stderr().write_all(buf);
         }
         Ok(buf.len())
@@ -178,7 +180,10 @@ impl Env {
 
     /// Audit entries of one kind.
     pub fn audit_of(&self, kind: &str) -> Vec<AuditEntry> {
-        self.audit().into_iter().filter(|e| e.kind == kind).collect()
+        self.audit()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
     }
 
     /// Rows in a table.
@@ -272,6 +277,58 @@ pub fn decode_unverified(token: &str) -> (Value, Value) {
     let header = part();
     let claims = part();
     (header, claims)
+}
+
+/// A signaling connection that stays open.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Joins and stays connected; returns the server's first answer and the connection.
+pub async fn connect(ws_url: &str, grant: &str, room: &str) -> (Value, Ws) {
+    let (mut ws, _) = tokio::time::timeout(T, tokio_tungstenite::connect_async(ws_url))
+        .await
+        .expect("the WebSocket connects in time")
+        .expect("the WebSocket connects");
+    let msg = json!({ "type": "join", "protocol": 1, "grant": grant, "room": room });
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .expect("join is sent");
+    let first = next_json(&mut ws).await;
+    (first, ws)
+}
+
+/// Sends one message.
+pub async fn send_json(ws: &mut Ws, msg: &Value) {
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .expect("the message is sent");
+}
+
+/// The next JSON message from the server.
+pub async fn next_json(ws: &mut Ws) -> Value {
+    tokio::time::timeout(T, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str::<Value>(t.as_str()).expect("JSON from server")
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("the server closed the connection: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the server answers in time")
+}
+
+/// Reads messages until one has `"type": kind`.
+pub async fn wait_for_type(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let v = next_json(ws).await;
+        if v["type"] == kind {
+            return v;
+        }
+    }
 }
 
 /// Joins over the WebSocket and returns the first JSON message the server sends.
@@ -456,8 +513,8 @@ impl Browser {
 
     /// Starts a sign-in: `GET /auth/{instance}/login[?return_to=...]`.
     pub async fn begin(&self, instance: &str, return_to: Option<&str>) -> Hop {
-        let mut url = url::Url::parse(&format!("{}/auth/{instance}/login", self.base))
-            .expect("a URL");
+        let mut url =
+            url::Url::parse(&format!("{}/auth/{instance}/login", self.base)).expect("a URL");
         if let Some(r) = return_to {
             url.query_pairs_mut().append_pair("return_to", r);
         }
@@ -495,7 +552,12 @@ impl Browser {
     }
 
     /// A JSON API call on Plenary; returns the status and the JSON body (`null` if none).
-    pub async fn api(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let url = self.abs(path);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {

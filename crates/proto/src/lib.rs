@@ -662,7 +662,9 @@ mod tests {
         let all: ClientMessage =
             serde_json::from_str(r#"{"type":"host","action":"mute_all"}"#).unwrap();
         assert_eq!(all, ClientMessage::Host(HostAction::MuteAll));
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"host","action":"fly"}"#).is_err());
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"host","action":"fly"}"#).is_err()
+        );
     }
 
     #[test]
