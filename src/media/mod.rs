@@ -148,6 +148,7 @@ pub struct JoinRequest {
 
 /// How a join went.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per join, moved once: not worth a box
 pub enum JoinOutcome {
     /// In the room.
     Joined(Joined),

@@ -136,13 +136,17 @@ impl Peer {
     pub fn new(
         id: PeerId,
         room: usize,
-        info: ParticipantInfo,
-        permissions: Permissions,
-        events: mpsc::Sender<SessionEvent>,
-        started: Instant,
+        req: super::JoinRequest,
         cert: &DtlsCert,
         candidates: &[Candidate],
     ) -> Peer {
+        let super::JoinRequest {
+            info,
+            permissions,
+            events,
+            started,
+            ..
+        } = req;
         let ufrag = random_token(8);
         let is_host = permissions.is_host;
         let creds = IceCreds {

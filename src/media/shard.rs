@@ -203,7 +203,7 @@ impl Shard {
                 }
                 _ = housekeeping.tick() => {
                     ticks = ticks.wrapping_add(1);
-                    self.housekeeping(Instant::now(), ticks % 10 == 0);
+                    self.housekeeping(Instant::now(), ticks.is_multiple_of(10));
                 }
             }
             self.flush();
@@ -639,12 +639,10 @@ impl Shard {
                 .with_label_values(&[reason])
                 .inc();
         }
-        if let Err(Ok(outcome)) = reply.send(result) {
-            // The session went away while we were joining it.
-            if let JoinOutcome::Joined(joined) = outcome {
-                self.to_remove
-                    .push((joined.peer, LeaveReason::Disconnected));
-            }
+        // The session went away while we were joining it.
+        if let Err(Ok(JoinOutcome::Joined(joined))) = reply.send(result) {
+            self.to_remove
+                .push((joined.peer, LeaveReason::Disconnected));
         }
     }
 
@@ -750,10 +748,10 @@ impl Shard {
         let mut peer = Peer::new(
             id,
             room,
-            info.clone(),
-            req.permissions,
-            req.events,
-            req.started,
+            JoinRequest {
+                info: info.clone(),
+                ..req
+            },
             &self.cert,
             &self.candidates,
         );
