@@ -217,6 +217,8 @@ pub struct LimitsConfig {
     /// Rooms with more participants than this switch to listener mode: only hosts and
     /// those given the floor may publish.
     pub listener_mode_above: usize,
+    /// The web client joins with its microphone muted in rooms larger than this.
+    pub join_muted_above: usize,
 }
 
 impl Default for HttpConfig {
@@ -256,6 +258,7 @@ impl Default for LimitsConfig {
             signaling_idle_secs: 30,
             shutdown_grace_secs: 5,
             listener_mode_above: 50,
+            join_muted_above: 20,
         }
     }
 }

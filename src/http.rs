@@ -6,7 +6,7 @@
 //! - `GET /` and `GET /{file}`: the web client in `web/`, embedded in the binary.
 //! - `GET /healthz`: `ok` while the server takes joins, 503 while it shuts down.
 //! - `GET /metrics`: Prometheus text format.
-//! - `GET /api/info`: `{"dev_mode":bool,"version":"…"}`.
+//! - `GET /api/info`: `{"dev_mode":bool,"version":"…","join_muted_above":n}`.
 //! - `POST /api/dev/grant`: dev mode only; `{"room","name","publish","host"}` →
 //!   `{"grant","ws_url","identity"}`.
 //! - `GET /rtc`: the signaling WebSocket (docs/protocol.md).
@@ -30,11 +30,23 @@ use crate::metrics::Metrics;
 /// Lifetime of a dev-mode grant.
 const DEV_GRANT_TTL: Duration = Duration::from_secs(600);
 
+/// Plain settings of the HTTP side.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    /// The page may mint its own grants.
+    pub dev_mode: bool,
+    /// How long a joined signaling session may stay silent.
+    pub idle_timeout: Duration,
+    /// The web client joins muted in rooms larger than this.
+    pub join_muted_above: usize,
+}
+
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
 
 struct Inner {
+    join_muted_above: usize,
     keys: KeyRing,
     membership: Option<Arc<crate::membership::Membership>>,
     media: MediaHandle,
@@ -51,11 +63,16 @@ impl AppState {
         membership: Option<Arc<crate::membership::Membership>>,
         media: MediaHandle,
         metrics: Arc<Metrics>,
-        dev_mode: bool,
-        idle_timeout: Duration,
+        settings: HttpSettings,
         shutdown: watch::Receiver<bool>,
     ) -> AppState {
+        let HttpSettings {
+            dev_mode,
+            idle_timeout,
+            join_muted_above,
+        } = settings;
         AppState(Arc::new(Inner {
+            join_muted_above,
             keys,
             membership,
             media,
@@ -196,12 +213,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
 struct Info {
     dev_mode: bool,
     version: &'static str,
+    /// The web client joins muted in rooms larger than this.
+    join_muted_above: usize,
 }
 
 async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         dev_mode: state.0.dev_mode,
         version: env!("CARGO_PKG_VERSION"),
+        join_muted_above: state.0.join_muted_above,
     })
 }
 

@@ -198,8 +198,11 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         membership,
         media.clone(),
         metrics,
-        dev_mode,
-        Duration::from_secs(config.limits.signaling_idle_secs),
+        http::HttpSettings {
+            dev_mode,
+            idle_timeout: Duration::from_secs(config.limits.signaling_idle_secs),
+            join_muted_above: config.limits.join_muted_above,
+        },
         shutdown_rx.clone(),
     );
     let router = http::app(state);
