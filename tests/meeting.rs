@@ -415,15 +415,48 @@ async fn chat_reaches_everyone_and_host_messages_are_marked() {
         let (mut chair, _) = h.raw("c", "chair", true).await;
         let (mut a, _) = h.raw("c", "a", false).await;
         let (mut b, _) = h.raw("c", "b", false).await;
-        a.send(&ClientMessage::Chat { text: "hello all".into() }).await.expect("send");
-        chair.send(&ClientMessage::Chat { text: "welcome".into() }).await.expect("send");
+        a.send(&ClientMessage::Chat {
+            text: "hello all".into(),
+        })
+        .await
+        .expect("send");
+        chair
+            .send(&ClientMessage::Chat {
+                text: "welcome".into(),
+            })
+            .await
+            .expect("send");
+        // Two senders: the two messages may arrive in either order.
         for raw in [&mut chair, &mut a, &mut b] {
-            assert!(next_matching(raw, |m| matches!(m, ServerMessage::Chat { text, from_host: false, name, .. } if text == "hello all" && name == "a")).await.is_some());
+            let (mut member_msg, mut host_msg) = (false, false);
+            while !(member_msg && host_msg) {
+                let Some(ServerMessage::Chat {
+                    text,
+                    from_host,
+                    name,
+                    ..
+                }) = next_matching(raw, |m| matches!(m, ServerMessage::Chat { .. })).await
+                else {
+                    panic!("both chat messages arrive (member: {member_msg}, host: {host_msg})");
+                };
+                match text.as_str() {
+                    "hello all" => {
+                        assert!(!from_host && name == "a");
+                        member_msg = true;
+                    }
+                    "welcome" => {
+                        assert!(from_host, "a host's message is marked");
+                        host_msg = true;
+                    }
+                    other => panic!("unexpected chat {other:?}"),
+                }
+            }
         }
-        for raw in [&mut chair, &mut a, &mut b] {
-            assert!(next_matching(raw, |m| matches!(m, ServerMessage::Chat { text, from_host: true, .. } if text == "welcome")).await.is_some());
-        }
-        a.send(&ClientMessage::Chat { text: "x".repeat(2001) }).await.expect("send");
+        a.send(&ClientMessage::Chat {
+            text: "x".repeat(2001),
+        })
+        .await
+        .expect("send");
         let (code, _) = a.expect_error(WAIT).await.expect("too long");
         assert_eq!(code, ErrorCode::BadMessage);
         h.server.shutdown().await;

@@ -176,15 +176,23 @@ impl Shard {
     }
 
     /// Runs until [`Command::Shutdown`] or until every handle is gone.
+    ///
+    /// Timers are checked against the clock on every turn, not only when tokio's timer
+    /// fires: under overload the socket is always readable and the loop may not yield to
+    /// the runtime's timer driver for a long time, and ICE, DTLS, RTCP and housekeeping
+    /// (metrics, ICE timeouts, participant batches) must not stall then.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
+        const HOUSEKEEPING: Duration = Duration::from_millis(100);
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut ticks: u32 = 0;
+        let mut turns: u32 = 0;
         loop {
             let next_timer = self
                 .timers
                 .peek()
                 .map(|Reverse((t, _))| *t)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+                .min(next_housekeeping);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
                     Some(Command::Shutdown) | None => {
@@ -198,15 +206,22 @@ impl Shard {
                         self.read_datagrams();
                     }
                 }
-                _ = tokio::time::sleep_until(next_timer.into()) => {
-                    self.handle_timers(Instant::now());
-                }
-                _ = housekeeping.tick() => {
-                    ticks = ticks.wrapping_add(1);
-                    self.housekeeping(Instant::now(), ticks.is_multiple_of(10));
-                }
+                _ = tokio::time::sleep_until(next_timer.into()) => {}
+            }
+            let now = Instant::now();
+            self.handle_timers(now);
+            if now >= next_housekeeping {
+                next_housekeeping = now + HOUSEKEEPING;
+                ticks = ticks.wrapping_add(1);
+                self.housekeeping(now, ticks.is_multiple_of(10));
             }
             self.flush();
+            // Let the runtime poll its I/O and timer drivers now and then, even when the
+            // socket never runs dry.
+            turns = turns.wrapping_add(1);
+            if turns.is_multiple_of(64) {
+                tokio::task::yield_now().await;
+            }
         }
     }
 

@@ -70,8 +70,11 @@ pub struct Sent {
 }
 
 impl BatchSocket {
-    /// Wraps a non-blocking socket.
+    /// Wraps a non-blocking socket, asking the kernel for large buffers: a keyframe burst
+    /// from a screen share is hundreds of datagrams, more than the usual ~200 KiB default.
     pub fn new(socket: UdpSocket) -> BatchSocket {
+        #[cfg(target_os = "linux")]
+        grow_buffers(&socket);
         BatchSocket {
             socket,
             bufs: vec![[0u8; MAX_DATAGRAM]; BATCH],
@@ -236,6 +239,30 @@ impl BatchSocket {
             }
         }
         Ok((n, bytes, n as u64))
+    }
+}
+
+/// Bytes asked for each of the socket's kernel buffers.
+pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
+
+#[cfg(target_os = "linux")]
+fn grow_buffers(socket: &UdpSocket) {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    // The plain options are capped by net.core.{r,w}mem_max; the forcing ones are not, but
+    // need CAP_NET_ADMIN. Try both; say so when the result stays small.
+    let _ = setsockopt(socket, sockopt::RcvBuf, &SOCKET_BUFFER);
+    let _ = setsockopt(socket, sockopt::SndBuf, &SOCKET_BUFFER);
+    if getsockopt(socket, sockopt::RcvBuf).unwrap_or(0) < SOCKET_BUFFER {
+        let _ = setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER);
+        let _ = setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER);
+    }
+    let got = getsockopt(socket, sockopt::RcvBuf).unwrap_or(0);
+    if got < SOCKET_BUFFER {
+        tracing::warn!(
+            bytes = got,
+            "the media socket's receive buffer is small; bursts may be dropped \
+             (raise net.core.rmem_max, e.g. sysctl -w net.core.rmem_max=8388608)"
+        );
     }
 }
 

@@ -1,0 +1,192 @@
+//! The group's I/O: reading every ready datagram into the arena and feeding it to its
+//! peer, and draining a peer connection (events, received RTP, datagrams to send).
+
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use plenary_proto::TrackKind;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{GroupCmd, Latencies, Live, RxStream, Slot};
+use crate::stats::StreamRx;
+use crate::synth;
+
+/// Datagrams read from one socket before the others get a turn.
+const READ_BUDGET: usize = 64;
+
+/// Takes every ready command and datagram. Returns whether anything arrived.
+pub(super) fn read_inputs(
+    cx: &mut std::task::Context<'_>,
+    cmd_rx: &mut mpsc::Receiver<GroupCmd>,
+    slots: &mut [Option<Slot>],
+    arena: &mut BytesMut,
+    cmds: &mut Vec<GroupCmd>,
+) -> bool {
+    let mut progressed = false;
+    while cmds.len() < 256 {
+        match cmd_rx.poll_recv(cx) {
+            Poll::Ready(Some(cmd)) => {
+                cmds.push(cmd);
+                progressed = true;
+            }
+            // All senders gone: finish with nobody to tell.
+            Poll::Ready(None) => {
+                let (tx, _rx) = oneshot::channel();
+                cmds.push(GroupCmd::Finish(tx));
+                progressed = true;
+                break;
+            }
+            Poll::Pending => break,
+        }
+    }
+    for slot in slots.iter_mut().flatten() {
+        let mut budget = READ_BUDGET;
+        while let Poll::Ready(Ok(())) = slot.peer.socket.poll_recv_ready(cx) {
+            if arena.capacity() - arena.len() < 2048 {
+                arena.reserve(64 * 1024);
+            }
+            match slot.peer.socket.try_recv_buf_from(arena) {
+                Ok((_, from)) => {
+                    let message = arena.split();
+                    let msg = TaggedBytesMut {
+                        now: Instant::now(),
+                        transport: TransportContext {
+                            local_addr: slot.peer.local_addr,
+                            peer_addr: from,
+                            ecn: None,
+                            transport_protocol: TransportProtocol::UDP,
+                        },
+                        message,
+                    };
+                    let _ = slot.peer.pc.handle_read(msg);
+                    slot.datagrams_in += 1;
+                    slot.dirty = true;
+                    progressed = true;
+                    budget -= 1;
+                    if budget == 0 {
+                        cx.waker().wake_by_ref();
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    progressed
+}
+
+/// Handles everything the peer connection has for us and sends what it wants sent.
+/// Returns a failure reason if the join failed.
+pub(super) fn drain(
+    slot: &mut Slot,
+    epoch: Instant,
+    latency: &mut Latencies,
+    live: &Live,
+) -> Option<String> {
+    let mut failed = None;
+    let pc = &mut slot.peer.pc;
+    while let Some(ev) = pc.poll_event() {
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => match state {
+                RTCPeerConnectionState::Connected if slot.connected.is_none() => {
+                    let now = Instant::now();
+                    slot.connected = Some(now);
+                    live.joined.fetch_add(1, Ordering::Relaxed);
+                    if let Some(a) = slot.audio.as_mut() {
+                        a.due = now;
+                    }
+                    if let Some(v) = slot.video.as_mut() {
+                        v.due = now;
+                    }
+                }
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    let reason = format!("media connection {state}");
+                    if slot.connected.is_some() {
+                        slot.dropped.get_or_insert(reason);
+                    } else {
+                        failed = Some(reason);
+                    }
+                }
+                _ => {}
+            },
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                slot.receivers.push((init.track_id, init.receiver_id));
+            }
+            _ => {}
+        }
+    }
+    while let Some(TaggedRTCMessage { now, message }) = pc.poll_read() {
+        // RTCP stays in the interceptor chain; data-channel messages are not measured.
+        let RTCMessage::RtpPacket(track_id, packet) = message else {
+            continue;
+        };
+        let Some(stamp) = synth::parse_stamp(&packet.payload) else {
+            slot.unknown_packets += 1;
+            continue;
+        };
+        let at_us = now.saturating_duration_since(epoch).as_micros() as u64;
+        let idx = match slot
+            .streams
+            .iter()
+            .position(|s| s.rx.stream == stamp.stream)
+        {
+            Some(i) => i,
+            None => {
+                let receiver = slot
+                    .receivers
+                    .iter()
+                    .find(|(t, _)| *t == track_id)
+                    .map(|(_, r)| *r);
+                slot.streams.push(RxStream {
+                    rx: StreamRx::new(stamp.stream, stamp.kind, stamp.seq, at_us),
+                    ssrc: packet.header.ssrc,
+                    receiver,
+                    lost_at_pli: 0,
+                    last_pli: None,
+                });
+                slot.streams.len() - 1
+            }
+        };
+        let s = &mut slot.streams[idx];
+        s.ssrc = packet.header.ssrc;
+        if s.receiver.is_none() {
+            s.receiver = slot
+                .receivers
+                .iter()
+                .find(|(t, _)| *t == track_id)
+                .map(|(_, r)| *r);
+        }
+        if s.rx
+            .on_packet(stamp.seq, stamp.sent_us, at_us, packet.payload.len())
+        {
+            latency.record(stamp.kind, at_us.saturating_sub(stamp.sent_us));
+            match stamp.kind {
+                TrackKind::Audio => slot.first_audio.get_or_insert(now),
+                TrackKind::Video => slot.first_video.get_or_insert(now),
+            };
+        }
+    }
+    // Keyframe requests seen by the interceptor chain (see `keyframe_tap`).
+    let requests = slot.peer.keyframe_requests.load(Ordering::Relaxed);
+    if requests > slot.keyframe_requests {
+        slot.keyframe_requests = requests;
+        if let Some(v) = slot.video.as_mut() {
+            v.src.request_keyframe();
+        }
+    }
+    while let Some(out) = pc.poll_write() {
+        let _ = slot
+            .peer
+            .socket
+            .try_send_to(&out.message, out.transport.peer_addr);
+    }
+    failed
+}

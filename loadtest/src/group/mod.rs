@@ -1,0 +1,614 @@
+//! A group: one task that drives many peers. It owns their peer connections and sockets,
+//! waits on all sockets, its command channel and one timer at once, feeds datagrams and
+//! timeouts to webrtc-rs, sends synthetic media on time, measures what arrives, and at the
+//! end hands back one [`PeerOutcome`] per participant.
+//!
+//! Hot path: datagrams are read into one growing arena (`BytesMut`), payloads are written
+//! into another, and the per-stream maths is in place, so the group itself allocates nothing
+//! per packet (webrtc-rs does, inside SRTP and its interceptors).
+//!
+//! - [`outcome`]: what a group measures and hands back.
+//! - `media`: the simulated microphone and camera of a publishing peer (with the pacer).
+//! - `io`: reading sockets and draining peer connections.
+
+mod io;
+mod media;
+pub mod outcome;
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use plenary_proto::{ClientMessage, ServerMessage, TrackKind};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::sansio::Protocol;
+use rtc::statistics::StatsSelector;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Participant, Role};
+use crate::peer::Peer;
+use crate::stats::StreamRx;
+use crate::synth::{AudioSource, Rng, VideoProfile, VideoSource};
+
+use io::{drain, read_inputs};
+pub use media::{pacing_interval, PACING_FACTOR};
+use media::{send_media, AudioTx, Sent, VideoTx};
+pub use outcome::{GroupResult, Latencies, Live, PeerOutcome, StreamOutcome};
+
+/// A message to a group.
+#[derive(Debug)]
+pub enum GroupCmd {
+    /// The participant's join was welcomed: build its peer and offer.
+    Welcome {
+        /// Participant.
+        pid: usize,
+        /// When its join started.
+        t0: Instant,
+        /// Messages to send on its WebSocket.
+        to_ws: mpsc::UnboundedSender<ClientMessage>,
+    },
+    /// A server message for the participant.
+    Signal {
+        /// Participant.
+        pid: usize,
+        /// The message (boxed: some are large).
+        msg: Box<ServerMessage>,
+    },
+    /// The participant's signaling failed or closed.
+    Failed {
+        /// Participant.
+        pid: usize,
+        /// When its join started.
+        t0: Instant,
+        /// Why.
+        reason: String,
+    },
+    /// The ramp is over: latency from now on is the steady phase's.
+    Steady,
+    /// Stop sending media now.
+    StopMedia,
+    /// Report and end.
+    Finish(oneshot::Sender<GroupResult>),
+}
+
+/// What every group shares.
+#[derive(Debug)]
+pub struct GroupShared {
+    /// Everyone in the run.
+    pub plan: Vec<Participant>,
+    /// Time zero of stamps.
+    pub epoch: Instant,
+    /// Local IP for media sockets.
+    pub local_ip: IpAddr,
+    /// Camera profile.
+    pub video: VideoProfile,
+    /// Pace video packets (else each frame goes out in one burst).
+    pub pacing: bool,
+    /// Join deadline.
+    pub join_timeout: Duration,
+    /// Progress counters.
+    pub live: Live,
+}
+
+struct RxStream {
+    rx: StreamRx,
+    ssrc: u32,
+    receiver: Option<RTCRtpReceiverId>,
+    lost_at_pli: u64,
+    last_pli: Option<Instant>,
+}
+
+struct Slot {
+    pid: usize,
+    peer: Peer,
+    to_ws: mpsc::UnboundedSender<ClientMessage>,
+    t0: Instant,
+    connected: Option<Instant>,
+    first_audio: Option<Instant>,
+    first_video: Option<Instant>,
+    dropped: Option<String>,
+    /// Its connection was closed after it dropped out; only its measurements remain.
+    closed: bool,
+    offer_outstanding: bool,
+    streams: Vec<RxStream>,
+    receivers: Vec<(String, RTCRtpReceiverId)>,
+    audio: Option<AudioTx>,
+    video: Option<VideoTx>,
+    rng: Rng,
+    timeout: Option<Instant>,
+    dirty: bool,
+    unknown_packets: u64,
+    plis_sent: u64,
+    keyframe_requests: u64,
+    sent: Sent,
+    datagrams_in: u64,
+    errors: Vec<String>,
+    // Progress deltas already added to `Live`.
+    live_rx_bytes: u64,
+    live_rx_packets: u64,
+    live_lost: u64,
+    live_tx_bytes: u64,
+}
+
+/// Shortest wait the group accepts from a peer connection's timer.
+const MIN_TIMER: Duration = Duration::from_millis(1);
+/// How often a group checks join deadlines, sends PLIs and updates the progress counters.
+const TICK: Duration = Duration::from_millis(250);
+
+/// One task's worth of peers.
+pub struct Group {
+    index: usize,
+    groups: usize,
+    shared: Arc<GroupShared>,
+    cmd_rx: mpsc::Receiver<GroupCmd>,
+    slots: Vec<Option<Slot>>,
+    done: Vec<PeerOutcome>,
+    rx_arena: BytesMut,
+    tx_arena: BytesMut,
+    latency: Latencies,
+    sending: bool,
+    cmds: Vec<GroupCmd>,
+    longest_turn: Duration,
+}
+
+impl Group {
+    /// Group `index` of `groups`: it drives participants `index`, `index + groups`, ...
+    pub fn new(
+        index: usize,
+        groups: usize,
+        shared: Arc<GroupShared>,
+        cmd_rx: mpsc::Receiver<GroupCmd>,
+    ) -> Group {
+        let n = shared.plan.len().div_ceil(groups);
+        Group {
+            index,
+            groups,
+            shared,
+            cmd_rx,
+            slots: (0..n).map(|_| None).collect(),
+            done: Vec::new(),
+            rx_arena: BytesMut::with_capacity(64 * 1024),
+            tx_arena: BytesMut::with_capacity(64 * 1024),
+            latency: Latencies::default(),
+            sending: true,
+            cmds: Vec::with_capacity(64),
+            longest_turn: Duration::ZERO,
+        }
+    }
+
+    /// Runs until [`GroupCmd::Finish`] (or every sender is gone).
+    pub async fn run(mut self) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let deadline = self.next_deadline().min(next_tick);
+            self.wait(deadline).await;
+            let turn = Instant::now();
+            let mut cmds = std::mem::take(&mut self.cmds);
+            for cmd in cmds.drain(..) {
+                match cmd {
+                    GroupCmd::Finish(reply) => {
+                        let result = self.finish();
+                        let _ = reply.send(result);
+                        return;
+                    }
+                    cmd => self.on_cmd(cmd),
+                }
+            }
+            self.cmds = cmds;
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+            self.service(now);
+            self.longest_turn = self.longest_turn.max(turn.elapsed());
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = Instant::now() + Duration::from_secs(1);
+        for s in self.slots.iter().flatten().filter(|s| !s.closed) {
+            if let Some(t) = s.timeout {
+                d = d.min(t);
+            }
+            // The same condition as `service` uses to send, or a stale due time would spin.
+            if self.sending && s.connected.is_some() && s.dropped.is_none() {
+                if let Some(a) = &s.audio {
+                    d = d.min(a.due);
+                }
+                if let Some(v) = &s.video {
+                    d = d.min(v.due);
+                    if !v.queue.is_empty() {
+                        d = d.min(v.next_send);
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    /// Waits for a datagram, a command or the deadline; feeds datagrams to their peers.
+    async fn wait(&mut self, deadline: Instant) {
+        if deadline <= Instant::now() {
+            // Give the runtime a turn (this also renews the task's cooperative budget, without
+            // which channels and sockets would report nothing forever), then take what is ready
+            // without sleeping.
+            tokio::task::yield_now().await;
+            self.poll_inputs_once().await;
+            return;
+        }
+        let sleep = tokio::time::sleep_until(deadline.into());
+        tokio::pin!(sleep);
+        let Group {
+            cmd_rx,
+            slots,
+            rx_arena,
+            cmds,
+            ..
+        } = self;
+        poll_fn(|cx| {
+            let mut progressed = read_inputs(cx, cmd_rx, slots, rx_arena, cmds);
+            if sleep.as_mut().poll(cx).is_ready() {
+                progressed = true;
+            }
+            if progressed {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
+    async fn poll_inputs_once(&mut self) {
+        let Group {
+            cmd_rx,
+            slots,
+            rx_arena,
+            cmds,
+            ..
+        } = self;
+        poll_fn(|cx| {
+            read_inputs(cx, cmd_rx, slots, rx_arena, cmds);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    fn slot_index(&self, pid: usize) -> Option<usize> {
+        (pid % self.groups == self.index).then_some(pid / self.groups)
+    }
+
+    fn on_cmd(&mut self, cmd: GroupCmd) {
+        match cmd {
+            GroupCmd::Welcome { pid, t0, to_ws } => self.on_welcome(pid, t0, to_ws),
+            GroupCmd::Signal { pid, msg } => self.on_signal(pid, *msg),
+            GroupCmd::Failed { pid, t0, reason } => {
+                let Some(i) = self.slot_index(pid) else {
+                    return;
+                };
+                match self.slots[i].as_mut() {
+                    Some(slot) if slot.connected.is_some() => {
+                        slot.dropped.get_or_insert(reason);
+                    }
+                    Some(_) => self.fail(i, reason),
+                    None => {
+                        let _ = t0;
+                        if !self.done.iter().any(|o| o.pid == pid) {
+                            self.shared.live.failed.fetch_add(1, Ordering::Relaxed);
+                            self.done.push(PeerOutcome::failed(pid, reason));
+                        }
+                    }
+                }
+            }
+            GroupCmd::Steady => self.latency.steady = true,
+            GroupCmd::StopMedia => self.sending = false,
+            GroupCmd::Finish(_) => {}
+        }
+    }
+
+    fn on_welcome(&mut self, pid: usize, t0: Instant, to_ws: mpsc::UnboundedSender<ClientMessage>) {
+        let Some(i) = self.slot_index(pid) else {
+            return;
+        };
+        let participant = &self.shared.plan[pid];
+        let (audio, video) = match participant.role {
+            Role::Publisher { audio, video } => (audio, video),
+            Role::Subscriber => (false, false),
+        };
+        let name = participant.identity.clone();
+        let built = Peer::new(
+            self.shared.local_ip,
+            audio,
+            video,
+            0x4000_0000 | (pid as u32 * 2),
+            &name,
+        )
+        .and_then(|mut peer| peer.create_offer().map(|offer| (peer, offer)));
+        let (peer, (sdp, tracks)) = match built {
+            Ok(x) => x,
+            Err(e) => {
+                self.shared.live.failed.fetch_add(1, Ordering::Relaxed);
+                self.done
+                    .push(PeerOutcome::failed(pid, format!("peer: {e}")));
+                return;
+            }
+        };
+        let _ = to_ws.send(ClientMessage::Offer { sdp, tracks });
+        let stream = participant.audio_stream();
+        let now = Instant::now();
+        let track_of = |kind: TrackKind| peer.tracks.iter().position(|t| t.kind == kind);
+        let audio_tx = track_of(TrackKind::Audio).map(|track| AudioTx {
+            src: AudioSource::new(pid as u64),
+            stream,
+            seq: 0,
+            due: now,
+            track,
+        });
+        let video_tx = track_of(TrackKind::Video).map(|track| VideoTx {
+            src: VideoSource::new(self.shared.video, pid as u64),
+            stream: stream + 1,
+            seq: 0,
+            due: now,
+            track,
+            queue: VecDeque::with_capacity(256),
+            next_send: now,
+            pace_bps: self
+                .shared
+                .pacing
+                .then(|| f64::from(self.shared.video.bitrate) * PACING_FACTOR),
+        });
+        self.slots[i] = Some(Slot {
+            pid,
+            peer,
+            to_ws,
+            t0,
+            connected: None,
+            first_audio: None,
+            first_video: None,
+            dropped: None,
+            closed: false,
+            offer_outstanding: true,
+            streams: Vec::new(),
+            receivers: Vec::new(),
+            audio: audio_tx,
+            video: video_tx,
+            rng: Rng::new(pid as u64 + 17),
+            timeout: Some(now),
+            dirty: true,
+            unknown_packets: 0,
+            plis_sent: 0,
+            keyframe_requests: 0,
+            sent: Sent::default(),
+            datagrams_in: 0,
+            errors: Vec::new(),
+            live_rx_bytes: 0,
+            live_rx_packets: 0,
+            live_lost: 0,
+            live_tx_bytes: 0,
+        });
+    }
+
+    fn on_signal(&mut self, pid: usize, msg: ServerMessage) {
+        let Some(i) = self.slot_index(pid) else {
+            return;
+        };
+        let Some(slot) = self.slots[i].as_mut() else {
+            return;
+        };
+        let result = match msg {
+            ServerMessage::Answer { sdp, .. } => {
+                slot.offer_outstanding = false;
+                slot.peer.apply_answer(sdp).map_err(|e| e.to_string())
+            }
+            // Glare (protocol §2.4): ignore a server offer while ours is outstanding; the
+            // server offers again after answering us.
+            ServerMessage::Offer { .. } if slot.offer_outstanding => Ok(()),
+            ServerMessage::Offer { sdp, .. } => match slot.peer.answer_offer(sdp) {
+                Ok(sdp) => {
+                    let _ = slot.to_ws.send(ClientMessage::Answer { sdp });
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            ServerMessage::Error { code, message } => {
+                let text = format!("{code:?}: {message}");
+                if code.is_fatal() || slot.connected.is_none() {
+                    Err(format!("refused: {text}"))
+                } else {
+                    slot.errors.push(text);
+                    Ok(())
+                }
+            }
+            ServerMessage::Closing { reason } => Err(format!("server closing: {reason:?}")),
+            _ => Ok(()),
+        };
+        slot.dirty = true;
+        if let Err(reason) = result {
+            if slot.connected.is_some() {
+                slot.dropped.get_or_insert(reason);
+            } else {
+                self.fail(i, reason);
+            }
+        }
+    }
+
+    /// The participant's join failed: record it and drop its peer.
+    fn fail(&mut self, i: usize, reason: String) {
+        if let Some(mut slot) = self.slots[i].take() {
+            let _ = slot.peer.pc.close();
+            self.shared.live.failed.fetch_add(1, Ordering::Relaxed);
+            self.done.push(PeerOutcome::failed(slot.pid, reason));
+        }
+    }
+
+    /// Every [`TICK`]: join deadlines, browser-like PLIs, progress counters.
+    fn tick(&mut self, now: Instant) {
+        let timeout = self.shared.join_timeout;
+        for i in 0..self.slots.len() {
+            let expired = self.slots[i]
+                .as_ref()
+                .is_some_and(|s| s.connected.is_none() && now.duration_since(s.t0) > timeout);
+            if expired {
+                self.fail(i, "timed out: media did not connect".into());
+            }
+        }
+        let live = &self.shared.live;
+        for slot in self.slots.iter_mut().flatten() {
+            let (mut bytes, mut packets, mut lost) = (0, 0, 0);
+            for s in &mut slot.streams {
+                bytes += s.rx.bytes;
+                packets += s.rx.received;
+                lost += s.rx.lost();
+                // A receiver that lost video asks for a keyframe, at most once a second.
+                let new_loss = s.rx.lost() > s.lost_at_pli;
+                let quiet = s
+                    .last_pli
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+                if s.rx.kind == TrackKind::Video && new_loss && quiet {
+                    if let Some(receiver) = s.receiver {
+                        if let Some(mut r) = slot.peer.pc.rtp_receiver(receiver) {
+                            let pli = PictureLossIndication {
+                                sender_ssrc: 0,
+                                media_ssrc: s.ssrc,
+                            };
+                            if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                                slot.plis_sent += 1;
+                                slot.dirty = true;
+                            }
+                        }
+                    }
+                    s.lost_at_pli = s.rx.lost();
+                    s.last_pli = Some(now);
+                }
+            }
+            live.rx_bytes
+                .fetch_add(bytes - slot.live_rx_bytes, Ordering::Relaxed);
+            live.rx_packets
+                .fetch_add(packets - slot.live_rx_packets, Ordering::Relaxed);
+            live.tx_bytes
+                .fetch_add(slot.sent.bytes - slot.live_tx_bytes, Ordering::Relaxed);
+            if lost >= slot.live_lost {
+                live.lost
+                    .fetch_add(lost - slot.live_lost, Ordering::Relaxed);
+            } else {
+                live.lost
+                    .fetch_sub(slot.live_lost - lost, Ordering::Relaxed);
+            }
+            slot.live_rx_bytes = bytes;
+            slot.live_rx_packets = packets;
+            slot.live_tx_bytes = slot.sent.bytes;
+            slot.live_lost = lost;
+        }
+    }
+
+    /// Timeouts, due media, and draining of every peer that has something to do.
+    fn service(&mut self, now: Instant) {
+        let epoch = self.shared.epoch;
+        let video_profile = self.shared.video;
+        for i in 0..self.slots.len() {
+            let Some(slot) = self.slots[i].as_mut() else {
+                continue;
+            };
+            if slot.closed {
+                continue;
+            }
+            if slot.dropped.is_some() {
+                // Dropped out after joining (the server closed it, or its media failed): keep
+                // what it measured, stop driving a connection nobody answers.
+                let _ = slot.peer.pc.close();
+                while let Some(out) = slot.peer.pc.poll_write() {
+                    let _ = slot
+                        .peer
+                        .socket
+                        .try_send_to(&out.message, out.transport.peer_addr);
+                }
+                slot.closed = true;
+                slot.timeout = None;
+                continue;
+            }
+            if slot.timeout.is_some_and(|t| t <= now) {
+                let _ = slot.peer.pc.handle_timeout(now);
+                slot.dirty = true;
+            }
+            if self.sending && slot.connected.is_some() && slot.dropped.is_none() {
+                send_media(slot, now, epoch, &mut self.tx_arena, &video_profile);
+            }
+            if slot.dirty {
+                let failed = drain(slot, epoch, &mut self.latency, &self.shared.live);
+                slot.dirty = false;
+                // Never a deadline in the past: a connection that keeps asking for `now` (one
+                // whose remote has gone, say) must not spin the group.
+                slot.timeout = slot.peer.pc.poll_timeout().map(|t| t.max(now + MIN_TIMER));
+                if let Some(reason) = failed {
+                    self.fail(i, reason);
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self) -> GroupResult {
+        let now = Instant::now();
+        let mut peers = std::mem::take(&mut self.done);
+        for slot in self.slots.iter_mut().filter_map(Option::take) {
+            let mut slot = slot;
+            let mut nacks = 0u64;
+            let report = slot.peer.pc.get_stats(now, StatsSelector::None);
+            for s in report.inbound_rtp_streams() {
+                nacks += u64::from(s.nack_count);
+            }
+            let _ = slot.peer.pc.close();
+            while let Some(out) = slot.peer.pc.poll_write() {
+                let _ = slot
+                    .peer
+                    .socket
+                    .try_send_to(&out.message, out.transport.peer_addr);
+            }
+            let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
+            peers.push(PeerOutcome {
+                pid: slot.pid,
+                join: match slot.connected {
+                    Some(t) => Ok(t.saturating_duration_since(slot.t0)),
+                    None => Err("still connecting at the end".into()),
+                },
+                first_audio: since(slot.first_audio),
+                first_video: since(slot.first_video),
+                dropped: slot.dropped.take(),
+                streams: slot
+                    .streams
+                    .iter()
+                    .map(|s| StreamOutcome {
+                        stream: s.rx.stream,
+                        kind: s.rx.kind,
+                        received: s.rx.received,
+                        lost: s.rx.lost(),
+                        duplicates: s.rx.duplicates,
+                        bytes: s.rx.bytes,
+                        jitter_ms: s.rx.jitter_ms(),
+                        active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
+                            / 1e6,
+                    })
+                    .collect(),
+                unknown_packets: slot.unknown_packets,
+                nacks_sent: nacks,
+                plis_sent: slot.plis_sent,
+                keyframe_requests_received: slot.keyframe_requests,
+                datagrams_in: slot.datagrams_in,
+                sent_packets: slot.sent.packets,
+                sent_bytes: slot.sent.bytes,
+                errors: std::mem::take(&mut slot.errors),
+            });
+        }
+        GroupResult {
+            peers,
+            latency: std::mem::take(&mut self.latency),
+            longest_turn: self.longest_turn,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! What a group measures and hands back: per-participant outcomes, latency histograms,
+//! and the live counters behind the progress line.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use plenary_proto::TrackKind;
+
+use crate::stats::Histogram;
+
+/// Counters the progress line reads; groups add to them once a second.
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Peers whose media connected.
+    pub joined: AtomicU64,
+    /// Joins that failed.
+    pub failed: AtomicU64,
+    /// Bytes of RTP payload received.
+    pub rx_bytes: AtomicU64,
+    /// Bytes of RTP payload sent.
+    pub tx_bytes: AtomicU64,
+    /// Packets received (distinct).
+    pub rx_packets: AtomicU64,
+    /// Packets lost so far.
+    pub lost: AtomicU64,
+}
+
+/// What one stream looked like to one receiver.
+#[derive(Debug, Clone)]
+pub struct StreamOutcome {
+    /// The sending stream.
+    pub stream: u32,
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// Distinct packets received.
+    pub received: u64,
+    /// Packets lost.
+    pub lost: u64,
+    /// Duplicates.
+    pub duplicates: u64,
+    /// Payload bytes.
+    pub bytes: u64,
+    /// Interarrival jitter, ms.
+    pub jitter_ms: f64,
+    /// Seconds from first to last packet.
+    pub active_secs: f64,
+}
+
+/// Everything measured for one participant.
+#[derive(Debug, Clone)]
+pub struct PeerOutcome {
+    /// Participant.
+    pub pid: usize,
+    /// Time from the start of the join to media connected, or why it failed.
+    pub join: Result<Duration, String>,
+    /// Time from the start of the join to the first audio packet.
+    pub first_audio: Option<Duration>,
+    /// ... to the first video packet.
+    pub first_video: Option<Duration>,
+    /// Why it dropped out after joining, if it did.
+    pub dropped: Option<String>,
+    /// Streams received.
+    pub streams: Vec<StreamOutcome>,
+    /// Packets whose payload had no stamp.
+    pub unknown_packets: u64,
+    /// NACKs this peer's receivers sent (webrtc-rs stats).
+    pub nacks_sent: u64,
+    /// PLIs sent.
+    pub plis_sent: u64,
+    /// PLI/FIR received by this publisher.
+    pub keyframe_requests_received: u64,
+    /// UDP datagrams the peer's socket received (media, RTCP, STUN, DTLS, SCTP).
+    pub datagrams_in: u64,
+    /// RTP packets sent.
+    pub sent_packets: u64,
+    /// RTP payload bytes sent.
+    pub sent_bytes: u64,
+    /// Server errors received.
+    pub errors: Vec<String>,
+}
+
+impl PeerOutcome {
+    pub(super) fn failed(pid: usize, reason: String) -> PeerOutcome {
+        PeerOutcome {
+            pid,
+            join: Err(reason),
+            first_audio: None,
+            first_video: None,
+            dropped: None,
+            streams: Vec::new(),
+            unknown_packets: 0,
+            nacks_sent: 0,
+            plis_sent: 0,
+            keyframe_requests_received: 0,
+            datagrams_in: 0,
+            sent_packets: 0,
+            sent_bytes: 0,
+            errors: Vec::new(),
+        }
+    }
+}
+
+/// A group's result.
+#[derive(Debug, Default)]
+pub struct GroupResult {
+    /// One per participant the group heard of.
+    pub peers: Vec<PeerOutcome>,
+    /// End-to-end latency, µs.
+    pub latency: Latencies,
+    /// The longest the group spent handling one wake-up (commands, timers, media, draining
+    /// peers): if this is large, the load tester itself delayed packets.
+    pub longest_turn: Duration,
+}
+
+/// End-to-end latency histograms (µs): audio and video once the load is steady, and every
+/// packet during the ramp (joins make both sides busier).
+#[derive(Debug, Default)]
+pub struct Latencies {
+    /// Audio, steady phase.
+    pub audio: Histogram,
+    /// Video, steady phase.
+    pub video: Histogram,
+    /// Everything before the steady phase.
+    pub ramp: Histogram,
+    pub(crate) steady: bool,
+}
+
+impl Latencies {
+    pub(super) fn record(&mut self, kind: TrackKind, us: u64) {
+        match (self.steady, kind) {
+            (false, _) => self.ramp.record(us),
+            (true, TrackKind::Audio) => self.audio.record(us),
+            (true, TrackKind::Video) => self.video.record(us),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! `plenary-loadtest`: simulated attendees for Plenary that are real WebRTC peers
+//! (webrtc-rs's sans-IO `rtc`: ICE, DTLS, SRTP, RTCP), and a report of what attendees
+//! would experience.
+//!
+//! # Layout
+//! - [`cli`]: flags and their value parsers.
+//! - [`config`]: a run's configuration, the participants it simulates, thresholds.
+//! - [`grant`]: room grants minted with the operator's API key.
+//! - [`signal`]: one participant's signaling WebSocket.
+//! - [`peer`]: one participant's peer connection and socket.
+//! - [`group`]: one task driving many peers: I/O, timers, media, measurement.
+//! - [`keyframe_tap`]: lets simulated cameras hear keyframe requests.
+//! - [`synth`]: synthetic Opus and VP8 payloads carrying send time and sequence number.
+//! - [`stats`]: loss, jitter, latency histogram, percentiles.
+//! - [`report`]: aggregation, rendering, thresholds.
+//! - [`server`]: the server's URL and `/metrics`.
+//! - [`cpu`]: this process's CPU time.
+//! - [`run`]: one load test, start to report.
+//! - [`floor`] and [`bench`]: the `bench` subcommand.
+
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod cpu;
+pub mod floor;
+pub mod grant;
+pub mod group;
+pub mod keyframe_tap;
+pub mod peer;
+pub mod report;
+pub mod run;
+pub mod server;
+pub mod signal;
+pub mod stats;
+pub mod synth;
+
+pub use config::RunConfig;
+pub use report::Report;
+pub use run::{run, RunError};

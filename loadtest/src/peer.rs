@@ -1,0 +1,343 @@
+//! One simulated attendee's WebRTC side: a webrtc-rs sans-IO `RTCPeerConnection` (ICE,
+//! DTLS, SRTP, RTCP, SCTP — the real thing) plus the UDP socket it owns. The group that
+//! drives it does all I/O; this module only builds the connection and does negotiation.
+//!
+//! As the protocol asks, every peer creates the `plenary` data channel and one `sendonly`
+//! transceiver per published track (Opus microphone, VP8 camera), offers, and answers the
+//! server's offers. Codecs are Opus (PT 111) and VP8 (PT 96, RTX 97) with NACK, PLI, FIR.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use plenary_proto::{PublishedTrack, TrackKind, TrackSource};
+use rtc::interceptor::{Registry, Slot};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{
+    MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
+};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+
+/// Pacing of ICE connectivity checks.
+pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Payload type we offer for Opus.
+pub const PT_OPUS: u8 = 111;
+/// Payload type we offer for VP8.
+pub const PT_VP8: u8 = 96;
+
+/// Why a peer could not be built or negotiated.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The socket could not be bound.
+    #[error("cannot bind a UDP socket on {ip}: {source}")]
+    Bind {
+        /// The local address asked for.
+        ip: IpAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// webrtc-rs refused something.
+    #[error("{what}: {detail}")]
+    Rtc {
+        /// The step.
+        what: &'static str,
+        /// webrtc-rs's error.
+        detail: String,
+    },
+}
+
+fn rtc_err(what: &'static str) -> impl Fn(rtc::shared::error::Error) -> PeerError {
+    move |e| PeerError::Rtc {
+        what,
+        detail: e.to_string(),
+    }
+}
+
+/// A track this peer sends.
+#[derive(Debug)]
+pub struct TrackOut {
+    /// Audio or video.
+    pub kind: TrackKind,
+    /// The local track id (how webrtc-rs routes our packets to the sender).
+    pub track_id: String,
+    /// Our SSRC.
+    pub ssrc: u32,
+    /// The payload type.
+    pub pt: u8,
+    /// Next RTP sequence number.
+    pub rtp_seq: u16,
+}
+
+/// A webrtc-rs peer connection and its socket.
+pub struct Peer {
+    /// The connection.
+    pub pc: RTCPeerConnection,
+    /// Its own UDP socket (the server tells peers apart by address).
+    pub socket: tokio::net::UdpSocket,
+    /// The socket's address.
+    pub local_addr: SocketAddr,
+    /// Tracks we send: audio first, then video.
+    pub tracks: Vec<TrackOut>,
+    /// Keyframe requests (PLI/FIR) received so far.
+    pub keyframe_requests: Arc<AtomicU64>,
+}
+
+fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    vec![
+        (
+            RTCRtpCodecParameters {
+                rtp_codec: opus(),
+                payload_type: PT_OPUS,
+            },
+            RtpCodecKind::Audio,
+        ),
+        (
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    rtcp_feedback: vec![
+                        fb("goog-remb", ""),
+                        fb("ccm", "fir"),
+                        fb("nack", ""),
+                        fb("nack", "pli"),
+                    ],
+                    ..vp8()
+                },
+                payload_type: PT_VP8,
+            },
+            RtpCodecKind::Video,
+        ),
+        (
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_RTX.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: format!("apt={PT_VP8}"),
+                    rtcp_feedback: vec![],
+                },
+                payload_type: PT_VP8 + 1,
+            },
+            RtpCodecKind::Video,
+        ),
+    ]
+}
+
+fn opus() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_VP8.to_owned(),
+        clock_rate: 90_000,
+        channels: 0,
+        sdp_fmtp_line: String::new(),
+        rtcp_feedback: vec![],
+    }
+}
+
+impl Peer {
+    /// Binds a socket on `ip`, builds the connection with the data channel and the tracks
+    /// to publish (SSRCs `ssrc_base` and `ssrc_base + 1`), and adds the host candidate.
+    pub fn new(
+        ip: IpAddr,
+        audio: bool,
+        video: bool,
+        ssrc_base: u32,
+        name: &str,
+    ) -> Result<Peer, PeerError> {
+        let std_socket = std::net::UdpSocket::bind((ip, 0))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .map_err(|source| PeerError::Bind { ip, source })?;
+        let local_addr = std_socket
+            .local_addr()
+            .map_err(|source| PeerError::Bind { ip, source })?;
+        let socket = tokio::net::UdpSocket::from_std(std_socket)
+            .map_err(|source| PeerError::Bind { ip, source })?;
+
+        let mut media_engine = MediaEngine::default();
+        for (codec, kind) in codecs() {
+            media_engine
+                .register_codec(codec, kind)
+                .map_err(rtc_err("register codec"))?;
+        }
+        let keyframe_requests = Arc::new(AtomicU64::new(0));
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+            .map_err(rtc_err("interceptors"))?
+            .with(
+                Slot::from(crate::keyframe_tap::SLOT),
+                crate::keyframe_tap::KeyframeTap::new(Arc::clone(&keyframe_requests)),
+            );
+        // ICE checks every 50 ms as browsers pace them (webrtc-rs defaults to 200 ms, which
+        // alone adds ~400 ms to every join), for as long in all as its default (1.4 s).
+        let settings = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(settings)
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .build(Instant::now())
+            .map_err(rtc_err("build peer connection"))?;
+        pc.create_data_channel("plenary", None)
+            .map_err(rtc_err("data channel"))?;
+
+        let mut tracks = Vec::new();
+        for (on, kind) in [(audio, TrackKind::Audio), (video, TrackKind::Video)] {
+            if !on {
+                continue;
+            }
+            let (codec_kind, codec, pt) = match kind {
+                TrackKind::Audio => (RtpCodecKind::Audio, opus(), PT_OPUS),
+                TrackKind::Video => (RtpCodecKind::Video, vp8(), PT_VP8),
+            };
+            let ssrc = ssrc_base + tracks.len() as u32;
+            let track_id = format!("{name}-{}", if pt == PT_OPUS { "mic" } else { "cam" });
+            let track = MediaStreamTrack::new(
+                format!("{name}-stream"),
+                track_id.clone(),
+                track_id.clone(),
+                codec_kind,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            );
+            pc.add_transceiver_from_track(
+                track,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .map_err(rtc_err("add track"))?;
+            tracks.push(TrackOut {
+                kind,
+                track_id,
+                ssrc,
+                pt,
+                rtp_seq: (ssrc.wrapping_mul(2_654_435_761) >> 16) as u16,
+            });
+        }
+
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local_addr.ip().to_string(),
+                port: local_addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(rtc_err("host candidate"))?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(rtc_err("host candidate"))?;
+        pc.add_local_candidate(init)
+            .map_err(rtc_err("add local candidate"))?;
+        Ok(Peer {
+            pc,
+            socket,
+            local_addr,
+            tracks,
+            keyframe_requests,
+        })
+    }
+
+    /// Creates and applies our offer; returns its SDP and the mid → source list for the
+    /// `offer` message.
+    pub fn create_offer(&mut self) -> Result<(String, Vec<PublishedTrack>), PeerError> {
+        let offer = self
+            .pc
+            .create_offer(None)
+            .map_err(rtc_err("create offer"))?;
+        self.pc
+            .set_local_description(Instant::now(), offer.clone())
+            .map_err(rtc_err("set local offer"))?;
+        let sdp = self
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .unwrap_or(offer.sdp);
+        let mut published = Vec::new();
+        let ids: Vec<_> = self.pc.get_transceivers().collect();
+        let mut next = self.tracks.iter();
+        for id in ids {
+            let Some(t) = self.pc.rtp_transceiver(id) else {
+                continue;
+            };
+            if t.sender().is_none() {
+                continue;
+            }
+            let (Some(mid), Some(track)) = (t.mid().clone(), next.next()) else {
+                continue;
+            };
+            published.push(PublishedTrack {
+                mid,
+                source: match track.kind {
+                    TrackKind::Audio => TrackSource::Microphone,
+                    TrackKind::Video => TrackSource::Camera,
+                },
+            });
+        }
+        Ok((sdp, published))
+    }
+
+    /// Applies the server's answer to our offer.
+    pub fn apply_answer(&mut self, sdp: String) -> Result<(), PeerError> {
+        let answer = RTCSessionDescription::answer(sdp).map_err(rtc_err("parse answer"))?;
+        self.pc
+            .set_remote_description(Instant::now(), answer)
+            .map_err(rtc_err("set remote answer"))
+    }
+
+    /// Applies a server offer and returns our answer's SDP.
+    pub fn answer_offer(&mut self, sdp: String) -> Result<String, PeerError> {
+        let offer = RTCSessionDescription::offer(sdp).map_err(rtc_err("parse offer"))?;
+        self.pc
+            .set_remote_description(Instant::now(), offer)
+            .map_err(rtc_err("set remote offer"))?;
+        let answer = self
+            .pc
+            .create_answer(None)
+            .map_err(rtc_err("create answer"))?;
+        self.pc
+            .set_local_description(Instant::now(), answer.clone())
+            .map_err(rtc_err("set local answer"))?;
+        Ok(self
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .unwrap_or(answer.sdp))
+    }
+}

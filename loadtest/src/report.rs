@@ -1,0 +1,527 @@
+//! The end-of-run report: aggregation of every participant's outcome, the text rendering,
+//! the JSON form, and the threshold checks that decide the exit code.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::config::{Participant, Thresholds};
+use crate::group::{GroupResult, PeerOutcome};
+use crate::server::Usage;
+use crate::stats::{percent, Histogram, Summary};
+
+/// Join outcomes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Joins {
+    /// Joins started.
+    pub attempted: u64,
+    /// Joins whose media connected.
+    pub succeeded: u64,
+    /// Joins that failed.
+    pub failed: u64,
+    /// Failure reasons with their counts.
+    pub failure_reasons: BTreeMap<String, u64>,
+    /// Participants that joined and later dropped out, by reason.
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// Packet counts over every received stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Packets {
+    /// Distinct packets received.
+    pub received: u64,
+    /// ... of them audio.
+    pub received_audio: u64,
+    /// ... of them video.
+    pub received_video: u64,
+    /// Packets lost.
+    pub lost: u64,
+    /// Duplicates received.
+    pub duplicates: u64,
+    /// Loss in percent of expected.
+    pub loss_pct: f64,
+    /// Loss of the worst stream, percent.
+    pub worst_stream_loss_pct: f64,
+    /// RTP packets sent by the publishers.
+    pub sent: u64,
+    /// Packets with no stamp (not ours, or mangled).
+    pub unrecognised: u64,
+    /// UDP datagrams the peers' sockets received (everything: RTP, RTCP, STUN, DTLS).
+    pub datagrams_in: u64,
+}
+
+/// What the server reported about itself (from `/metrics`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerReport {
+    /// Over the whole run.
+    pub whole_run: Option<Usage>,
+    /// Over the steady phase (after the ramp, before the stop).
+    pub steady: Option<Usage>,
+    /// Resident memory before the joins, MB.
+    pub rss_start_mb: f64,
+    /// Largest resident memory, MB.
+    pub rss_peak_mb: f64,
+    /// (peak − start) / peak participants, KB.
+    pub memory_per_participant_kb: f64,
+    /// Most participants the server counted at once.
+    pub peak_participants: f64,
+    /// Why metrics are missing, if they are.
+    pub error: Option<String>,
+}
+
+/// A threshold's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// What was checked.
+    pub name: String,
+    /// The limit.
+    pub limit: f64,
+    /// The measured value.
+    pub actual: f64,
+    /// Whether it passed.
+    pub passed: bool,
+}
+
+/// The report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Seconds from first join to the end.
+    pub wall_secs: f64,
+    /// Joins.
+    pub joins: Joins,
+    /// Time to join (WebSocket open to media connected), ms.
+    pub join_ms: Summary,
+    /// Time from join start to the first audio packet, ms.
+    pub first_audio_ms: Summary,
+    /// ... to the first video packet, ms.
+    pub first_video_ms: Summary,
+    /// Received bitrate per subscriber (kbps over the time it received).
+    pub subscriber_kbps: Summary,
+    /// Subscribers that joined but received nothing.
+    pub subscribers_without_media: u64,
+    /// Streams subscribers should have received but did not.
+    pub missing_streams: u64,
+    /// Packet counts.
+    pub packets: Packets,
+    /// Per-stream interarrival jitter, ms.
+    pub jitter_ms: Summary,
+    /// End-to-end latency of audio packets, ms.
+    pub latency_audio_ms: Summary,
+    /// ... of video packets, ms.
+    pub latency_video_ms: Summary,
+    /// ... of all packets, ms (these three: steady phase, after the ramp).
+    pub latency_ms: Summary,
+    /// ... of all packets during the ramp, ms.
+    pub latency_ramp_ms: Summary,
+    /// NACKs the simulated receivers sent.
+    pub nacks_sent: u64,
+    /// PLIs the simulated receivers sent.
+    pub plis_sent: u64,
+    /// Keyframe requests (PLI/FIR) the simulated publishers received.
+    pub keyframe_requests_received: u64,
+    /// Non-fatal server errors.
+    pub server_errors: u64,
+    /// The server's own numbers.
+    pub server: ServerReport,
+    /// The load tester's CPU seconds.
+    pub loadtest_cpu_secs: f64,
+    /// The load tester's CPU use, percent of one core.
+    pub loadtest_cpu_pct: f64,
+    /// Seconds the load tester's threads waited for a CPU (a busy, shared machine).
+    pub loadtest_cpu_wait_secs: f64,
+    /// The load tester's CPU microseconds per datagram received.
+    pub loadtest_us_per_datagram: f64,
+    /// The longest one group took to handle one wake-up, ms.
+    pub loadtest_longest_turn_ms: f64,
+    /// Threshold verdicts.
+    pub thresholds: Vec<Verdict>,
+}
+
+impl Report {
+    /// Aggregates group results; `plan` tells subscribers from publishers and which streams
+    /// each participant should have received.
+    pub fn build(plan: &[Participant], groups: Vec<GroupResult>) -> Report {
+        let mut r = Report::default();
+        let mut latency_audio = Histogram::new();
+        let mut latency_video = Histogram::new();
+        let mut latency_ramp = Histogram::new();
+        let mut peers: Vec<PeerOutcome> = Vec::new();
+        for g in groups {
+            r.loadtest_longest_turn_ms = r
+                .loadtest_longest_turn_ms
+                .max(g.longest_turn.as_secs_f64() * 1000.0);
+            latency_audio.merge(&g.latency.audio);
+            latency_video.merge(&g.latency.video);
+            latency_ramp.merge(&g.latency.ramp);
+            peers.extend(g.peers);
+        }
+        peers.sort_by_key(|p| p.pid);
+        // Streams published per room: (room, stream id).
+        let mut published: Vec<(usize, u32)> = Vec::new();
+        for p in plan {
+            if let crate::config::Role::Publisher { audio, video } = p.role {
+                if audio {
+                    published.push((p.room, p.audio_stream()));
+                }
+                if video {
+                    published.push((p.room, p.audio_stream() + 1));
+                }
+            }
+        }
+        let (mut join, mut first_a, mut first_v, mut kbps, mut jitter) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut expected_total = 0u64;
+        let mut worst = 0.0f64;
+        r.joins.attempted = peers.len() as u64;
+        for p in &peers {
+            let Some(who) = plan.get(p.pid) else {
+                continue;
+            };
+            match &p.join {
+                Ok(d) => {
+                    r.joins.succeeded += 1;
+                    join.push(d.as_secs_f64() * 1000.0);
+                }
+                Err(reason) => {
+                    r.joins.failed += 1;
+                    *r.joins.failure_reasons.entry(reason.clone()).or_default() += 1;
+                    continue;
+                }
+            }
+            if let Some(reason) = &p.dropped {
+                *r.joins.dropped.entry(reason.clone()).or_default() += 1;
+            }
+            if let Some(d) = p.first_audio {
+                first_a.push(d.as_secs_f64() * 1000.0);
+            }
+            if let Some(d) = p.first_video {
+                first_v.push(d.as_secs_f64() * 1000.0);
+            }
+            let mut bytes = 0u64;
+            let mut active = 0.0f64;
+            for s in &p.streams {
+                r.packets.received += s.received;
+                match s.kind {
+                    plenary_proto::TrackKind::Audio => r.packets.received_audio += s.received,
+                    plenary_proto::TrackKind::Video => r.packets.received_video += s.received,
+                }
+                r.packets.lost += s.lost;
+                r.packets.duplicates += s.duplicates;
+                expected_total += s.received + s.lost;
+                worst = worst.max(percent(s.lost, s.received + s.lost));
+                jitter.push(s.jitter_ms);
+                bytes += s.bytes;
+                active = active.max(s.active_secs);
+            }
+            r.packets.unrecognised += p.unknown_packets;
+            r.packets.datagrams_in += p.datagrams_in;
+            r.packets.sent += p.sent_packets;
+            r.nacks_sent += p.nacks_sent;
+            r.plis_sent += p.plis_sent;
+            r.keyframe_requests_received += p.keyframe_requests_received;
+            r.server_errors += p.errors.len() as u64;
+            if who.is_subscriber() {
+                if p.streams.is_empty() {
+                    r.subscribers_without_media += 1;
+                }
+                let should = published.iter().filter(|(room, _)| *room == who.room);
+                let missing = should
+                    .filter(|(_, id)| !p.streams.iter().any(|s| s.stream == *id))
+                    .count();
+                r.missing_streams += missing as u64;
+                if active > 0.0 {
+                    kbps.push(bytes as f64 * 8.0 / active / 1000.0);
+                }
+            }
+        }
+        r.packets.loss_pct = percent(r.packets.lost, expected_total);
+        r.packets.worst_stream_loss_pct = worst;
+        r.join_ms = Summary::of(&join);
+        r.first_audio_ms = Summary::of(&first_a);
+        r.first_video_ms = Summary::of(&first_v);
+        r.subscriber_kbps = Summary::of(&kbps);
+        r.jitter_ms = Summary::of(&jitter);
+        r.latency_audio_ms = latency_audio.summary_ms();
+        r.latency_video_ms = latency_video.summary_ms();
+        let mut all = latency_audio;
+        all.merge(&latency_video);
+        r.latency_ms = all.summary_ms();
+        r.latency_ramp_ms = latency_ramp.summary_ms();
+        r
+    }
+
+    /// Checks the thresholds; returns whether all passed.
+    pub fn check(&mut self, t: &Thresholds) -> bool {
+        let mut v = Vec::new();
+        if let Some(max) = t.max_loss_pct {
+            v.push(verdict("loss %", max, self.packets.loss_pct));
+        }
+        if let Some(max) = t.max_join_p95 {
+            let limit = max.as_secs_f64() * 1000.0;
+            // Failed joins count as infinitely slow when they push the p95 past the limit.
+            let failed_share = percent(self.joins.failed, self.joins.attempted);
+            let actual = if failed_share > 5.0 {
+                f64::INFINITY
+            } else {
+                self.join_ms.p95
+            };
+            v.push(verdict("join p95 ms", limit, actual));
+        }
+        if let Some(max) = t.max_latency_p95 {
+            v.push(verdict(
+                "latency p95 ms",
+                max.as_secs_f64() * 1000.0,
+                self.latency_ms.p95,
+            ));
+        }
+        if let Some(max) = t.max_failed_joins {
+            v.push(verdict(
+                "failed joins",
+                max as f64,
+                self.joins.failed as f64,
+            ));
+        }
+        let ok = v.iter().all(|x| x.passed);
+        self.thresholds = v;
+        ok
+    }
+
+    /// The human-readable report.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let s = |x: &Summary| {
+            format!(
+                "p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  (n={})",
+                x.p50, x.p95, x.p99, x.max, x.count
+            )
+        };
+        let j = &self.joins;
+        let _ = writeln!(
+            o,
+            "== Plenary load test report ({:.0} s) ==",
+            self.wall_secs
+        );
+        let _ = writeln!(
+            o,
+            "joins            attempted {}  succeeded {}  failed {}",
+            j.attempted, j.succeeded, j.failed
+        );
+        for (reason, n) in &j.failure_reasons {
+            let _ = writeln!(o, "  failed  {n:>5} × {reason}");
+        }
+        for (reason, n) in &j.dropped {
+            let _ = writeln!(o, "  dropped {n:>5} × {reason}");
+        }
+        let _ = writeln!(o, "time to join ms  {}", s(&self.join_ms));
+        let _ = writeln!(o, "first audio ms   {}", s(&self.first_audio_ms));
+        let _ = writeln!(o, "first video ms   {}", s(&self.first_video_ms));
+        let _ = writeln!(o, "kbps/subscriber  {}", s(&self.subscriber_kbps));
+        let _ = writeln!(
+            o,
+            "no media         {} subscribers, {} missing streams",
+            self.subscribers_without_media, self.missing_streams
+        );
+        let p = &self.packets;
+        let _ = writeln!(
+            o,
+            "packets          sent {}  received {}  lost {} ({:.3} %, worst stream {:.2} %)  dup {}  unrecognised {}  datagrams in {}",
+            p.sent, p.received, p.lost, p.loss_pct, p.worst_stream_loss_pct, p.duplicates, p.unrecognised, p.datagrams_in
+        );
+        let _ = writeln!(o, "jitter ms        {}", s(&self.jitter_ms));
+        let _ = writeln!(o, "latency ms audio {}", s(&self.latency_audio_ms));
+        let _ = writeln!(o, "latency ms video {}", s(&self.latency_video_ms));
+        let _ = writeln!(o, "latency ms ramp  {}", s(&self.latency_ramp_ms));
+        let _ = writeln!(
+            o,
+            "feedback         NACKs sent {}  PLIs sent {}  keyframe requests at publishers {}  server errors {}",
+            self.nacks_sent, self.plis_sent, self.keyframe_requests_received, self.server_errors
+        );
+        let sv = &self.server;
+        match (&sv.whole_run, &sv.error) {
+            (Some(u), _) => {
+                let _ = writeln!(
+                    o,
+                    "server           CPU {:.0} % avg, RSS {:.1} → {:.1} MB peak ({:.0} KB/participant), {:.0} fwd pkt/s",
+                    u.cpu_percent, sv.rss_start_mb, sv.rss_peak_mb, sv.memory_per_participant_kb, u.forwarded_per_sec
+                );
+                if let Some(st) = &sv.steady {
+                    let _ = writeln!(
+                        o,
+                        "server (steady)  CPU {:.0} %, {:.0} fwd pkt/s, {:.2} µs CPU/fwd pkt, {:.0} fwd pkt/s per core, {:.1} datagrams per send call, waited {:.1} s for a CPU",
+                        st.cpu_percent, st.forwarded_per_sec, st.cpu_us_per_forwarded, st.forwarded_per_core_sec, st.datagrams_per_send_call, st.cpu_wait_seconds
+                    );
+                }
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(o, "server           metrics unavailable: {e}");
+            }
+            (None, None) => {
+                let _ = writeln!(o, "server           metrics unavailable");
+            }
+        }
+        let _ = writeln!(
+            o,
+            "load tester      CPU {:.1} s ({:.0} % of one core, {:.1} µs per datagram received), waited {:.1} s for a CPU, longest turn {:.1} ms",
+            self.loadtest_cpu_secs,
+            self.loadtest_cpu_pct,
+            self.loadtest_us_per_datagram,
+            self.loadtest_cpu_wait_secs,
+            self.loadtest_longest_turn_ms
+        );
+        for v in &self.thresholds {
+            let _ = writeln!(
+                o,
+                "threshold        {:<16} limit {:>9.2}  actual {:>9.2}  {}",
+                v.name,
+                v.limit,
+                v.actual,
+                if v.passed { "ok" } else { "MISSED" }
+            );
+        }
+        o
+    }
+}
+
+fn verdict(name: &str, limit: f64, actual: f64) -> Verdict {
+    Verdict {
+        name: name.to_owned(),
+        limit,
+        actual,
+        passed: actual <= limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{plan, RunConfig};
+    use crate::group::StreamOutcome;
+    use plenary_proto::TrackKind;
+    use std::time::Duration;
+
+    fn outcome(pid: usize, join_ms: Option<u64>, streams: Vec<StreamOutcome>) -> PeerOutcome {
+        PeerOutcome {
+            pid,
+            join: join_ms
+                .map(Duration::from_millis)
+                .ok_or_else(|| "timed out: welcome".to_owned()),
+            first_audio: Some(Duration::from_millis(300)),
+            first_video: None,
+            dropped: None,
+            streams,
+            unknown_packets: 0,
+            nacks_sent: 1,
+            plis_sent: 0,
+            keyframe_requests_received: 0,
+            datagrams_in: 0,
+            sent_packets: 0,
+            sent_bytes: 0,
+            errors: Vec::new(),
+        }
+    }
+
+    fn stream(id: u32, received: u64, lost: u64) -> StreamOutcome {
+        StreamOutcome {
+            stream: id,
+            kind: TrackKind::Audio,
+            received,
+            lost,
+            duplicates: 0,
+            bytes: received * 100,
+            jitter_ms: 1.0,
+            active_secs: 10.0,
+        }
+    }
+
+    fn scenario() -> (Vec<Participant>, Vec<GroupResult>) {
+        let mut c = RunConfig::new("http://127.0.0.1:1", "k", "s");
+        c.audio_publishers = 1;
+        c.subscribers = 3;
+        let plan = plan(&c);
+        let mut lat = Histogram::new();
+        for v in [10_000, 20_000, 30_000] {
+            lat.record(v);
+        }
+        let g = GroupResult {
+            peers: vec![
+                outcome(0, Some(100), vec![]),
+                outcome(1, Some(200), vec![stream(0, 990, 10)]),
+                outcome(2, Some(400), vec![stream(0, 1000, 0)]),
+                outcome(3, None, vec![]),
+            ],
+            latency: crate::group::Latencies {
+                audio: lat,
+                ..Default::default()
+            },
+            longest_turn: Duration::from_millis(3),
+        };
+        (plan, vec![g])
+    }
+
+    #[test]
+    fn aggregates_joins_loss_bitrate_and_latency() {
+        let (plan, groups) = scenario();
+        let r = Report::build(&plan, groups);
+        assert_eq!(r.joins.attempted, 4);
+        assert_eq!(r.joins.succeeded, 3);
+        assert_eq!(r.joins.failed, 1);
+        assert_eq!(r.joins.failure_reasons["timed out: welcome"], 1);
+        assert_eq!(r.join_ms.p50, 200.0);
+        assert_eq!(r.join_ms.max, 400.0);
+        assert_eq!(r.packets.received, 1990);
+        assert_eq!(r.packets.lost, 10);
+        assert!((r.packets.loss_pct - 0.5).abs() < 1e-9);
+        assert!((r.packets.worst_stream_loss_pct - 1.0).abs() < 1e-9);
+        // 99 000 bytes in 10 s = 79.2 kbps; 100 000 bytes = 80 kbps.
+        assert_eq!(r.subscriber_kbps.count, 2);
+        assert!((r.subscriber_kbps.p50 - 79.2).abs() < 1e-9);
+        assert_eq!(r.subscribers_without_media, 0);
+        assert_eq!(r.missing_streams, 0);
+        // Histogram buckets are about 1.6 % wide.
+        assert!(
+            (r.latency_ms.p50 - 20.0).abs() < 0.4,
+            "{}",
+            r.latency_ms.p50
+        );
+        assert_eq!(r.nacks_sent, 3);
+        assert!(r.render().contains("failed      1 × timed out: welcome"));
+    }
+
+    #[test]
+    fn subscribers_without_streams_are_counted() {
+        let (plan, mut groups) = scenario();
+        groups[0].peers[2].streams.clear();
+        let r = Report::build(&plan, groups);
+        assert_eq!(r.subscribers_without_media, 1);
+        assert_eq!(r.missing_streams, 1);
+    }
+
+    #[test]
+    fn thresholds_pass_and_fail() {
+        let (plan, groups) = scenario();
+        let mut r = Report::build(&plan, groups);
+        let t = Thresholds {
+            max_loss_pct: Some(1.0),
+            max_join_p95: None,
+            max_latency_p95: Some(Duration::from_millis(50)),
+            max_failed_joins: Some(1),
+        };
+        assert!(r.check(&t));
+        assert_eq!(r.thresholds.len(), 3);
+        let strict = Thresholds {
+            max_loss_pct: Some(0.1),
+            ..t.clone()
+        };
+        assert!(!r.check(&strict));
+        assert!(r.render().contains("MISSED"));
+        // One failed join out of four is more than 5 %: the join p95 fails whatever it is.
+        let join = Thresholds {
+            max_join_p95: Some(Duration::from_secs(10)),
+            ..Thresholds::default()
+        };
+        assert!(!r.check(&join));
+        r.joins.failed = 0;
+        assert!(r.check(&join));
+    }
+}

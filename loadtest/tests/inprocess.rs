@@ -1,0 +1,63 @@
+//! The load tester against an in-process Plenary: 2 publishers (camera + microphone) and
+//! 20 subscribers for 5 s. Every subscriber must receive both publishers' audio and video,
+//! with loss under 5 %, and the report must carry the server's own numbers.
+
+use std::time::Duration;
+
+use plenary_loadtest::synth::VideoProfile;
+use plenary_loadtest::{run, RunConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_subscribers_receive_two_publishers() {
+    let server = plenary::start(plenary::config::Config::for_tests())
+        .await
+        .expect("server starts");
+    let mut c = RunConfig::new(
+        &format!("http://{}", server.http_addr()),
+        "test-key",
+        "test-secret-that-is-at-least-32-characters",
+    );
+    c.room = "ci".into();
+    c.publishers = 2;
+    c.subscribers = 20;
+    c.duration = Duration::from_secs(5);
+    c.ramp_per_sec = 20.0;
+    // Debug builds on a 2-core CI machine: keep the video light.
+    c.video = VideoProfile::by_name("low").expect("profile");
+    c.peers_per_task = 8;
+    c.thresholds.max_loss_pct = Some(5.0);
+    let report = tokio::time::timeout(Duration::from_secs(50), run(&c))
+        .await
+        .expect("the run is bounded")
+        .expect("the run completes");
+    server.shutdown().await;
+    let text = report.render();
+    println!("{text}");
+
+    assert_eq!(report.joins.attempted, 22, "{text}");
+    assert_eq!(report.joins.failed, 0, "{text}");
+    assert_eq!(report.joins.succeeded, 22, "{text}");
+    assert!(report.joins.dropped.is_empty(), "{text}");
+    assert_eq!(report.subscribers_without_media, 0, "{text}");
+    assert_eq!(
+        report.missing_streams, 0,
+        "every subscriber gets all 4 streams: {text}"
+    );
+    // Everyone receives audio and video: 20 subscribers + each publisher from the other.
+    assert_eq!(report.first_audio_ms.count, 22, "{text}");
+    assert_eq!(report.first_video_ms.count, 22, "{text}");
+    assert!(report.packets.received > 20 * 4 * 50, "{text}");
+    assert!(report.packets.loss_pct < 5.0, "{text}");
+    assert_eq!(report.packets.unrecognised, 0, "{text}");
+    assert!(report.thresholds.iter().all(|v| v.passed), "{text}");
+    assert!(
+        report.latency_ms.count > 0 && report.latency_ms.p50 < 200.0,
+        "{text}"
+    );
+    assert!(report.subscriber_kbps.p50 > 100.0, "{text}");
+    assert!(
+        report.server.whole_run.is_some(),
+        "server metrics were read: {text}"
+    );
+    assert!(report.server.peak_participants >= 22.0, "{text}");
+}
