@@ -241,14 +241,21 @@ impl Session {
                 };
             }
             return match msg {
+                ClientMessage::Join { protocol, .. } if protocol != PROTOCOL_VERSION => {
+                    self.fatal(
+                        ErrorCode::UnsupportedVersion,
+                        &format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
+                    )
+                    .await
+                }
                 ClientMessage::Join {
-                    protocol,
                     grant,
                     room,
                     resume,
+                    ..
                 } => match resume {
-                    Some(token) => self.resume(protocol, &token).await,
-                    None => self.join(protocol, &grant, room.as_deref()).await,
+                    Some(token) => self.resume(&token).await,
+                    None => self.join(&grant, room.as_deref()).await,
                 },
                 ClientMessage::Ping { id } => self.send_or_end(&ServerMessage::Pong { id }).await,
                 _ => {
@@ -285,16 +292,8 @@ impl Session {
         None
     }
 
-    async fn join(&mut self, protocol: u32, grant: &str, room: Option<&str>) -> Option<End> {
+    async fn join(&mut self, grant: &str, room: Option<&str>) -> Option<End> {
         let started = Instant::now();
-        if protocol != PROTOCOL_VERSION {
-            return self
-                .fatal(
-                    ErrorCode::UnsupportedVersion,
-                    &format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
-                )
-                .await;
-        }
         let claims = match self.verify_grant(grant, room).await {
             Ok(c) => c,
             Err(e) => {
@@ -332,24 +331,11 @@ impl Session {
             request,
             reply: reply_tx,
         };
-        if self.state.media().send(command).await.is_err() {
-            return self
-                .fatal(ErrorCode::Unavailable, "the server is shutting down")
-                .await;
-        }
-        self.await_join(reply_rx, events_rx).await
+        self.send_join(command, reply_rx, events_rx).await
     }
 
     /// A dropped session comes back with its resume token.
-    async fn resume(&mut self, protocol: u32, token: &str) -> Option<End> {
-        if protocol != PROTOCOL_VERSION {
-            return self
-                .fatal(
-                    ErrorCode::UnsupportedVersion,
-                    &format!("this server speaks protocol {PROTOCOL_VERSION}, not {protocol}"),
-                )
-                .await;
-        }
+    async fn resume(&mut self, token: &str) -> Option<End> {
         let (events_tx, events_rx) = mpsc::channel(SESSION_QUEUE);
         let (reply_tx, reply_rx) = oneshot::channel();
         let command = Command::Resume {
@@ -358,19 +344,21 @@ impl Session {
             started: Instant::now(),
             reply: reply_tx,
         };
+        self.send_join(command, reply_rx, events_rx).await
+    }
+
+    /// Hands a join (or resume) to the media plane and acts on its answer.
+    async fn send_join(
+        &mut self,
+        command: Command,
+        reply_rx: oneshot::Receiver<Result<JoinOutcome, JoinError>>,
+        events_rx: mpsc::Receiver<SessionEvent>,
+    ) -> Option<End> {
         if self.state.media().send(command).await.is_err() {
             return self
                 .fatal(ErrorCode::Unavailable, "the server is shutting down")
                 .await;
         }
-        self.await_join(reply_rx, events_rx).await
-    }
-
-    async fn await_join(
-        &mut self,
-        reply_rx: oneshot::Receiver<Result<JoinOutcome, JoinError>>,
-        events_rx: mpsc::Receiver<SessionEvent>,
-    ) -> Option<End> {
         match tokio::time::timeout(JOIN_REPLY, reply_rx).await {
             Ok(Ok(Ok(JoinOutcome::Joined(joined)))) => {
                 // A resumed guest has no grant to tell whose guest time this session uses.
