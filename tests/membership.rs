@@ -73,18 +73,7 @@ fn assert_welcome(answer: &Value) -> &Value {
     &answer["me"]
 }
 
-/// `YYYY-MM` of a Unix time (the month guest time is counted in).
-fn month(now: i64) -> String {
-    let z = now.div_euclid(86_400) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}")
-}
+use plenary::membership::invitations::month;
 
 /// Waits (bounded) until `cond` holds.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {

@@ -742,57 +742,57 @@ function updateHandButton() {
 
 const ordinal = (n) => `${n}${["th", "st", "nd", "rd"][(n % 100 > 10 && n % 100 < 14) || n % 10 > 3 ? 0 : n % 10]}`;
 
-async function toggleMic() {
+/** How the microphone and camera buttons differ. */
+const DEVICES = {
+  microphone: {
+    label: "Microphone",
+    forbidden: "You can speak once a host gives you the floor: raise your hand (H).",
+    mutedText: "Microphone muted.",
+    onText: "Microphone on.",
+    get: async () =>
+      (await navigator.mediaDevices.getUserMedia({ audio: audioConstraints() })).getAudioTracks()[0],
+    started: () => meterOn(localStream),
+  },
+  camera: {
+    label: "Camera",
+    forbidden: "You may not show your camera in this meeting now.",
+    mutedText: "Camera off.",
+    onText: "Camera on.",
+    get: async () =>
+      (await navigator.mediaDevices.getUserMedia({ video: videoConstraints() })).getVideoTracks()[0],
+    started: (track) => attachVideo(preview, track),
+  },
+};
+
+/** Mutes/unmutes a published microphone or camera, or publishes it when allowed. */
+async function toggleDevice(source) {
   if (!client || client.state !== "joined") return;
-  if (!client.publishing("microphone")) {
-    if (!client.mayPublish("microphone")) {
-      setStatus("You can speak once a host gives you the floor: raise your hand (H).");
+  const d = DEVICES[source];
+  if (!client.publishing(source)) {
+    if (!client.mayPublish(source)) {
+      setStatus(d.forbidden);
       return;
     }
     try {
-      const s = await navigator.mediaDevices.getUserMedia({ audio: audioConstraints() });
-      const track = s.getAudioTracks()[0];
+      const track = await d.get();
       localStream ??= new MediaStream();
       localStream.addTrack(track);
-      await client.addTrack(track, "microphone");
-      meterOn(localStream);
+      await client.addTrack(track, source);
+      d.started(track);
     } catch (err) {
-      setStatus(`Microphone not available (${err.name || err.message}).`);
+      setStatus(`${d.label} not available (${err.name || err.message}).`);
     }
     updateControls();
     return;
   }
-  const muted = !client.isMuted("microphone");
-  client.setMuted("microphone", muted);
-  setStatus(muted ? "Microphone muted." : "Microphone on.");
+  const muted = !client.isMuted(source);
+  client.setMuted(source, muted);
+  setStatus(muted ? d.mutedText : d.onText);
   updateControls();
 }
 
-async function toggleCamera() {
-  if (!client || client.state !== "joined") return;
-  if (!client.publishing("camera")) {
-    if (!client.mayPublish("camera")) {
-      setStatus("You may not show your camera in this meeting now.");
-      return;
-    }
-    try {
-      const s = await navigator.mediaDevices.getUserMedia({ video: videoConstraints() });
-      const track = s.getVideoTracks()[0];
-      localStream ??= new MediaStream();
-      localStream.addTrack(track);
-      await client.addTrack(track, "camera");
-      attachVideo(preview, track);
-    } catch (err) {
-      setStatus(`Camera not available (${err.name || err.message}).`);
-    }
-    updateControls();
-    return;
-  }
-  const muted = !client.isMuted("camera");
-  client.setMuted("camera", muted);
-  setStatus(muted ? "Camera off." : "Camera on.");
-  updateControls();
-}
+const toggleMic = () => toggleDevice("microphone");
+const toggleCamera = () => toggleDevice("camera");
 
 async function toggleScreenShare() {
   if (!client || client.state !== "joined") return;

@@ -68,7 +68,8 @@ pub struct InvitationPreview {
     pub can_video: bool,
 }
 
-fn month(now: i64) -> String {
+/// `YYYY-MM` of a Unix time: the month guest time is counted in.
+pub fn month(now: i64) -> String {
     // Days since the epoch → civil date (Howard Hinnant's algorithm), to name the month.
     let days = now.div_euclid(86_400);
     let z = days + 719_468;
