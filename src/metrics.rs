@@ -48,6 +48,8 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     /// Send system calls (datagrams / calls = batching factor).
     pub send_calls: IntCounter,
+    /// Datagrams the kernel dropped because the media socket's receive buffer was full.
+    pub kernel_drops: IntGauge,
     /// Seconds from `join` to ICE+DTLS connected.
     pub join_latency: Histogram,
     /// Joins refused, by reason.
@@ -100,6 +102,10 @@ impl Metrics {
             send_calls: counter(
                 "udp_send_calls_total",
                 "Send system calls (sendmmsg batches)",
+            ),
+            kernel_drops: gauge(
+                "udp_receive_buffer_drops",
+                "Datagrams the kernel dropped for the media socket (receive buffer full), since it was opened",
             ),
             join_latency: reg(
                 &registry,

@@ -106,6 +106,8 @@ pub struct Shard {
     out: SendQueue,
     /// The address put in `Receive::destination` (our announced candidate).
     local: SocketAddr,
+    /// The port the media socket is bound to (for the kernel's drop counter).
+    local_port: Option<u16>,
     settings: MediaSettings,
     metrics: Arc<Metrics>,
     cert: DtlsCert,
@@ -149,6 +151,7 @@ impl Shard {
             .collect::<Result<Vec<_>, _>>()?;
         let local = *settings.announce.first().ok_or("no address to announce")?;
         Ok(Shard {
+            local_port: socket.local_addr().ok().map(|a| a.port()),
             io: Some(BatchSocket::new(socket)),
             out: SendQueue::default(),
             local,
@@ -1217,6 +1220,9 @@ impl Shard {
         }
         if publish {
             self.counters.publish(&mut self.published, &self.metrics);
+            if let Some(drops) = self.local_port.and_then(super::udp::kernel_drops) {
+                self.metrics.kernel_drops.set(drops as i64);
+            }
             let rooms = self.rooms.iter().flatten();
             let (mut r, mut p, mut t, mut s) = (0, 0, 0, 0);
             for e in rooms {

@@ -242,6 +242,36 @@ impl BatchSocket {
     }
 }
 
+/// Datagrams the kernel dropped for the UDP socket bound to `port` because its receive
+/// buffer was full (the `drops` column of `/proc/net/udp{,6}`), if the system tells.
+pub fn kernel_drops(port: u16) -> Option<u64> {
+    let want = format!(":{port:04X}");
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        total = Some(total.unwrap_or(0) + parse_drops(&text, &want));
+    }
+    total
+}
+
+/// Sums the `drops` column of the rows whose local address ends in `port_suffix`.
+fn parse_drops(table: &str, port_suffix: &str) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let local = cols.get(1)?;
+            if !local.ends_with(port_suffix) {
+                return None;
+            }
+            cols.last()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Bytes asked for each of the socket's kernel buffers.
 pub const SOCKET_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -269,6 +299,15 @@ fn grow_buffers(socket: &UdpSocket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_drops_for_one_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            1: 0100007F:1EC2 00000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 1 2 0000 17\n\
+            2: 0100007F:1EC3 00000000:0000 07 00000000:00000000 00:00000000 00000000 0 0 2 2 0000 5\n";
+        assert_eq!(parse_drops(table, ":1EC2"), 17);
+        assert_eq!(parse_drops(table, ":0001"), 0);
+    }
 
     #[tokio::test]
     async fn batches_round_trip_on_loopback() {
