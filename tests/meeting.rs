@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use plenary::config::Config;
@@ -13,16 +12,10 @@ use plenary_proto::{
     ClientMessage, ErrorCode, HostAction, LeaveReason, Role, ServerMessage, TrackKind, TrackSource,
     PROTOCOL_VERSION,
 };
-use support::{ClientOptions, RawEvent, RawSignaling, TestClient};
+use support::{bounded, ClientOptions, RawEvent, RawSignaling, TestClient};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TEST_LIMIT: Duration = Duration::from_secs(90);
-
-async fn bounded(body: impl Future<Output = ()>) {
-    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
-        panic!("the test did not finish within {TEST_LIMIT:?}");
-    }
-}
 
 struct Harness {
     server: plenary::Server,
@@ -126,7 +119,7 @@ fn host(action: HostAction) -> ClientMessage {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_actions_from_a_non_host_are_refused_and_change_nothing() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let (mut member, welcome) = h.raw("r", "member", false).await;
         let (mut other, other_welcome) = h.raw("r", "other", false).await;
@@ -213,7 +206,7 @@ async fn host_actions_from_a_non_host_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raised_hand_then_floor_lets_a_listener_speak_and_taking_it_back_stops_them() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         // Listener mode from the second participant on.
         let h = Harness::start_with(|c| c.limits.listener_mode_above = 1).await;
         let chair = h.client("gm", "chair", true, ClientOptions::publisher()).await;
@@ -262,7 +255,7 @@ async fn raised_hand_then_floor_lets_a_listener_speak_and_taking_it_back_stops_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_mute_stops_forwarding_and_the_member_is_told() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let chair = h
             .client("m", "chair", true, ClientOptions::receiver())
@@ -338,7 +331,7 @@ async fn host_mute_stops_forwarding_and_the_member_is_told() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remove_with_bar_lock_and_end_meeting() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let (mut chair, _) = h.raw("x", "chair", true).await;
         let (mut pest, pest_welcome) = h.raw("x", "pest", false).await;
@@ -373,7 +366,7 @@ async fn remove_with_bar_lock_and_end_meeting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lobby_admits_and_denies_and_a_late_host_sees_who_waits() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let (mut chair, _) = h.raw("l", "chair", true).await;
         chair.send(&host(HostAction::Lobby { enabled: true })).await.expect("send");
@@ -410,7 +403,7 @@ async fn lobby_admits_and_denies_and_a_late_host_sees_who_waits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_reaches_everyone_and_host_messages_are_marked() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let (mut chair, _) = h.raw("c", "chair", true).await;
         let (mut a, _) = h.raw("c", "a", false).await;
@@ -466,7 +459,7 @@ async fn chat_reaches_everyone_and_host_messages_are_marked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_arriving_at_once_costs_a_watcher_few_messages() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let (mut watcher, _) = h.raw("big", "watcher", false).await;
         let mut crowd = Vec::new();
@@ -503,7 +496,7 @@ async fn a_crowd_arriving_at_once_costs_a_watcher_few_messages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_session_resumes_as_the_same_participant_without_a_grant() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let (mut other, _) = h.raw("re", "other", false).await;
         let (raw, welcome) = h.raw("re", "traveller", false).await;
@@ -531,7 +524,7 @@ async fn a_dropped_session_resumes_as_the_same_participant_without_a_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_video_track_stops_and_resumes() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let viewer = h
             .client("p", "viewer", false, ClientOptions::receiver())
@@ -601,7 +594,7 @@ async fn a_paused_video_track_stops_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_actions_are_written_to_the_audit_log() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let dir =
             std::env::temp_dir().join(format!("plenary-audit-{}", plenary::grant::random_id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::time::Duration;
 
 use plenary::config::Config;
@@ -16,7 +15,9 @@ use plenary_proto::{
     ClientMessage, ErrorCode, LeaveReason, Role, ServerMessage, TrackKind, TrackSource,
     PROTOCOL_VERSION,
 };
-use support::{ClientOptions, ClientState, ConnectError, RawEvent, RawSignaling, TestClient};
+use support::{
+    bounded, ClientOptions, ClientState, ConnectError, RawEvent, RawSignaling, TestClient,
+};
 
 /// The bound on any single wait.
 const T: Duration = Duration::from_secs(20);
@@ -32,13 +33,6 @@ fn init_logging() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-}
-
-/// Runs a test body under [`TEST_LIMIT`].
-async fn bounded(body: impl Future<Output = ()>) {
-    if tokio::time::timeout(TEST_LIMIT, body).await.is_err() {
-        panic!("the test did not finish within {TEST_LIMIT:?}");
-    }
 }
 
 /// A running server and the configuration it was started with.
@@ -172,7 +166,7 @@ fn assert_all_intact(client: &TestClient) {
 /// with every payload byte intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_peers_receive_each_others_media_intact() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let room = "three-peers";
         let alice = h.join(room, "alice").await;
@@ -254,7 +248,7 @@ async fn three_peers_receive_each_others_media_intact() {
 /// its streams stop arriving; one that vanishes without a word is announced as disconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_peer_is_announced_and_its_media_stops() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let room = "leaving";
         let alice = h.join(room, "alice").await;
@@ -363,7 +357,7 @@ async fn leaving_peer_is_announced_and_its_media_stops() {
 /// published, while an allowed source of a partly-allowed offer still is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grants_are_refused_and_permissions_enforced() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let room = "grants";
         let speaker = Permissions::speaker();
@@ -546,7 +540,7 @@ async fn bad_grants_are_refused_and_permissions_enforced() {
 /// the media of the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_signaling_is_refused_without_disturbing_others() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let room = "malformed";
         let alice = h.join(room, "alice").await;
@@ -741,7 +735,7 @@ async fn malformed_signaling_is_refused_without_disturbing_others() {
 /// (replaced), the others see it leave and the new one join, and nobody keeps a ghost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejoining_replaces_the_old_session() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         let h = Harness::start().await;
         let room = "rejoin";
         let alice = h.join(room, "alice").await;
@@ -817,7 +811,7 @@ async fn rejoining_replaces_the_old_session() {
 /// that tells a client fault from a server fault.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_media_works_without_a_server() {
-    bounded(async {
+    bounded(TEST_LIMIT, async {
         init_logging();
         let s = support::loopback_check(AUDIO_PACKETS, VIDEO_PACKETS, T)
             .await

@@ -1901,3 +1901,10 @@ pub async fn loopback_check(
     let _ = b.close().await;
     result
 }
+
+/// Runs a test body, failing the test if it takes longer than `limit`.
+pub async fn bounded(limit: Duration, body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("the test did not finish within {limit:?}");
+    }
+}
