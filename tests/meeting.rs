@@ -248,6 +248,16 @@ async fn raised_hand_then_floor_lets_a_listener_speak_and_taking_it_back_stops_t
             .wait_for(WAIT, |s| s.events.iter().any(|e| matches!(e, ServerMessage::PermissionsChanged { permissions } if !permissions.has_floor && permissions.can_publish.is_empty())))
             .await
             .expect("the member is a listener again");
+        // The floor is taken back by the permissions change alone: no `host_muted` that
+        // would make a client show an "unmute" control for a track it must stop.
+        assert!(
+            !member
+                .state()
+                .events
+                .iter()
+                .any(|e| matches!(e, ServerMessage::HostMuted { .. })),
+            "no host_muted for a floor taken back"
+        );
         h.server.shutdown().await;
     })
     .await;

@@ -1,23 +1,32 @@
-// Plenary signaling + media client: one WebSocket to `/rtc`, one RTCPeerConnection.
-// Implements docs/protocol.md (version 1). No UI here: app.js listens to the events.
+// @ts-check
+// Plenary's protocol layer: one WebSocket to `/rtc`, one RTCPeerConnection, the tracks this
+// page publishes. Implements docs/protocol.md (version 1). No DOM and no UI here: app.js
+// and its modules listen to the events and call the methods.
 //
-// Events (dispatched on the client, an EventTarget):
-//   "state"        detail: {state, reason?}   connecting | waiting | joined | reconnecting | closed
-//   "participants" detail: {participants}     someone joined, changed or left
-//   "tracks"       detail: {remote}           the remote tracks we receive changed
-//   "muted"        detail: {track_id, muted}
-//   "data"         detail: {participant_id, text}
-//   "chat"         detail: {participant_id, name, from_host, text}
-//   "hands"        detail: {queue}            raised hands, in order
-//   "permissions"  detail: {permissions, previous}
-//   "room"         detail: {room_state}
-//   "lobby"        detail: {waiting}          (hosts) who waits in the lobby
-//   "host_muted"   detail: {track_id, source} a host muted / stopped one of our tracks
-//   "asked_to_unmute" detail: {by}
-//   "published"    detail: {source, track_id} the server accepted one of our tracks
-//   "refused"      detail: {source}           the server refused one of our tracks
-//   "error"        detail: {code, message}    an error message from the server
-//   "log"          detail: {message}          human-readable trace for the status line
+// Media privacy: the client only ever holds tracks it sends. It asks for them through the
+// `openMedia(permissions)` callback once the server has said what this participant may
+// publish, and it stops every track it can no longer send (permission revoked, server
+// refusal, leave), so a listener's page never keeps a microphone open.
+//
+// Events (dispatched on the client, an EventTarget; `detail` is given):
+//   "state"        {state, reason?}   connecting | waiting | joined | reconnecting | closed
+//   "participants" {participants}     someone joined, changed or left
+//   "tracks"       {remote}           the remote tracks we receive changed
+//   "muted"        {track_id, muted}  a remote track was (un)muted by its publisher
+//   "data"         {participant_id, text}
+//   "chat"         {participant_id, name, from_host, text}
+//   "hands"        {queue}            raised hands, in order
+//   "permissions"  {permissions, previous}  (revoked tracks are already stopped)
+//   "room"         {room_state}
+//   "lobby"        {waiting}          (hosts) who waits in the lobby
+//   "host_muted"   {track_id, source} a host muted / stopped one of our tracks
+//   "asked_to_unmute" {by}
+//   "published"    {source, track_id} the server accepted one of our tracks
+//   "unpublished"  {source, reason}   one of our tracks stopped: "revoked" | "refused" |
+//                                     "not_allowed" | "ended" (the device went away)
+//   "connection"   {state}            the peer connection's state
+//   "error"        {code, message}    an error message from the server
+//   "log"          {message}          human-readable trace
 
 export const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 10_000;
@@ -25,6 +34,8 @@ const PING_INTERVAL_MS = 10_000;
 const PONG_TIMEOUT_MS = 25_000;
 /** A resume token is good for a minute after the drop; we stop trying a little before. */
 const RESUME_WINDOW_MS = 55_000;
+/** Media "disconnected" for this long (no ICE answers): come back on a new connection. */
+const MEDIA_LOST_MS = 6_000;
 /** Leave reasons after which we do not try to come back. */
 const FINAL_REASONS = new Set([
   "left", "replaced", "removed", "meeting_ended", "denied", "server_shutdown", "protocol_error",
@@ -34,67 +45,101 @@ const FINAL_ERRORS = new Set([
   "invalid_grant", "unsupported_version", "room_locked", "barred", "resume_failed", "too_large",
 ]);
 
+/**
+ * @typedef {"microphone"|"camera"|"screen"|"screen_audio"} Source
+ * @typedef {{id: string, identity: string, name: string, role: string, invited_by?: string,
+ *   is_host: boolean, hand_raised: boolean, can_publish: boolean}} Participant
+ * @typedef {{id: string, participant_id: string, kind: "audio"|"video", source: Source,
+ *   muted: boolean}} TrackInfo
+ * @typedef {{can_publish: Source[], can_subscribe: boolean, can_chat: boolean,
+ *   is_host: boolean, has_floor: boolean}} Permissions
+ * @typedef {{locked: boolean, lobby: boolean, listener_mode: boolean, size: number}} RoomState
+ * @typedef {{track: MediaStreamTrack, source: Source, muted: boolean}} LocalTrack
+ * @typedef {LocalTrack & {transceiver?: RTCRtpTransceiver, announced?: boolean}} Published
+ * @typedef {{mid: string, track_id: string, participant_id: string, kind: string,
+ *   source?: Source, track: MediaStreamTrack}} RemoteTrack
+ * @typedef {(permissions: Permissions) => Promise<LocalTrack[]>} OpenMedia
+ */
+
 export class PlenaryClient extends EventTarget {
   /**
    * @param {object} opts
    * @param {string} opts.url         absolute ws:// or wss:// URL of `/rtc`
    * @param {string} opts.grant       the room grant (JWT)
    * @param {string} [opts.room]      the room (must equal the grant's)
-   * @param {Array<{track: MediaStreamTrack, source: string, muted?: boolean}>} [opts.publish]
-   *        tracks to send, with their source: microphone, camera, screen, screen_audio.
-   *        Tracks whose source the welcome's permissions do not allow are held back (see
-   *        `held`) until a host gives the floor.
+   * @param {OpenMedia} [opts.openMedia] called once, after the first welcome, with what we
+   *        may publish; resolves with the tracks to send (opened only then, so nothing is
+   *        opened for a participant who may not use it). Tracks it returns that we may not
+   *        send are stopped.
    * @param {boolean} [opts.reconnect] restore the session after a drop (default true)
    */
-  constructor({ url, grant, room, publish = [], reconnect = true }) {
+  constructor({ url, grant, room, openMedia, reconnect = true }) {
     super();
     this.url = url;
     this.grant = grant;
     this.room = room;
-    /** Tracks we send (or mean to send once the transceivers exist). */
+    /** @type {OpenMedia|undefined} */
+    this.openMedia = openMedia;
+    /** Tracks we send, each with its transceiver once added. @type {Published[]} */
     this.publish = [];
-    /** Tracks we would send but may not (yet): {track, source, muted}. */
-    this.held = [];
-    this.wanted = publish.map((p) => ({ track: p.track, source: p.source, muted: !!p.muted }));
+    /** Live tracks kept across a reconnection, sent again after the new welcome. @type {LocalTrack[]} */
+    this.kept = [];
     this.autoReconnect = reconnect;
     this.state = "new";
+    /** @type {Participant|null} */
     this.me = null;
+    /** @type {any} */
     this.welcome = null;
+    /** @type {Permissions|null} */
     this.permissions = null;
+    /** @type {RoomState|null} */
     this.roomState = null;
+    /** @type {string[]} */
     this.handQueue = [];
+    /** @type {Participant[]} */
     this.lobbyWaiting = [];
     this.resumeToken = "";
-    /** @type {Map<string, object>} participant id → ParticipantInfo (others only) */
+    /** participant id → record (others only) @type {Map<string, Participant>} */
     this.participants = new Map();
-    /** @type {Map<string, object>} track id → TrackInfo (everyone's, from room events) */
+    /** track id → record (everyone's, from room events) @type {Map<string, TrackInfo>} */
     this.roomTracks = new Map();
-    /** @type {Map<string, {track_id: string, participant_id: string}>} mid → remote track */
+    /** mid → remote track @type {Map<string, {track_id: string, participant_id: string}>} */
     this.midMap = new Map();
-    /** @type {Map<string, string>} mid → our own track id (from the server's answer) */
+    /** mid → our own track id (from the server's answer) @type {Map<string, string>} */
     this.ownTracks = new Map();
-    /** @type {Map<string, {mid, track_id, participant_id, kind, track}>} track id → remote */
+    /** track id → remote track @type {Map<string, RemoteTrack>} */
     this.remote = new Map();
-    /** @type {Map<string, boolean>} remote track id → paused (what we asked the server) */
+    /** remote track id → paused (what we asked the server) @type {Map<string, boolean>} */
     this.paused = new Map();
+    /** @type {RTCIceServer[]} */
     this.iceServers = [];
+    /** @type {WebSocket|null} */
     this.ws = null;
+    /** @type {RTCPeerConnection|null} */
     this.pc = null;
+    /** @type {RTCDataChannel|null} */
     this.dc = null;
-    this.publishTransceivers = [];
     this.makingOffer = false;
     this.offerWanted = false;
     this.offerSent = false;
+    /** @type {RTCIceCandidateInit[]} */
     this.pendingCandidates = [];
+    /** @type {Promise<any>} */
     this.chain = Promise.resolve();
+    /** @type {any} */
     this.pingTimer = null;
     this.pingId = 0;
     this.lastPong = 0;
+    /** @type {string|null} */
     this.closeReason = null;
+    /** @type {string|null} */
     this.fatalError = null;
     this.dropAt = 0;
     this.reconnects = 0;
+    /** @type {any} */
     this.resumeTimer = null;
+    /** @type {any} */
+    this.mediaLostTimer = null;
   }
 
   /**
@@ -106,7 +151,7 @@ export class PlenaryClient extends EventTarget {
     return this.connect({ type: "join", protocol: PROTOCOL_VERSION, grant: this.grant });
   }
 
-  /** Leaves the room and tears everything down. */
+  /** Leaves the room and tears everything down (every local track stops). */
   leave() {
     if (this.state === "closed") return;
     this.send({ type: "leave" });
@@ -115,71 +160,91 @@ export class PlenaryClient extends EventTarget {
   }
 
   /**
-   * Publishes one more track (e.g. a screen share, or the microphone once given the floor)
-   * after joining: a new `sendonly` transceiver and a new offer, sent from the `stable`
-   * state (or once it is reached). `force` skips our own permission check, so that the
-   * server's refusal can be seen.
+   * Publishes one more track (a screen share, the microphone once given the floor…): a new
+   * `sendonly` transceiver and a new offer. A track we may not send is stopped and
+   * reported (`unpublished`, reason `not_allowed`) unless `force` is set, which sends it
+   * anyway so that the server's refusal can be seen.
+   * @param {MediaStreamTrack} track
+   * @param {Source} source
    */
   addTrack(track, source, { force = false, muted = false } = {}) {
     return this.enqueue(async () => {
-      if (!this.pc) throw new Error("not joined");
+      if (!this.pc) {
+        track.stop();
+        throw new Error("not joined");
+      }
       if (!force && !this.mayPublish(source)) {
-        this.held.push({ track, source, muted });
-        this.log(`holding ${source}: not allowed to publish it now`);
+        track.stop();
+        this.emit("unpublished", { source, reason: "not_allowed" });
         return;
       }
-      this.attachTrack(track, source, muted);
+      // One track per source: a second one replaces the first.
+      if (this.publish.some((p) => p.source === source)) this.dropSource(source, "replaced");
+      this.attachTrack({ track, source, muted });
       this.offerWanted = true;
       await this.sendOffer();
     });
   }
 
   /**
-   * Stops publishing `source` (all its tracks): the transceiver goes inactive and a new
-   * offer tells the server. The local tracks are stopped unless `keep` is set.
+   * Stops publishing `source`: the transceiver goes inactive, a new offer tells the server,
+   * and the local track stops.
+   * @param {Source} source
    */
-  removeTrack(source, { keep = false } = {}) {
+  removeTrack(source) {
     return this.enqueue(async () => {
-      const gone = this.publish.filter((p) => p.source === source);
-      this.held = this.held.filter((p) => {
-        if (p.source !== source) return true;
-        if (!keep) p.track.stop();
-        return false;
-      });
-      if (gone.length === 0) return;
-      this.publish = this.publish.filter((p) => p.source !== source);
-      for (const p of gone) if (!keep) p.track.stop();
-      if (!this.pc) return;
-      let changed = false;
-      this.publishTransceivers = this.publishTransceivers.filter((p) => {
-        if (p.source !== source) return true;
-        try {
-          p.transceiver.sender.replaceTrack(null);
-          p.transceiver.direction = "inactive";
-        } catch {}
-        changed = true;
-        return false;
-      });
-      if (changed) {
-        this.offerWanted = true;
-        await this.sendOffer();
-      }
+      if (!this.dropSource(source, "removed")) return;
+      this.offerWanted = true;
+      await this.sendOffer();
     });
   }
 
-  /** Whether our permissions allow publishing `source` now. */
+  /**
+   * Switches the device behind a published source without renegotiating (the old track
+   * stops; the new one keeps the mute state). Resolves false when `source` is not published,
+   * in which case `track` is stopped.
+   * @param {Source} source
+   * @param {MediaStreamTrack} track
+   */
+  async replaceTrack(source, track) {
+    const entry = this.publish.find((p) => p.source === source);
+    if (!entry || !entry.transceiver) {
+      track.stop();
+      return false;
+    }
+    track.enabled = !entry.muted;
+    await entry.transceiver.sender.replaceTrack(track);
+    const old = entry.track;
+    entry.track = track;
+    this.watchEnded(entry);
+    old.onended = null;
+    old.stop();
+    return true;
+  }
+
+  /** Whether our permissions allow publishing `source` now. @param {Source} source */
   mayPublish(source) {
     return !!this.permissions?.can_publish?.includes(source);
   }
 
-  /** Whether we publish `source` now. */
+  /** Whether we publish `source` now. @param {Source} source */
   publishing(source) {
     return this.publish.some((p) => p.source === source && p.track.readyState === "live");
   }
 
-  /** Mutes or unmutes one of our own tracks by source. */
+  /** Our live local track of `source`, if any. @param {Source} source */
+  localTrack(source) {
+    const entry = this.publish.find((p) => p.source === source && p.track.readyState === "live");
+    return entry ? entry.track : null;
+  }
+
+  /**
+   * Mutes or unmutes one of our own tracks by source.
+   * @param {Source} source
+   * @param {boolean} muted
+   */
   setMuted(source, muted) {
-    for (const entry of [...this.publish, ...this.held, ...this.wanted]) {
+    for (const entry of this.publish) {
       if (entry.source !== source) continue;
       entry.muted = muted;
       entry.track.enabled = !muted;
@@ -188,42 +253,45 @@ export class PlenaryClient extends EventTarget {
     if (trackId) this.send({ type: "mute", track_id: trackId, muted });
   }
 
-  /** Whether our track of `source` is muted (true when we have none). */
+  /** Whether our track of `source` is muted (true when we have none). @param {Source} source */
   isMuted(source) {
     const entry = this.publish.find((p) => p.source === source);
     return entry ? !!entry.muted : true;
   }
 
-  /** The server's id for our track of `source`, once answered. */
+  /** The server's id for our track of `source`, once answered. @param {Source} source */
   ownTrackId(source) {
-    const entry = this.publishTransceivers.find((p) => p.source === source);
-    const mid = entry?.transceiver.mid;
+    const mid = this.publish.find((p) => p.source === source)?.transceiver?.mid;
     return mid != null ? this.ownTracks.get(mid) : undefined;
   }
 
-  /** Sends a small text message to the room. */
+  /** Sends a small text message to the room. @param {string} text */
   sendData(text) {
     this.send({ type: "data", text });
   }
 
-  /** Sends a chat message to the room. */
+  /** Sends a chat message to the room. @param {string} text */
   sendChat(text) {
     this.send({ type: "chat", text });
   }
 
-  /** Raises or lowers our hand. */
+  /** Raises or lowers our hand. @param {boolean} raised */
   raiseHand(raised) {
     this.send({ type: "raise_hand", raised });
   }
 
-  /** A host action: `host("mute", {participant_id})`, `host("lock", {locked: true})`… */
+  /**
+   * A host action: `host("mute", {participant_id})`, `host("lock", {locked: true})`…
+   * @param {string} action
+   * @param {object} [fields]
+   */
   host(action, fields = {}) {
     this.send({ type: "host", action, ...fields });
   }
 
   /**
-   * Pauses or resumes forwarding of remote tracks: `updates` is [{track_id, paused}].
-   * Only changes are sent.
+   * Pauses or resumes forwarding of remote tracks. Only changes are sent.
+   * @param {{track_id: string, paused: boolean}[]} updates
    */
   setSubscription(updates) {
     const changed = updates.filter((u) => (this.paused.get(u.track_id) ?? false) !== u.paused);
@@ -232,24 +300,19 @@ export class PlenaryClient extends EventTarget {
     this.send({ type: "subscription", tracks: changed });
   }
 
-  /** Drops the connection as if the network went away (for testing resilience). */
-  simulateDrop() {
-    try {
-      this.ws?.close();
-    } catch {}
-  }
-
   /**
-   * Per remote track: {track_id, participant_id, kind, framesDecoded, packetsReceived,
-   * bytesReceived, audioLevel}, from the peer connection's inbound-rtp statistics.
+   * Per received track: {track_id, participant_id, kind, mid, framesDecoded,
+   * packetsReceived, packetsLost, bytesReceived, audioLevel, frameWidth}, from getStats.
    */
   async stats() {
     if (!this.pc) return [];
     const report = await this.pc.getStats();
+    /** @type {Map<string, string>} */
     const byTrackIdentifier = new Map();
     for (const tr of this.pc.getTransceivers()) {
       if (tr.mid != null && tr.receiver.track) byTrackIdentifier.set(tr.receiver.track.id, tr.mid);
     }
+    /** @type {any[]} */
     const out = [];
     report.forEach((s) => {
       if (s.type !== "inbound-rtp") return;
@@ -262,6 +325,7 @@ export class PlenaryClient extends EventTarget {
         kind: s.kind ?? s.mediaType,
         mid,
         framesDecoded: s.framesDecoded ?? 0,
+        frameWidth: s.frameWidth ?? 0,
         packetsReceived: s.packetsReceived ?? 0,
         packetsLost: s.packetsLost ?? 0,
         bytesReceived: s.bytesReceived ?? 0,
@@ -275,6 +339,7 @@ export class PlenaryClient extends EventTarget {
   async connectionStats() {
     if (!this.pc) return null;
     const report = await this.pc.getStats();
+    /** @type {number|null} */
     let rtt = null;
     let packetsReceived = 0;
     let packetsLost = 0;
@@ -293,12 +358,18 @@ export class PlenaryClient extends EventTarget {
 
   // ---- internals -------------------------------------------------------------------------
 
-  /** Opens a WebSocket and sends `joinMsg`; resolves on welcome, rejects on refusal. */
+  /**
+   * Opens a WebSocket and sends `joinMsg`; resolves on welcome, rejects on refusal.
+   * @param {any} joinMsg
+   * @returns {Promise<any>}
+   */
   connect(joinMsg) {
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.url);
       this.ws = ws;
       let welcomed = false;
+      /** @param {string} message @param {string} code */
+      const fail = (message, code) => reject(Object.assign(new Error(message), { code }));
       ws.onopen = () => {
         if (this.room && !joinMsg.resume) joinMsg.room = this.room;
         this.send(joinMsg);
@@ -309,43 +380,31 @@ export class PlenaryClient extends EventTarget {
         try {
           msg = JSON.parse(ev.data);
         } catch {
-          this.log(`unreadable message from server`);
+          this.log("unreadable message from server");
           return;
         }
         if (!welcomed && msg.type === "welcome") {
           welcomed = true;
           resolve(msg);
         } else if (!welcomed && msg.type === "error") {
-          const err = new Error(`${msg.code}: ${msg.message}`);
-          err.code = msg.code;
-          reject(err);
+          fail(`${msg.code}: ${msg.message}`, msg.code);
         } else if (!welcomed && msg.type === "closing") {
-          const err = new Error(`closed by the server: ${msg.reason}`);
-          err.code = msg.reason;
-          reject(err);
+          fail(`closed by the server: ${msg.reason}`, msg.reason);
         }
         this.enqueue(() => this.onMessage(msg));
       };
       ws.onerror = () => {
-        if (!welcomed) {
-          const err = new Error("could not reach the server");
-          err.code = "unreachable";
-          reject(err);
-        }
+        if (!welcomed) fail("could not reach the server", "unreachable");
       };
       ws.onclose = (ev) => {
         if (ws !== this.ws) return; // a socket we replaced
-        if (!welcomed) {
-          const err = new Error(`connection closed (${ev.code})`);
-          err.code = err.code || "closed";
-          reject(err);
-        }
+        if (!welcomed) fail(`connection closed (${ev.code})`, "closed");
         this.onSocketClosed(welcomed);
       };
     });
   }
 
-  /** The WebSocket closed: come back if we can, else shut down. */
+  /** The WebSocket closed: come back if we can, else shut down. @param {boolean} welcomed */
   onSocketClosed(welcomed) {
     if (this.state === "closed") return;
     const final =
@@ -353,7 +412,7 @@ export class PlenaryClient extends EventTarget {
       (this.fatalError && FINAL_ERRORS.has(this.fatalError));
     if (this.state === "reconnecting") {
       // A resume attempt's socket closed without a welcome: try again (or give up).
-      if (final) return this.shutdown(this.fatalError || this.closeReason);
+      if (final) return this.shutdown(this.fatalError || this.closeReason || "closed");
       return this.scheduleResume();
     }
     if (!welcomed || final || !this.autoReconnect || !this.resumeToken) {
@@ -362,7 +421,7 @@ export class PlenaryClient extends EventTarget {
     this.startReconnect("connection lost");
   }
 
-  /** Begins restoring the session with `join.resume` on a new socket and peer connection. */
+  /** Begins restoring the session with `join.resume` on a new socket and peer connection. @param {string} why */
   startReconnect(why) {
     if (this.state === "closed" || this.state === "reconnecting") return;
     this.log(`reconnecting: ${why}`);
@@ -402,16 +461,16 @@ export class PlenaryClient extends EventTarget {
     );
   }
 
-  /** Closes the peer connection but keeps our local tracks, for a rejoin. */
+  /** Closes the peer connection but keeps our live local tracks, for the resume. */
   teardownMedia() {
     clearInterval(this.pingTimer);
+    clearTimeout(this.mediaLostTimer);
     this.pingTimer = null;
     try {
       this.pc?.close();
     } catch {}
     this.pc = null;
     this.dc = null;
-    this.publishTransceivers = [];
     this.midMap = new Map();
     this.ownTracks = new Map();
     this.paused = new Map();
@@ -419,34 +478,42 @@ export class PlenaryClient extends EventTarget {
     this.offerWanted = false;
     this.offerSent = false;
     this.pendingCandidates = [];
-    // What we sent goes back to the wish list; the new welcome's permissions sort it again.
-    this.wanted = [...this.publish, ...this.held].filter((p) => p.track.readyState === "live");
+    // What we sent goes out again after the new welcome, if its permissions allow.
+    this.kept = this.publish
+      .filter((p) => p.track.readyState === "live")
+      .map(({ track, source, muted }) => ({ track, source, muted }));
     this.publish = [];
-    this.held = [];
     if (this.remote.size) {
       this.remote = new Map();
       this.emitTracks();
     }
   }
 
+  /** @param {object} msg */
   send(msg) {
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
+  /** @param {string} message */
   log(message) {
     this.dispatchEvent(new CustomEvent("log", { detail: { message } }));
   }
 
+  /** @param {string} type @param {any} detail */
   emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /** @param {string} state @param {string} [reason] */
   setState(state, reason) {
     this.state = state;
     this.emit("state", { state, reason });
   }
 
-  /** Runs signaling steps one after another, so SDP operations never interleave. */
+  /**
+   * Runs signaling steps one after another, so SDP operations never interleave.
+   * @param {() => any} fn
+   */
   enqueue(fn) {
     this.chain = this.chain.then(fn).catch((err) => {
       console.error("plenary:", err);
@@ -455,6 +522,7 @@ export class PlenaryClient extends EventTarget {
     return this.chain;
   }
 
+  /** @param {any} msg */
   async onMessage(msg) {
     switch (msg.type) {
       case "welcome":
@@ -473,14 +541,9 @@ export class PlenaryClient extends EventTarget {
         return;
       case "participants_changed":
         return this.onParticipantsChanged(msg);
-      // Protocol before participants_changed (kept for older servers).
-      case "participant_joined":
-        return this.onParticipantsChanged({ joined: [msg.participant] });
-      case "participant_left":
-        return this.onParticipantsChanged({ left: [{ id: msg.participant_id, reason: msg.reason }] });
       case "track_published":
         this.roomTracks.set(msg.track.id, msg.track);
-        this.emit("participants", { participants: [...this.participants.values()] });
+        this.emitParticipants();
         return;
       case "track_unpublished":
         this.roomTracks.delete(msg.track_id);
@@ -495,10 +558,9 @@ export class PlenaryClient extends EventTarget {
         return;
       }
       case "data":
-        this.emit("data", msg);
-        return;
       case "chat":
-        this.emit("chat", msg);
+      case "asked_to_unmute":
+        this.emit(msg.type, msg);
         return;
       case "hand_queue":
         this.handQueue = msg.queue || [];
@@ -516,8 +578,8 @@ export class PlenaryClient extends EventTarget {
         return;
       case "host_muted": {
         // A host muted our microphone, turned our camera off or stopped our screen share.
-        const entry = this.publishTransceivers.find(
-          (p) => p.transceiver.mid != null && this.ownTracks.get(p.transceiver.mid) === msg.track_id,
+        const entry = this.publish.find(
+          (p) => p.transceiver?.mid != null && this.ownTracks.get(p.transceiver.mid) === msg.track_id,
         );
         const source = msg.source ?? entry?.source;
         for (const p of this.publish) {
@@ -528,9 +590,6 @@ export class PlenaryClient extends EventTarget {
         this.emit("host_muted", { ...msg, source });
         return;
       }
-      case "asked_to_unmute":
-        this.emit("asked_to_unmute", msg);
-        return;
       case "error":
         console.warn("plenary: server error", msg.code, msg.message);
         this.log(`server error ${msg.code}: ${msg.message}`);
@@ -549,6 +608,7 @@ export class PlenaryClient extends EventTarget {
     }
   }
 
+  /** @param {{joined?: Participant[], updated?: Participant[], left?: {id: string}[]}} msg */
   onParticipantsChanged(msg) {
     const myId = this.me?.id;
     for (const p of [...(msg.joined || []), ...(msg.updated || [])]) {
@@ -573,46 +633,80 @@ export class PlenaryClient extends EventTarget {
     if ((msg.joined || []).length) this.refreshRemote();
   }
 
+  /**
+   * New permissions: tracks we may no longer send stop *before* anyone hears of the change,
+   * so the page never sees permissions that contradict what it publishes.
+   * @param {Permissions} permissions
+   */
   async onPermissions(permissions) {
     const previous = this.permissions;
     this.permissions = permissions;
-    // Tracks we held back and may now send go out; tracks we may no longer send stop.
-    const release = this.held.filter((p) => this.mayPublish(p.source));
-    this.held = this.held.filter((p) => !this.mayPublish(p.source));
-    const revoked = this.publish.filter((p) => !this.mayPublish(p.source));
+    const revoked = [...new Set(this.publish.filter((p) => !this.mayPublish(p.source)).map((p) => p.source))];
+    for (const source of revoked) this.dropSource(source, "revoked");
     this.emit("permissions", { permissions, previous });
-    if (release.length && this.pc) {
-      for (const p of release) this.attachTrack(p.track, p.source, p.muted);
+    if (revoked.length && this.pc) {
       this.offerWanted = true;
       await this.sendOffer();
     }
-    if (revoked.length && this.pc) {
-      const sources = new Set(revoked.map((p) => p.source));
-      this.publish = this.publish.filter((p) => !sources.has(p.source));
-      for (const p of revoked) p.track.stop();
-      this.publishTransceivers = this.publishTransceivers.filter((p) => {
-        if (!sources.has(p.source)) return true;
+  }
+
+  /**
+   * Stops every track of `source` we send or mean to send and turns its transceiver
+   * inactive; returns whether there was one. The caller renegotiates.
+   * @param {Source} source
+   * @param {string} reason
+   */
+  dropSource(source, reason) {
+    const gone = this.publish.filter((p) => p.source === source);
+    if (gone.length === 0) return false;
+    this.publish = this.publish.filter((p) => p.source !== source);
+    for (const p of gone) {
+      p.track.onended = null;
+      p.track.stop();
+      if (p.transceiver) {
         try {
           p.transceiver.sender.replaceTrack(null);
           p.transceiver.direction = "inactive";
         } catch {}
-        return false;
-      });
-      this.offerWanted = true;
-      await this.sendOffer();
+      }
     }
+    if (reason !== "replaced") this.emit("unpublished", { source, reason });
+    return true;
   }
 
-  attachTrack(track, source, muted) {
+  /** Adds a transceiver for a track we may send. @param {LocalTrack} local */
+  attachTrack({ track, source, muted }) {
     track.enabled = !muted;
-    this.publish.push({ track, source, muted });
-    const transceiver = this.pc.addTransceiver(track, {
-      direction: "sendonly",
-      streams: [new MediaStream([track])],
-    });
-    this.publishTransceivers.push({ source, transceiver });
+    /** @type {Published} */
+    const entry = { track, source, muted };
+    if (this.pc) {
+      entry.transceiver = this.pc.addTransceiver(track, {
+        direction: "sendonly",
+        streams: [new MediaStream([track])],
+      });
+    }
+    this.publish.push(entry);
+    this.watchEnded(entry);
   }
 
+  /**
+   * A device that goes away (unplugged, taken by the system) ends its track: stop
+   * publishing it and say so.
+   * @param {Published} entry
+   */
+  watchEnded(entry) {
+    const track = entry.track;
+    track.onended = () => {
+      if (!this.publish.includes(entry) || entry.track !== track) return;
+      this.enqueue(async () => {
+        if (!this.dropSource(entry.source, "ended")) return;
+        this.offerWanted = true;
+        await this.sendOffer();
+      });
+    };
+  }
+
+  /** @param {any} msg */
   async onWelcome(msg) {
     const resumed = !!this.welcome;
     this.welcome = msg;
@@ -622,23 +716,31 @@ export class PlenaryClient extends EventTarget {
     for (const p of msg.participants) this.participants.set(p.id, p);
     for (const t of msg.tracks) this.roomTracks.set(t.id, t);
     this.iceServers = msg.ice_servers || [];
-    // Older servers send no permissions: then we may publish what we brought.
-    this.permissions = msg.permissions ?? {
-      can_publish: this.wanted.map((p) => p.source),
-      can_subscribe: true,
-      can_chat: true,
-      is_host: false,
-      has_floor: false,
-    };
+    /** @type {Permissions} */
+    const permissions = msg.permissions;
+    this.permissions = permissions;
     this.roomState = msg.room_state ?? null;
     this.handQueue = msg.hand_queue ?? [];
     this.resumeToken = msg.resume_token || this.resumeToken;
     this.lastPong = Date.now();
-    this.setState("joined", resumed ? "resumed" : undefined);
-    this.emit("permissions", { permissions: this.permissions, previous: null });
-    if (this.roomState) this.emit("room", { room_state: this.roomState });
-    this.emit("hands", { queue: this.handQueue });
-    this.emitParticipants();
+
+    // What we send: after a drop, what we sent before; on the first welcome, what the
+    // page opens now that it knows what we may publish.
+    /** @type {LocalTrack[]} */
+    let local = this.kept;
+    this.kept = [];
+    if (!resumed && this.openMedia) {
+      try {
+        local = await this.openMedia(permissions);
+      } catch (err) {
+        this.log(`no media to send: ${err instanceof Error ? err.message : err}`);
+        local = [];
+      }
+    }
+    if (this.state === "closed") {
+      for (const p of local) p.track.stop();
+      return;
+    }
 
     const pc = new RTCPeerConnection({
       iceServers: this.iceServers,
@@ -649,6 +751,7 @@ export class PlenaryClient extends EventTarget {
     pc.onicecandidate = (ev) => {
       if (pc !== this.pc) return;
       const c = ev.candidate;
+      /** @type {RTCIceCandidateInit} */
       const candidate = c
         ? { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex }
         : { candidate: "" };
@@ -667,35 +770,25 @@ export class PlenaryClient extends EventTarget {
     };
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
-      this.log(`media ${pc.connectionState}`);
-      this.emit("connection", { state: pc.connectionState });
-      if (pc.connectionState === "failed" && this.autoReconnect && this.resumeToken) {
-        this.startReconnect("media connection failed");
-      }
+      this.onConnectionState(pc.connectionState);
     };
-
     // Always a data channel, so the offer has an m-line even for a pure listener.
     this.dc = pc.createDataChannel("plenary");
 
-    const wanted = this.wanted.filter((p) => p.track.readyState === "live");
-    this.wanted = [];
-    const stream = new MediaStream();
-    for (const p of wanted) {
-      if (!this.mayPublish(p.source)) {
-        this.held.push(p);
-        continue;
+    for (const p of local) {
+      if (p.track.readyState !== "live") continue;
+      if (this.mayPublish(p.source)) this.attachTrack(p);
+      else {
+        p.track.stop();
+        this.emit("unpublished", { source: p.source, reason: "not_allowed" });
       }
-      p.track.enabled = !p.muted;
-      stream.addTrack(p.track);
-      this.publish.push(p);
     }
-    this.publishTransceivers = this.publish.map((p) => ({
-      source: p.source,
-      transceiver: pc.addTransceiver(p.track, { direction: "sendonly", streams: [stream] }),
-    }));
-    if (this.held.length) {
-      this.log(`holding ${this.held.map((p) => p.source).join(", ")}: no permission to publish`);
-    }
+
+    this.setState("joined", resumed ? "resumed" : undefined);
+    this.emit("permissions", { permissions: this.permissions, previous: null });
+    if (this.roomState) this.emit("room", { room_state: this.roomState });
+    this.emit("hands", { queue: this.handQueue });
+    this.emitParticipants();
 
     await this.sendOffer();
     clearInterval(this.pingTimer);
@@ -705,6 +798,24 @@ export class PlenaryClient extends EventTarget {
         this.startReconnect("the server stopped answering");
       }
     }, PING_INTERVAL_MS);
+  }
+
+  /**
+   * The media path: a connection that fails, or stays disconnected (no answers to ICE
+   * checks) for a few seconds, is rebuilt with the resume token.
+   * @param {RTCPeerConnectionState} state
+   */
+  onConnectionState(state) {
+    this.log(`media ${state}`);
+    this.emit("connection", { state });
+    clearTimeout(this.mediaLostTimer);
+    if (!this.autoReconnect || !this.resumeToken) return;
+    if (state === "failed") this.startReconnect("media connection failed");
+    else if (state === "disconnected") {
+      this.mediaLostTimer = setTimeout(() => {
+        if (this.pc?.connectionState === "disconnected") this.startReconnect("media connection lost");
+      }, MEDIA_LOST_MS);
+    }
   }
 
   /** Sends our own offer; only from the `stable` state (protocol §2.4). */
@@ -720,10 +831,10 @@ export class PlenaryClient extends EventTarget {
     this.makingOffer = true;
     try {
       await pc.setLocalDescription(await pc.createOffer());
-      const tracks = this.publishTransceivers
-        .filter((p) => p.transceiver.mid != null)
-        .map((p) => ({ mid: p.transceiver.mid, source: p.source }));
-      this.send({ type: "offer", sdp: pc.localDescription.sdp, tracks });
+      const tracks = this.publish
+        .filter((p) => p.transceiver?.mid != null)
+        .map((p) => ({ mid: p.transceiver?.mid, source: p.source }));
+      this.send({ type: "offer", sdp: pc.localDescription?.sdp, tracks });
       this.offerSent = true;
       for (const c of this.pendingCandidates.splice(0)) this.send({ type: "candidate", candidate: c });
     } finally {
@@ -731,6 +842,7 @@ export class PlenaryClient extends EventTarget {
     }
   }
 
+  /** @param {{sdp: string, tracks?: {mid: string, track_id: string}[]}} msg */
   async onAnswer(msg) {
     const pc = this.pc;
     if (!pc || pc.signalingState !== "have-local-offer") {
@@ -739,40 +851,30 @@ export class PlenaryClient extends EventTarget {
     }
     await pc.setRemoteDescription({ type: "answer", sdp: msg.sdp });
     for (const t of msg.tracks || []) this.ownTracks.set(t.mid, t.track_id);
+    /** @type {Source[]} */
     const refused = [];
-    for (const p of this.publishTransceivers) {
-      const trackId = p.transceiver.mid != null ? this.ownTracks.get(p.transceiver.mid) : undefined;
-      const entry = this.publish.find((e) => e.track === p.transceiver.sender.track) ??
-        this.publish.find((e) => e.source === p.source);
-      if (p.announced || !entry) continue;
+    for (const p of this.publish) {
+      if (p.announced || p.transceiver?.mid == null) continue;
+      const trackId = this.ownTracks.get(p.transceiver.mid);
       if (!trackId) {
-        // The server gave this track no id: it refused it (permission_denied). Keep the
-        // track back; it goes out again if our permissions change.
-        refused.push(p);
+        // The server gave this track no id: it refused it (with permission_denied).
+        refused.push(p.source);
         continue;
       }
       p.announced = true;
       // Tell the server about tracks that start muted (e.g. joined muted in a large room).
-      if (entry.muted) this.send({ type: "mute", track_id: trackId, muted: true });
+      if (p.muted) this.send({ type: "mute", track_id: trackId, muted: true });
       this.emit("published", { source: p.source, track_id: trackId });
     }
-    for (const p of refused) {
-      const track = p.transceiver.sender.track;
-      const entry = this.publish.find((e) => e.track === track);
-      this.publish = this.publish.filter((e) => e !== entry);
-      this.publishTransceivers = this.publishTransceivers.filter((e) => e !== p);
-      if (entry) this.held.push(entry);
-      try {
-        p.transceiver.sender.replaceTrack(null);
-        p.transceiver.direction = "inactive";
-      } catch {}
-      this.log(`the server refused to take our ${p.source}`);
-      this.emit("refused", { source: p.source });
+    for (const source of refused) {
+      this.log(`the server refused to take our ${source}`);
+      this.dropSource(source, "refused");
     }
     this.refreshRemote();
-    if (this.offerWanted) await this.sendOffer();
+    if (this.offerWanted || refused.length) await this.sendOffer();
   }
 
+  /** @param {{sdp: string, tracks?: {mid: string, track_id: string, participant_id: string}[]}} msg */
   async onServerOffer(msg) {
     const pc = this.pc;
     if (!pc) return;
@@ -789,7 +891,7 @@ export class PlenaryClient extends EventTarget {
     this.midMap = mapping;
     await pc.setRemoteDescription({ type: "offer", sdp: msg.sdp });
     await pc.setLocalDescription(await pc.createAnswer());
-    this.send({ type: "answer", sdp: pc.localDescription.sdp });
+    this.send({ type: "answer", sdp: pc.localDescription?.sdp });
     this.refreshRemote();
     if (this.offerWanted) await this.sendOffer();
   }
@@ -797,9 +899,10 @@ export class PlenaryClient extends EventTarget {
   /** Rebuilds the remote track table from the transceivers and the server's mid mapping. */
   refreshRemote() {
     if (!this.pc) return;
+    /** @type {Map<string, RemoteTrack>} */
     const next = new Map();
     for (const tr of this.pc.getTransceivers()) {
-      if (tr.mid == null || tr.stopped) continue;
+      if (tr.mid == null) continue;
       const mapped = this.midMap.get(tr.mid);
       if (!mapped) continue;
       const dir = tr.currentDirection;
@@ -829,19 +932,25 @@ export class PlenaryClient extends EventTarget {
     this.emit("tracks", { remote: [...this.remote.values()] });
   }
 
+  /** @param {string} reason */
   shutdown(reason) {
     if (this.state === "closed") return;
     clearInterval(this.pingTimer);
     clearTimeout(this.resumeTimer);
+    clearTimeout(this.mediaLostTimer);
     this.pingTimer = null;
     try {
       this.pc?.close();
     } catch {}
-    const ws = this.ws;
     try {
-      ws?.close();
+      this.ws?.close();
     } catch {}
-    for (const p of [...this.publish, ...this.held, ...this.wanted]) p.track.stop();
+    for (const p of [...this.publish, ...this.kept]) {
+      p.track.onended = null;
+      p.track.stop();
+    }
+    this.publish = [];
+    this.kept = [];
     this.participants.clear();
     this.remote.clear();
     this.setState("closed", reason);

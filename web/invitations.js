@@ -1,29 +1,18 @@
+// @ts-check
 // "My invitations": create, list and revoke ambassador invitations (hosts see all).
-const $ = (id) => document.getElementById(id);
+
+import { $, $input, el } from "./dom.js";
+import { api, ApiError, messageOf } from "./api.js";
+
+/** @type {{handle: string, is_host: boolean}|null} */
 let me = null;
 
+/** @param {string} text */
 function status(text) {
   $("status").textContent = text;
 }
 
-async function api(method, path, body) {
-  const res = await fetch(path, {
-    method,
-    headers: body ? { "content-type": "application/json" } : {},
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  let data = {};
-  try {
-    data = await res.json();
-  } catch {}
-  if (!res.ok) {
-    const err = new Error(data.error || `HTTP ${res.status}`);
-    err.status = res.status;
-    throw err;
-  }
-  return data;
-}
-
+/** @param {{revoked: boolean, valid_until: number, uses: number, max_uses: number}} inv */
 function stateOf(inv) {
   if (inv.revoked) return "revoked";
   if (inv.valid_until * 1000 <= Date.now()) return "expired";
@@ -32,11 +21,9 @@ function stateOf(inv) {
 }
 
 async function refresh() {
-  const { invitations } = await api("GET", `/api/invitations${me.is_host ? "?all=1" : ""}`);
-  const body = $("list").querySelector("tbody");
-  body.replaceChildren();
-  for (const inv of invitations) {
-    const tr = document.createElement("tr");
+  const { invitations } = await api("GET", `/api/invitations${me?.is_host ? "?all=1" : ""}`);
+  const body = /** @type {HTMLElement} */ ($("list").querySelector("tbody"));
+  body.replaceChildren(...invitations.map((/** @type {any} */ inv) => {
     const cells = [
       inv.room,
       inv.label,
@@ -44,45 +31,39 @@ async function refresh() {
       new Date(inv.valid_until * 1000).toLocaleString(),
       `${inv.uses} / ${inv.max_uses}`,
       stateOf(inv),
-    ];
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      tr.append(td);
-    }
-    const td = document.createElement("td");
-    if (stateOf(inv) === "active") {
-      const b = document.createElement("button");
-      b.type = "button";
-      b.textContent = "Revoke";
-      b.setAttribute("aria-label", `Revoke the invitation for ${inv.label}`);
-      b.addEventListener("click", async () => {
-        try {
-          await api("DELETE", `/api/invitations/${encodeURIComponent(inv.id)}`);
-          status(`Revoked the invitation for ${inv.label}.`);
-          await refresh();
-        } catch (e) {
-          status(`Could not revoke: ${e.message}.`);
-        }
-      });
-      td.append(b);
-    }
-    tr.append(td);
-    body.append(tr);
-  }
+    ].map((text) => el("td", { text }));
+    const revoke = stateOf(inv) === "active"
+      ? el("button", {
+        type: "button",
+        text: "Revoke",
+        "aria-label": `Revoke the invitation for ${inv.label}`,
+        onclick: async () => {
+          try {
+            await api("DELETE", `/api/invitations/${encodeURIComponent(inv.id)}`);
+            status(`Revoked the invitation for ${inv.label}.`);
+            await refresh();
+          } catch (e) {
+            status(`Could not revoke: ${messageOf(e)}.`);
+          }
+        },
+      })
+      : null;
+    return el("tr", {}, ...cells, el("td", {}, revoke));
+  }));
 }
 
 async function main() {
   try {
     me = await api("GET", "/api/me");
   } catch (e) {
-    if (e.status === 401) {
+    if (e instanceof ApiError && e.status === 401) {
       location.assign(`/login`);
       return;
     }
-    status(`Cannot load: ${e.message}.`);
+    status(`Cannot load: ${messageOf(e)}.`);
     return;
   }
+  if (!me) return;
   $("who").textContent = `${me.handle}${me.is_host ? " (host)" : ""}`;
   $("create").hidden = false;
   status("");
@@ -90,20 +71,20 @@ async function main() {
     ev.preventDefault();
     try {
       const created = await api("POST", "/api/invitations", {
-        room: $("room").value.trim(),
-        label: $("label").value.trim(),
-        valid_hours: Number($("hours").value),
-        max_uses: Number($("uses").value),
-        can_speak: $("speak").checked,
-        can_video: $("video").checked,
+        room: $input("room").value.trim(),
+        label: $input("label").value.trim(),
+        valid_hours: Number($input("hours").value),
+        max_uses: Number($input("uses").value),
+        can_speak: $input("speak").checked,
+        can_video: $input("video").checked,
       });
-      $("link").value = created.link;
+      $input("link").value = created.link;
       $("link-box").hidden = false;
-      $("link").select();
+      $input("link").select();
       status(`Invitation created for ${created.invitation.label}.`);
       await refresh();
     } catch (e) {
-      status(`Could not create the invitation: ${e.message}.`);
+      status(`Could not create the invitation: ${messageOf(e)}.`);
     }
   });
   await refresh();

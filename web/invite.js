@@ -1,27 +1,18 @@
+// @ts-check
 // The guest's invitation page: the token is in the URL fragment (never sent to a server
 // log). Shows what the invitation opens, asks for a display name, redeems the token for a
 // guest grant and hands it to the meeting page in the fragment.
-const $ = (id) => document.getElementById(id);
+
+import { $, $input } from "./dom.js";
+import { api, messageOf } from "./api.js";
+
 const token = decodeURIComponent(location.hash.replace(/^#/, ""));
 // Keep the token out of the address bar (and of screenshots) once read.
 history.replaceState(null, "", location.pathname);
 
+/** @param {string} text */
 function status(text) {
   $("status").textContent = text;
-}
-
-async function post(path, body) {
-  const res = await fetch(path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  let data = {};
-  try {
-    data = await res.json();
-  } catch {}
-  if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
-  return data;
 }
 
 async function main() {
@@ -31,9 +22,9 @@ async function main() {
   }
   let inv;
   try {
-    inv = await post("/api/invitations/preview", { token });
+    inv = await api("POST", "/api/invitations/preview", { token });
   } catch (e) {
-    status(`This invitation cannot be used: ${e.message}.`);
+    status(`This invitation cannot be used: ${messageOf(e)}.`);
     return;
   }
   $("room").textContent = inv.room;
@@ -50,11 +41,11 @@ async function main() {
   $("name").focus();
   $("redeem").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const name = $("name").value.trim();
+    const name = $input("name").value.trim();
     if (!name) return;
     status("Joining…");
     try {
-      const g = await post("/api/invitations/redeem", { token, name });
+      const g = await api("POST", "/api/invitations/redeem", { token, name });
       const params = new URLSearchParams({
         grant: g.grant,
         room: g.room,
@@ -64,7 +55,7 @@ async function main() {
       });
       location.assign(`/#${params}`);
     } catch (e) {
-      status(`Could not join: ${e.message}.`);
+      status(`Could not join: ${messageOf(e)}.`);
     }
   });
 }

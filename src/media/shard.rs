@@ -889,7 +889,7 @@ impl Shard {
                 };
                 errors.push((
                     ErrorCode::PermissionDenied,
-                    format!("you may not publish {:?}: {why}", t.source),
+                    format!("you may not publish your {}: {why}", t.source.as_str()),
                 ));
                 continue;
             }

@@ -74,10 +74,13 @@ async function scenario() {
   );
   console.log(`[${elapsed()}] the listener decodes all three`);
 
-  // Every publisher shows a tile for each of the three others (the listener included).
+  // Every publisher shows a video tile for each of the two other publishers, and the
+  // listener (no video) as a compact chip.
   for (const name of publishers) {
-    await waitFor(`${name} to show 3 tiles`, () =>
-      pages.get(name).page.evaluate(() => document.querySelectorAll("#grid .tile:not(.self)").length === 3),
+    await waitFor(`${name} to show 2 tiles and the listener's chip`, () =>
+      pages.get(name).page.evaluate((dave) =>
+        document.querySelectorAll("#grid .tile:not(.self)").length === 2 &&
+        !!document.querySelector(`#audio-list .chip[data-participant-id="${dave}"]`), ids.dave),
     );
   }
   for (const name of pages.keys()) await screenshot(name, "joined");

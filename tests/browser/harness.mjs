@@ -7,14 +7,15 @@
 // (the server's log filter, default info), PLENARY_URL (test a server that is already
 // running there instead of starting one), WEB_FROM_DISK=1 (serve web/ from the working tree
 // through a small loopback proxy in front of the server, so that the web client can be
-// tested without rebuilding the binary that embeds it).
+// tested without rebuilding the binary that embeds it), WEB_DIR=… (with WEB_FROM_DISK=1,
+// serve that copy of the client instead, e.g. an older one, to see a test fail without a fix).
 // Output (screenshots, server log, browser consoles): <repo>/test-output/browser/.
 
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { createServer, connect } from "node:net";
 import http from "node:http";
 import { createSocket } from "node:dgram";
-import { mkdirSync, createWriteStream, writeFileSync, readFileSync } from "node:fs";
+import { mkdirSync, createWriteStream, writeFileSync, readFileSync, existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { chromium } from "playwright-core";
@@ -25,6 +26,8 @@ export const BIN = process.env.PLENARY_BIN || path.join(repo, "target", "debug",
 export const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 export const WAIT_MS = Number(process.env.WAIT_SECS || 45) * 1000;
 export const OUT = path.join(repo, "test-output", "browser");
+/** With WEB_FROM_DISK=1, the web client served (default: the working tree's web/). */
+const WEB_DIR = process.env.WEB_DIR || path.join(repo, "web");
 
 export const CHROME_ARGS = [
   "--no-sandbox",
@@ -44,8 +47,39 @@ export const CHROME_ARGS = [
 // --use-fake-ui-for-media-stream every page counts as having media permission, and Chromium
 // would then show it its real host addresses. A real listener has no permission, so
 // Chromium hides its host candidates behind mDNS names, which the server cannot resolve:
-// it must learn the address from the ICE checks.
+// it must learn the address from the ICE checks. This browser also has no camera and no
+// microphone at all (getUserMedia answers NotFoundError), like many attendees' machines.
 export const LISTENER_ARGS = CHROME_ARGS.filter((a) => !a.startsWith("--use-fake-"));
+/** Devices exist, but the person refuses them (getUserMedia answers NotAllowedError). */
+export const DENIED_ARGS = CHROME_ARGS.filter((a) => a !== "--use-fake-ui-for-media-stream");
+/** A microphone and no camera. */
+export const MIC_ONLY_ARGS = CHROME_ARGS.map((a) =>
+  a === "--use-fake-device-for-media-stream" ? "--use-fake-device-for-media-stream=device-count=0" : a);
+
+/** Browsers by the devices they have. */
+export const BROWSERS = { fake: CHROME_ARGS, none: LISTENER_ARGS, denied: DENIED_ARGS, micOnly: MIC_ONLY_ARGS };
+
+// Every page records the tracks getUserMedia hands it, so that tests can check that nothing
+// stays open (`window.__media.tracks`) and count the requests by kind (`window.__media.asked`).
+const TRACK_RECORDER = () => {
+  const media = { tracks: [], asked: { audio: 0, video: 0 } };
+  Object.defineProperty(window, "__media", { value: media });
+  const md = navigator.mediaDevices;
+  if (!md?.getUserMedia) return;
+  const original = md.getUserMedia.bind(md);
+  md.getUserMedia = async (constraints) => {
+    if (constraints?.audio) media.asked.audio += 1;
+    if (constraints?.video) media.asked.video += 1;
+    const stream = await original(constraints);
+    media.tracks.push(...stream.getTracks());
+    return stream;
+  };
+};
+
+/** Runs an nft script (nftables from Debian; root). */
+function nft(script) {
+  execFileSync("nft", ["-f", "-"], { input: script, stdio: ["pipe", "inherit", "inherit"] });
+}
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** A timer that does not keep node alive: for bounding cleanup steps. */
@@ -85,6 +119,9 @@ export class Harness {
     this.serverExited = null;
     this.browser = null;
     this.listenerBrowser = null;
+    /** Every browser launched, for stop(). */
+    this.extraBrowsers = [];
+    this.mediaPort = 0;
     this.baseUrl = "";
     /** name → {page, context, console: string[]} */
     this.pages = new Map();
@@ -130,16 +167,22 @@ export class Harness {
     mkdirSync(OUT, { recursive: true });
     if (process.env.PLENARY_URL) this.baseUrl = process.env.PLENARY_URL.replace(/\/$/, "");
     else await this.startServer();
-    const launch = (args) =>
-      chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: WAIT_MS });
-    this.browser = await launch(CHROME_ARGS);
-    if (listenerBrowser) this.listenerBrowser = await launch(LISTENER_ARGS);
+    this.browser = await this.launch("fake");
+    if (listenerBrowser) this.listenerBrowser = await this.launch("none");
     this.log(`chromium ${this.browser.version()} launched`);
+  }
+
+  /** Launches one more Chromium with the devices of `kind` (see BROWSERS); closed by stop(). */
+  async launch(kind) {
+    const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSERS[kind], timeout: WAIT_MS });
+    this.extraBrowsers.push(browser);
+    return browser;
   }
 
   async startServer() {
     const httpPort = await freeTcpPort();
     const mediaPort = await freeUdpPort();
+    this.mediaPort = mediaPort;
     this.baseUrl = `http://127.0.0.1:${httpPort}`;
     const log = createWriteStream(this.logFile);
     // The server refuses unknown PLENARY_* variables (PLENARY_BIN and PLENARY_URL are ours).
@@ -178,21 +221,22 @@ export class Harness {
   /** Serves web/ from disk and forwards everything else (and WebSocket upgrades) upstream. */
   async startWebProxy() {
     const upstream = new URL(this.baseUrl);
-    const files = {
-      "/": ["index.html", "text/html"],
-      "/app.js": ["app.js", "text/javascript"],
-      "/client.js": ["client.js", "text/javascript"],
-      "/style.css": ["style.css", "text/css"],
-      "/invite": ["invite.html", "text/html"],
-      "/invite.js": ["invite.js", "text/javascript"],
-      "/invitations": ["invitations.html", "text/html"],
-      "/invitations.js": ["invitations.js", "text/javascript"],
+    const types = { html: "text/html", js: "text/javascript", css: "text/css", svg: "image/svg+xml" };
+    // The same names the server serves: web/x.html is also /x.
+    const fileFor = (pathname) => {
+      const name = pathname === "/" ? "index.html" : pathname.slice(1);
+      if (name.includes("/") || name.startsWith(".")) return null;
+      for (const candidate of [name, `${name}.html`]) {
+        const ext = candidate.split(".").pop();
+        if (types[ext] && existsSync(path.join(WEB_DIR, candidate))) return [candidate, types[ext]];
+      }
+      return null;
     };
     const proxy = http.createServer((req, res) => {
-      const file = files[new URL(req.url, "http://x").pathname];
+      const file = fileFor(new URL(req.url, "http://x").pathname);
       if (req.method === "GET" && file) {
         res.writeHead(200, { "content-type": `${file[1]}; charset=utf-8`, "cache-control": "no-cache" });
-        res.end(readFileSync(path.join(repo, "web", file[0])));
+        res.end(readFileSync(path.join(WEB_DIR, file[0])));
         return;
       }
       const up = http.request(
@@ -237,7 +281,7 @@ export class Harness {
     }
     try {
       await Promise.race([
-        Promise.all([this.browser?.close(), this.listenerBrowser?.close()]),
+        Promise.all(this.extraBrowsers.map((b) => b.close())),
         bound(10_000),
       ]);
     } catch {}
@@ -258,11 +302,15 @@ export class Harness {
   /** A new page (own browser context); `query` becomes the URL's query string. */
   async newPage(name, { query = {}, inBrowser, viewport = { width: 1024, height: 720 } } = {}) {
     const context = await (inBrowser ?? this.browser).newContext({ viewport });
+    await context.addInitScript(TRACK_RECORDER);
     const page = await context.newPage();
     page.setDefaultTimeout(WAIT_MS);
-    const entry = { page, context, console: [] };
+    const entry = { page, context, console: [], errors: [] };
     this.pages.set(name, entry);
-    page.on("console", (m) => entry.console.push(`[${this.elapsed()}] ${m.type()}: ${m.text()}`));
+    page.on("console", (m) => {
+      entry.console.push(`[${this.elapsed()}] ${m.type()}: ${m.text()}`);
+      if (m.type() === "error") entry.errors.push(m.text());
+    });
     page.on("pageerror", (e) => entry.console.push(`[${this.elapsed()}] pageerror: ${e.message}`));
     await page.goto(`${this.baseUrl}/?${new URLSearchParams(query)}`);
     return entry;
@@ -298,6 +346,11 @@ export class Harness {
 
   page(name) {
     return this.pages.get(name).page;
+  }
+
+  /** Closes page `name` (its console stays for the output files). */
+  async closePage(name) {
+    await Promise.race([this.pages.get(name).context.close(), bound(10_000)]);
   }
 
   myId(name) {
@@ -366,6 +419,50 @@ export class Harness {
         .reduce((n, x) => n + x.packetsReceived, 0);
     const first = await this.waitFor(`${name} to receive audio from ${id}`, async () => (await pkts()) || false);
     await this.waitFor(`${name}'s audio from ${id} to keep coming`, async () => (await pkts()) > first, WAIT_MS, 700);
+  }
+
+  /** Opens the tab `tab` ("People", "Chat", "Host") of page `name`'s side panel. */
+  async openTab(name, tab) {
+    await this.page(name).getByRole("tab", { name: new RegExp(`^${tab}`) }).click();
+  }
+
+  /** The readyState of every track getUserMedia gave page `name` so far. */
+  heldTracks(name) {
+    return this.page(name).evaluate(() => window.__media.tracks.map((t) => `${t.kind}:${t.readyState}`));
+  }
+
+  /**
+   * Cuts page `name`'s media path (its selected ICE candidate pair on loopback) with an
+   * nftables table of our own, as if its network went away; returns a function that
+   * restores it. Needs root (CI runs as root) and Debian's nftables.
+   */
+  async cutMedia(name) {
+    const port = await this.waitFor(`${name}'s selected candidate pair`, () =>
+      this.page(name).evaluate(async () => {
+        const report = await window.plenary.client.pc.getStats();
+        let pair = null;
+        report.forEach((s) => {
+          if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+        });
+        return pair ? report.get(pair.localCandidateId)?.port : false;
+      }));
+    const table = `plenary_test_${process.pid}`;
+    const rules = [
+      `add table inet ${table}`,
+      `add chain inet ${table} out { type filter hook output priority 0; policy accept; }`,
+      `add rule inet ${table} out udp sport ${port} udp dport ${this.mediaPort} drop`,
+      `add rule inet ${table} out udp sport ${this.mediaPort} udp dport ${port} drop`,
+    ].join("\n");
+    nft(rules);
+    this.log(`cut ${name}'s media path (udp ${port} <-> ${this.mediaPort})`);
+    let restored = false;
+    const restore = () => {
+      if (restored) return;
+      restored = true;
+      nft(`delete table inet ${table}`);
+    };
+    process.on("exit", restore);
+    return restore;
   }
 
   async screenshot(name, label) {

@@ -38,6 +38,8 @@ async function joinViaPrejoin(who, { host = false, camera = true, mic = true, ex
   if (!mic) query.mic = "0";
   const { page } = await h.newPage(who, { query });
   await page.getByLabel("Your name").fill(who);
+  // The preview opens only on request.
+  if (camera || mic) await button(who, "Check camera and microphone").click();
   if (camera) {
     await h.waitFor(`${who}'s camera preview`, () =>
       page.evaluate(() => document.getElementById("prejoin-video").videoWidth > 0));
@@ -83,6 +85,7 @@ step("three participants join through the pre-join screen and see and hear each 
 });
 
 step("chat reaches everyone; host messages are highlighted", async () => {
+  for (const who of ["hana", "ben", "cleo"]) await h.openTab(who, "Chat");
   await h.page("cleo").getByRole("textbox", { name: "Chat message" }).fill("Hello from cleo");
   await button("cleo", "Send", true).click();
   await h.page("hana").getByRole("textbox", { name: "Chat message" }).fill("Welcome to the general meeting");
@@ -93,6 +96,8 @@ step("chat reaches everyone; host messages are highlighted", async () => {
     await log.locator(".from-host", { hasText: "Welcome to the general meeting" }).waitFor();
   }
   await h.screenshot("ben", "chat");
+  for (const who of ["ben", "cleo"]) await h.openTab(who, "People");
+  await h.openTab("hana", "Host");
 });
 
 step("a listener is refused, raises a hand, gets the floor and is heard; the floor is taken back", async () => {
@@ -153,25 +158,27 @@ step("a listener is refused, raises a hand, gets the floor and is heard; the flo
 
 /** Opens the moderation menu for `target` on hana's page and picks `item`. */
 async function moderate(target, item) {
+  await h.openTab("hana", "People");
   await button("hana", `Actions for ${target}`).click();
   await h.page("hana").getByRole("menuitem", { name: item, exact: true }).click();
 }
 
 step("only the visible tiles receive video", async () => {
   const hana = h.page("hana");
-  // Hana pins ben to the main view (else the stage follows whoever is loudest). With one
-  // tile per page, cleo's camera is on page 1 and lou (no camera) on page 2: on page 2
-  // cleo's camera is not shown, so hana pauses it.
-  await button("hana", "Pin ben to the main view").click();
+  // Hana pins lou (no camera: a large avatar on the stage), so the stage no longer follows
+  // whoever is loudest. With one video tile per page, ben's camera is on page 1 and cleo's
+  // on page 2: on page 2 ben's camera is not shown, so hana pauses it.
+  await h.openTab("hana", "People");
+  await button("hana", "Pin lou to the main view").click();
   await hana.evaluate(() => window.plenary.ui.setPageSize(1));
   await button("hana", "Next page").click();
-  const layout = await h.waitFor("cleo's camera to be paused", () =>
-    hana.evaluate((cleo) => {
+  const layout = await h.waitFor("ben's camera to be paused", () =>
+    hana.evaluate((ben) => {
       const l = window.plenary.ui.layout();
       const cams = [...window.plenary.client.roomTracks.values()]
-        .filter((t) => t.participant_id === cleo && t.source === "camera").map((t) => t.id);
-      return l.stage === l.pinned && cams.length && cams.every((id) => l.paused.includes(id)) ? l : { ok: false, ...l };
-    }, ids.cleo));
+        .filter((t) => t.participant_id === ben && t.source === "camera").map((t) => t.id);
+      return l.stage === l.pinned && l.page === 1 && cams.length && cams.every((id) => l.paused.includes(id)) ? l : { ok: false, ...l };
+    }, ids.ben));
   h.log(`layout: ${JSON.stringify(layout)}`);
   const mutedPaused = await hana.evaluate((ids) =>
     ids.filter((id) => window.plenary.client.roomTracks.get(id)?.muted), layout.paused);
@@ -185,6 +192,7 @@ step("only the visible tiles receive video", async () => {
   for (const id of layout.paused) {
     assert.ok((b[id] ?? 0) - (a[id] ?? 0) <= 2, `paused track ${id} stopped (frames ${a[id]} → ${b[id]})`);
   }
+  await h.screenshot("hana", "pinned-listener");
   // Back to the first page: the track resumes.
   await button("hana", "Previous page").click();
   await h.waitFor("the paused track to resume", async () => {
@@ -194,7 +202,7 @@ step("only the visible tiles receive video", async () => {
     return layout.paused.every((id) => (d[id] ?? 0) > (c[id] ?? 0));
   });
   await hana.evaluate(() => window.plenary.ui.setPageSize(0));
-  await button("hana", "Pin ben to the main view").click();
+  await button("hana", "Pin lou to the main view").click();
   await h.waitFor("the pin to be lifted", () => hana.evaluate(() => window.plenary.ui.layout().pinned === null));
 });
 
@@ -228,6 +236,7 @@ step("the host mutes, asks to unmute (never forced), turns a camera off, makes a
   await h.waitFor("ben to unmute himself", () =>
     ben.evaluate(() => !window.plenary.client.isMuted("microphone")));
 
+  await h.openTab("hana", "Host");
   await button("hana", "Mute everyone").click();
   await h.waitFor("mute_all to mute cleo", () =>
     h.page("cleo").evaluate(() => window.plenary.client.isMuted("microphone")));
@@ -247,6 +256,7 @@ step("the host mutes, asks to unmute (never forced), turns a camera off, makes a
 
 step("the lobby admits and denies; a locked room refuses newcomers", async () => {
   const hana = h.page("hana");
+  await h.openTab("hana", "Host");
   await button("hana", "Turn lobby on").click();
   await button("hana", "Turn lobby off").waitFor();
 
@@ -255,9 +265,9 @@ step("the lobby admits and denies; a locked room refuses newcomers", async () =>
   const wes = h.page("wes");
   await wes.getByRole("heading", { name: "Waiting to be let in" }).waitFor();
   await h.screenshot("wes", "lobby-waiting");
-  await button("hana", "Admit wes").waitFor();
+  await button("hana", "Admit wes", true).waitFor();
   await h.screenshot("hana", "lobby");
-  await button("hana", "Admit wes").click();
+  await button("hana", "Admit wes", true).click();
   ids.wes = await h.waitJoined("wes", "wes to be admitted");
 
   const vic = (await h.newPage("vic", { query: { room: ROOM, name: "vic", camera: "0", mic: "0", autojoin: "1" } })).page;
@@ -345,6 +355,7 @@ step("a phone-sized page joins muted in a large room and is keyboard usable", as
     query: { room: ROOM, name: "pia", muted_above: "2" },
     viewport: { width: 375, height: 740 },
   });
+  await page.getByRole("button", { name: "Check camera and microphone" }).click();
   await h.waitFor("pia's camera preview", () =>
     page.evaluate(() => document.getElementById("prejoin-video").videoWidth > 0));
   const prejoinOverflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
@@ -370,6 +381,7 @@ step("a phone-sized page joins muted in a large room and is keyboard usable", as
 });
 
 step("the host ends the meeting for everyone", async () => {
+  await h.openTab("hana", "Host");
   await button("hana", "End meeting for everyone").click();
   await h.page("hana").getByRole("dialog").getByRole("button", { name: "OK" }).click();
   for (const who of ["ben", "cleo", "lou"]) {

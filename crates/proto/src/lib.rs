@@ -46,6 +46,17 @@ pub enum TrackKind {
 }
 
 impl TrackSource {
+    /// The name used on the wire and in messages: `microphone`, `camera`, `screen`,
+    /// `screen_audio`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackSource::Microphone => "microphone",
+            TrackSource::Camera => "camera",
+            TrackSource::Screen => "screen",
+            TrackSource::ScreenAudio => "screen_audio",
+        }
+    }
+
     /// The kind of media this source produces.
     pub fn kind(self) -> TrackKind {
         match self {
@@ -609,6 +620,21 @@ impl ServerMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_names_are_the_wire_names() {
+        for s in [
+            TrackSource::Microphone,
+            TrackSource::Camera,
+            TrackSource::Screen,
+            TrackSource::ScreenAudio,
+        ] {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+    }
 
     #[test]
     fn join_round_trips_with_type_tag() {

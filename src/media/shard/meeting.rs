@@ -404,7 +404,11 @@ impl Shard {
     }
 
     /// Unpublishes these sources of `target` server-side.
-    fn host_unpublish(&mut self, room: usize, target: PeerId, sources: &[TrackSource]) {
+    /// Stops forwarding `target`'s tracks of `sources` and unpublishes them; with `tell`, the
+    /// target gets `host_muted` for each (a floor taken back is told by its
+    /// `permissions_changed` instead, sent first, so the client stops its tracks before
+    /// anything else happens to them).
+    fn host_unpublish(&mut self, room: usize, target: PeerId, sources: &[TrackSource], tell: bool) {
         let tracks = self.tracks_of(target, sources);
         if let Some(p) = self.peer_mut(target) {
             p.in_tracks.retain(|t| !sources.contains(&t.source));
@@ -412,7 +416,9 @@ impl Shard {
         }
         for (key, track_id, source) in tracks {
             self.unpublish(room, key);
-            self.tell(target, ServerMessage::HostMuted { track_id, source });
+            if tell {
+                self.tell(target, ServerMessage::HostMuted { track_id, source });
+            }
         }
     }
 
@@ -457,11 +463,12 @@ impl Shard {
                 if let Some(entry) = self.room_mut(room) {
                     entry.hands.retain(|h| *h != t);
                 }
+                self.permissions_changed(room, t);
                 if !give {
                     use TrackSource::*;
-                    self.host_unpublish(room, t, &[Microphone, Camera, Screen, ScreenAudio]);
+                    let all = [Microphone, Camera, Screen, ScreenAudio];
+                    self.host_unpublish(room, t, &all, false);
                 }
-                self.permissions_changed(room, t);
                 self.send_hand_queue(room);
             }
             A::ReorderQueue { order } => {
@@ -537,7 +544,12 @@ impl Shard {
                 let Some(t) = needs_target(self, participant_id) else {
                     return missing(self, participant_id);
                 };
-                self.host_unpublish(room, t, &[TrackSource::Screen, TrackSource::ScreenAudio]);
+                self.host_unpublish(
+                    room,
+                    t,
+                    &[TrackSource::Screen, TrackSource::ScreenAudio],
+                    true,
+                );
             }
             A::Remove {
                 participant_id,
