@@ -148,6 +148,24 @@ impl Env {
         Env::start(double, tweak).await
     }
 
+    /// Restarts the server as an operator would: stops it, lets `tweak` change the
+    /// configuration, and starts a new one on the same address with the same database and
+    /// keys folder.
+    pub async fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
+        if let Some(s) = self.server.take() {
+            tokio::time::timeout(T, s.shutdown())
+                .await
+                .expect("the server stops in time");
+        }
+        tweak(&mut self.config);
+        let server = tokio::time::timeout(T, plenary::start(self.config.clone()))
+            .await
+            .expect("the server starts again in time")
+            .expect("the server starts again");
+        assert_eq!(server.http_addr(), self.config.http.addr);
+        self.server = Some(server);
+    }
+
     /// Stops the server.
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
