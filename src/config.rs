@@ -84,6 +84,12 @@ pub struct InstanceConfig {
     pub id: String,
     /// Base URL, e.g. `https://social.coop`.
     pub base_url: String,
+    /// The domain in its members' handles (`@user@domain`), when it is not the host of
+    /// `base_url` (Mastodon's `LOCAL_DOMAIN` differing from `WEB_DOMAIN`). Empty: the host
+    /// of `base_url` (with its port, if it has one). Handles never take their domain from
+    /// what the instance says about itself, so one instance cannot claim another's members.
+    #[serde(default)]
+    pub domain: String,
     /// Shown on the sign-in page.
     #[serde(default)]
     pub display_name: String,
@@ -106,6 +112,36 @@ pub struct InstanceConfig {
 
 fn default_true() -> bool {
     true
+}
+
+impl InstanceConfig {
+    /// The domain of its members' handles: `domain` if set, else `base_url`'s host (and
+    /// port), lower-cased. `None` when neither gives one.
+    pub fn handle_domain(&self) -> Option<String> {
+        if !self.domain.trim().is_empty() {
+            return Some(self.domain.trim().to_ascii_lowercase());
+        }
+        let url = url::Url::parse(&self.base_url).ok()?;
+        let host = url.host_str()?.to_ascii_lowercase();
+        Some(match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        })
+    }
+}
+
+/// Whether `domain` looks like a handle's domain: letters, digits, `-`, `.`, and an optional
+/// `:port`.
+fn valid_handle_domain(domain: &str) -> bool {
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (domain, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 /// Who may open a room.
@@ -419,6 +455,7 @@ impl Config {
             return invalid("membership.public_url must be http(s)".into());
         }
         let mut ids = std::collections::HashSet::new();
+        let mut domains: BTreeMap<String, &str> = BTreeMap::new();
         for i in &m.instances {
             if i.id.is_empty()
                 || !i
@@ -442,6 +479,22 @@ impl Config {
                         i.base_url, i.id
                     ))
                 }
+            }
+            let domain = i.handle_domain().unwrap_or_default();
+            if !valid_handle_domain(&domain) {
+                return invalid(format!(
+                    "membership.instances: domain {:?} of {:?} is not a domain (like \
+                     social.coop)",
+                    i.domain, i.id
+                ));
+            }
+            if let Some(first) = domains.insert(domain.clone(), &i.id) {
+                return invalid(format!(
+                    "membership.instances: {first:?} and {:?} would both give handles \
+                     @user@{domain}; each instance needs its own domain (set `domain` to the \
+                     one its members' handles end with)",
+                    i.id
+                ));
             }
         }
         Ok(())
@@ -627,6 +680,51 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("announce_ips"));
+    }
+
+    fn instance(id: &str, base_url: &str, domain: &str) -> InstanceConfig {
+        InstanceConfig {
+            id: id.into(),
+            base_url: base_url.into(),
+            domain: domain.into(),
+            display_name: String::new(),
+            members: true,
+            host_roles: Vec::new(),
+            host_role_ids: Vec::new(),
+            host_permissions: 0,
+            pleroma_staff_are_hosts: true,
+        }
+    }
+
+    #[test]
+    fn handle_domains_come_from_the_configuration_and_must_differ() {
+        assert_eq!(
+            instance("a", "https://Social.Coop/", "").handle_domain(),
+            Some("social.coop".into())
+        );
+        assert_eq!(
+            instance("a", "http://127.0.0.1:3000", "").handle_domain(),
+            Some("127.0.0.1:3000".into())
+        );
+        assert_eq!(
+            instance("a", "https://web.example.org", "Example.org").handle_domain(),
+            Some("example.org".into())
+        );
+        let mut c = Config::default();
+        c.membership.public_url = "https://meet.example".into();
+        c.membership.instances = vec![
+            instance("coop", "https://social.coop", ""),
+            instance("partner", "https://partner.example", ""),
+        ];
+        c.validate().unwrap();
+        // A second instance whose handles would read @user@social.coop is refused.
+        c.membership.instances[1].domain = "SOCIAL.coop".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("\"coop\" and \"partner\""), "{err}");
+        assert!(err.contains("@user@social.coop"), "{err}");
+        c.membership.instances[1].domain = "not a domain/".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("is not a domain"), "{err}");
     }
 
     #[test]

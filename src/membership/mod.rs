@@ -25,7 +25,7 @@ pub mod mastodon;
 pub mod routes;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -108,6 +108,9 @@ pub struct Instance {
     pub config: InstanceConfig,
     /// Its base URL.
     pub base: Url,
+    /// The domain of its members' handles, from the configuration
+    /// ([`InstanceConfig::handle_domain`]), never from the instance.
+    pub domain: String,
 }
 
 /// A grant handed to a browser.
@@ -133,6 +136,8 @@ pub struct Membership {
     // std mutexes: held for a map access only, never across an await.
     active_key: Mutex<keys::ActiveKey>,
     discovery: Mutex<HashMap<String, Discovery>>,
+    /// Instances whose reported domain was compared with the configured one.
+    domains_checked: Mutex<HashSet<String>>,
     /// (minute, refusals audited in it), to bound unauthenticated audit writes.
     refusals: Mutex<(u64, u64)>,
     /// Held while looking up or registering an app, so concurrent first sign-ins register one
@@ -153,12 +158,15 @@ impl Membership {
             .instances
             .iter()
             .map(|c| {
-                Url::parse(&c.base_url)
-                    .map(|base| Instance {
-                        config: c.clone(),
-                        base,
-                    })
-                    .map_err(|e| format!("instance {}: {e}", c.id))
+                let base = Url::parse(&c.base_url).map_err(|e| format!("instance {}: {e}", c.id))?;
+                let domain = c
+                    .handle_domain()
+                    .ok_or_else(|| format!("instance {}: no domain for handles", c.id))?;
+                Ok::<_, String>(Instance {
+                    config: c.clone(),
+                    base,
+                    domain,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let keys_dir = keys_dir(&config);
@@ -177,6 +185,7 @@ impl Membership {
             keys_dir,
             active_key: Mutex::new(active),
             discovery: Mutex::new(HashMap::new()),
+            domains_checked: Mutex::new(HashSet::new()),
             refusals: Mutex::new((0, 0)),
             registering: tokio::sync::Mutex::new(()),
         })
@@ -436,8 +445,12 @@ impl Membership {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let domain = self.client.domain(&inst.base).await.map_err(api_error)?;
-        let handle = format!("@{}@{}", account.username.to_ascii_lowercase(), domain);
+        let handle = format!(
+            "@{}@{}",
+            account.username.to_ascii_lowercase(),
+            inst.domain
+        );
+        self.check_domain_once(inst);
         let decision = self.decide(inst, &account, &handle);
         let (is_host, listen_only) = match decision {
             Ok(v) => v,
@@ -495,6 +508,35 @@ impl Membership {
             .await?;
         tracing::info!(%handle, is_host, "signed in");
         Ok((cookie, return_to))
+    }
+
+    /// Once per instance (in the background), compares the domain the instance reports with
+    /// the configured one and warns the operator when they differ: handles (and so the
+    /// `hosts` and `deny` lists) use the configured one.
+    fn check_domain_once(&self, inst: &Instance) {
+        let first = self
+            .domains_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(inst.config.id.clone());
+        if !first {
+            return;
+        }
+        let (client, inst) = (self.client.clone(), inst.clone());
+        tokio::spawn(async move {
+            match client.domain(&inst.base).await {
+                Ok(reported) if reported != inst.domain => tracing::warn!(
+                    instance = %inst.config.id,
+                    %reported,
+                    configured = %inst.domain,
+                    "the instance calls itself by another domain than the one its members' \
+                     handles use here; set `domain` in its [[membership.instances]] entry if \
+                     its handles end with @{reported}"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(instance = %inst.config.id, "domain check: {e}"),
+            }
+        });
     }
 
     /// Member or not, host or not, from the account and the rules. `Err` is the reason.
@@ -968,6 +1010,7 @@ mod tests {
         InstanceConfig {
             id: "sc".into(),
             base_url: "https://social.coop".into(),
+            domain: String::new(),
             display_name: String::new(),
             members: true,
             host_roles: vec!["Moderator".into(), "Host".into()],

@@ -96,6 +96,8 @@ pub fn instance_config(id: &str, double: &MastodonDouble) -> InstanceConfig {
     InstanceConfig {
         id: id.into(),
         base_url: double.base_url(),
+        // Handles read @user@social.example although the double listens on 127.0.0.1.
+        domain: double.domain(),
         display_name: "Social Example".into(),
         members: true,
         host_roles: vec!["Moderator".into(), "Admin".into()],
