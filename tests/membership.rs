@@ -2250,7 +2250,11 @@ async fn audit_records_everything_and_no_secret_reaches_the_audit_or_the_log() {
 async fn an_instance_cannot_claim_another_instances_members() {
     bounded(async {
         let rogue = MastodonDouble::start(Switches::mastodon_4_3(), alice()).await;
-        assert_eq!(rogue.domain(), "social.example", "it claims the co-op's domain");
+        assert_eq!(
+            rogue.domain(),
+            "social.example",
+            "it claims the co-op's domain"
+        );
         // The operator configured it without a `domain`: its handles use its address.
         let mut rogue_config = instance_config("rogue", &rogue);
         rogue_config.domain = String::new();
@@ -2284,6 +2288,38 @@ async fn an_instance_cannot_claim_another_instances_members() {
             captured_log().contains("calls itself by another domain")
         })
         .await;
+        env.stop().await;
+    })
+    .await;
+}
+
+/// Pointing an instance id at another host registers Plenary there afresh: the old host's
+/// client secret and the tokens it issued never go to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_an_instance_to_another_host_keeps_its_secrets_home() {
+    bounded(async {
+        let a = MastodonDouble::start(Switches::mastodon_4_3(), alice()).await;
+        let b = MastodonDouble::start(Switches::mastodon_4_3(), alice()).await;
+        let mut env = Env::start(a.clone(), |m| m.recheck_secs = 0).await;
+        env.signed_in_as("101").await;
+        assert_eq!(a.counters().apps_registered, 1);
+        let a_secrets = a.secrets();
+        assert!(!a_secrets.is_empty());
+
+        env.restart(|c| c.membership.instances[0].base_url = b.base_url())
+            .await;
+        b.approve_as("101");
+        env.browser().sign_in(INSTANCE, None).await.expect_success();
+        assert_eq!(b.counters().apps_registered, 1, "a fresh registration");
+        let received = b.received_credentials();
+        assert!(!received.is_empty());
+        for s in &a_secrets {
+            assert!(
+                !received.contains(s),
+                "a secret of the old host reached the new one: {s}"
+            );
+        }
+        assert_eq!(a.counters().apps_registered, 1);
         env.stop().await;
     })
     .await;

@@ -158,7 +158,8 @@ impl Membership {
             .instances
             .iter()
             .map(|c| {
-                let base = Url::parse(&c.base_url).map_err(|e| format!("instance {}: {e}", c.id))?;
+                let base =
+                    Url::parse(&c.base_url).map_err(|e| format!("instance {}: {e}", c.id))?;
                 let domain = c
                     .handle_domain()
                     .ok_or_else(|| format!("instance {}: no domain for handles", c.id))?;
@@ -255,10 +256,14 @@ impl Membership {
         disc: &Discovery,
     ) -> Result<AppCredentials, MembershipError> {
         let redirect = self.redirect_uri(&inst.config.id);
-        let id = inst.config.id.clone();
+        let (id, base) = (inst.config.id.clone(), inst.base.to_string());
         let r = redirect.clone();
         let _registering = self.registering.lock().await;
-        if let Some(app) = self.store.run(move |c| store::app(c, &id, &r)).await? {
+        if let Some(app) = self
+            .store
+            .run(move |c| store::app(c, &id, &base, &r))
+            .await?
+        {
             return Ok(AppCredentials {
                 client_id: app.client_id,
                 client_secret: app.client_secret,
@@ -279,12 +284,11 @@ impl Membership {
             client_secret: creds.client_secret.clone(),
             redirect_uri: redirect,
         };
-        let id = inst.config.id.clone();
-        let base = inst.config.base_url.clone();
+        let (id, base) = (inst.config.id.clone(), inst.base.to_string());
         self.store
             .run(move |c| store::save_app(c, &id, &base, &reg, unix_now() as i64))
             .await?;
-        tracing::info!(instance = %inst.config.id, "registered Plenary as an app");
+        tracing::info!(instance = %inst.config.id, base = %inst.base, "registered Plenary as an app");
         Ok(creds)
     }
 
@@ -445,11 +449,7 @@ impl Membership {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let handle = format!(
-            "@{}@{}",
-            account.username.to_ascii_lowercase(),
-            inst.domain
-        );
+        let handle = format!("@{}@{}", account.username.to_ascii_lowercase(), inst.domain);
         self.check_domain_once(inst);
         let decision = self.decide(inst, &account, &handle);
         let (is_host, listen_only) = match decision {

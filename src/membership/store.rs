@@ -1,4 +1,5 @@
-//! Persistent state in an embedded SQLite database: instance app registrations, sign-in
+//! Persistent state in an embedded SQLite database: instance app registrations (per instance
+//! id, base URL and redirect URI), sign-in
 //! sessions, OAuth states, rooms, invitations, signing keys (public halves; private keys
 //! live in files), used grant ids, guest time, and the append-only audit log.
 //!
@@ -26,7 +27,8 @@ pub enum StoreError {
 }
 
 /// The schema, one migration per entry; applied in order, each once.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     instance TEXT PRIMARY KEY,
     base_url TEXT NOT NULL,
@@ -116,7 +118,29 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#];
+"#,
+    // 2: app registrations are kept per base URL (normalized, with its trailing slash), so
+    // an instance id pointed at another host registers there afresh instead of sending the
+    // old host's client secret to the new one.
+    r#"
+CREATE TABLE apps_by_base (
+    instance TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    client_secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (instance, base_url, redirect_uri)
+);
+INSERT INTO apps_by_base
+    SELECT instance,
+           CASE WHEN base_url LIKE '%/' THEN base_url ELSE base_url || '/' END,
+           redirect_uri, client_id, client_secret, created_at
+    FROM apps;
+DROP TABLE apps;
+ALTER TABLE apps_by_base RENAME TO apps;
+"#,
+];
 
 /// SHA-256 of a secret, hex-encoded (how cookies, states and tokens are stored).
 pub fn hash_secret(secret: &str) -> String {
@@ -365,17 +389,20 @@ pub fn recent_audit(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The app registered on `instance` for `redirect_uri`, if any.
+/// The app registered on `instance` at `base_url` (normalized: [`url::Url`]'s form, with a
+/// trailing slash) for `redirect_uri`, if any. A registration made at another base URL is
+/// never returned: its secret belongs to that host.
 pub fn app(
     conn: &Connection,
     instance: &str,
+    base_url: &str,
     redirect_uri: &str,
 ) -> Result<Option<AppRegistration>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT client_id, client_secret, redirect_uri FROM apps
-             WHERE instance = ?1 AND redirect_uri = ?2",
-            params![instance, redirect_uri],
+             WHERE instance = ?1 AND base_url = ?2 AND redirect_uri = ?3",
+            params![instance, base_url, redirect_uri],
             |r| {
                 Ok(AppRegistration {
                     client_id: r.get(0)?,
@@ -387,7 +414,8 @@ pub fn app(
         .optional()?)
 }
 
-/// Records an app registration (replacing an older one for the instance).
+/// Records an app registration (replacing an older one for the same instance, base URL and
+/// redirect URI).
 pub fn save_app(
     conn: &Connection,
     instance: &str,
@@ -987,6 +1015,43 @@ mod tests {
             .run_sync(|c| invitation_by_token(c, "other"))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn apps_are_found_only_at_the_base_url_they_were_registered_with() {
+        let s = store();
+        let reg = AppRegistration {
+            client_id: "id-a".into(),
+            client_secret: "secret-a".into(),
+            redirect_uri: "https://meet/cb".into(),
+        };
+        s.run_sync(|c| save_app(c, "coop", "https://a.example/", &reg, 1))
+            .unwrap();
+        let found = s
+            .run_sync(|c| app(c, "coop", "https://a.example/", "https://meet/cb"))
+            .unwrap();
+        assert_eq!(found.unwrap().client_secret, "secret-a");
+        assert!(s
+            .run_sync(|c| app(c, "coop", "https://b.example/", "https://meet/cb"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn version_1_app_rows_migrate_with_a_normalized_base_url() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO apps VALUES ('coop', 'https://a.example', 'https://meet/cb', 'i', 's', 1)",
+            [],
+        )
+        .unwrap();
+        let s = Store::init(conn).unwrap();
+        let found = s
+            .run_sync(|c| app(c, "coop", "https://a.example/", "https://meet/cb"))
+            .unwrap();
+        assert_eq!(found.unwrap().client_secret, "s");
     }
 
     #[test]
