@@ -23,6 +23,7 @@ use membership_env::{
 };
 use plenary::config::{LimitedPolicy, OpenRooms};
 use plenary::grant::unix_now;
+use plenary::membership::pending::PendingSignIn;
 use plenary::membership::store::{self, Invitation};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -84,6 +85,12 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The value in a `Set-Cookie` line.
+fn cookie_value(set_cookie: &str) -> String {
+    let first = set_cookie.split(';').next().unwrap();
+    first.split_once('=').unwrap().1.to_string()
+}
+
 async fn me(b: &Browser) -> (StatusCode, Value) {
     b.api(Method::GET, "/api/me", None).await
 }
@@ -116,8 +123,11 @@ async fn member_signs_in_with_mastodon_4_3() {
         assert_eq!(login.location_param("code_challenge").unwrap().len(), 43);
         let state = login.location_param("state").unwrap();
         assert!(state.len() >= 43, "a 256-bit state: {state}");
+        // The cookie holds a random value whose hash is sealed inside the state.
         let state_cookie = login.set_cookie("plenary_oauth_state").unwrap();
-        assert_contains(state_cookie, &format!("plenary_oauth_state={state};"));
+        let binding = cookie_value(state_cookie);
+        assert_eq!(binding.len(), 43, "{state_cookie}");
+        assert!(!state.contains(&binding));
         for flag in ["HttpOnly", "SameSite=Lax", "Path=/auth", "Max-Age=600"] {
             assert_contains(state_cookie, flag);
         }
@@ -178,9 +188,10 @@ async fn member_signs_in_with_mastodon_4_3() {
         assert_eq!(v["listen_only"], false);
         assert!(v.get("access_token").is_none());
 
-        // The store: one session (by hash), the state consumed, the member recorded.
+        // The store: one session (by hash), the state remembered as used, the member
+        // recorded.
         assert_eq!(env.count("sessions"), 1);
-        assert_eq!(env.count("oauth_states"), 0);
+        assert_eq!(env.count("used_oauth_states"), 1);
         let s = env
             .store()
             .run_sync(|c| store::session(c, &cookie))
@@ -390,7 +401,7 @@ async fn suspended_account_is_refused_with_a_page_that_says_why() {
         assert_contains(page.set_cookie("plenary_oauth_state").unwrap(), "Max-Age=0");
         assert_eq!(env.count("sessions"), 0);
         assert_eq!(env.count("members"), 0);
-        assert_eq!(env.count("oauth_states"), 0);
+        assert_eq!(env.count("used_oauth_states"), 1, "its state is used up");
         let refusals = env.audit_of("sign_in_refused");
         assert_eq!(refusals.len(), 1);
         assert_contains(&refusals[0].detail, "account_not_active");
@@ -411,7 +422,6 @@ async fn rate_limited_instance_gets_a_429_page() {
         assert_contains(&login.body, "rate-limited");
         assert!(login.set_cookie("plenary_oauth_state").is_none());
         assert_eq!(env.count("apps"), 0);
-        assert_eq!(env.count("oauth_states"), 0);
 
         // Rate-limited between the authorization and the callback.
         env.double.switches(|s| s.rate_limited = false);
@@ -630,8 +640,8 @@ async fn missing_state_is_refused() {
             "no code was exchanged"
         );
         assert_eq!(env.count("sessions"), 0);
-        // The pending state is untouched: the real browser can still finish.
-        assert_eq!(env.count("oauth_states"), 1);
+        // The state is not used up: the real browser can still finish.
+        assert_eq!(env.count("used_oauth_states"), 0);
         let hop = b.get(callback.as_str()).await;
         assert!(hop.set_cookie("plenary_session").is_some(), "{hop:#?}");
         env.stop().await;
@@ -647,7 +657,7 @@ async fn reused_state_is_refused() {
         let flow = b.sign_in(INSTANCE, None).await;
         flow.expect_success();
         let callback = flow.authorize.as_ref().unwrap().location.clone().unwrap();
-        let state = flow.login.location_param("state").unwrap();
+        let binding = cookie_value(flow.login.set_cookie("plenary_oauth_state").unwrap());
 
         // Same browser: its state cookie was cleared.
         let hop = b.get(&callback).await;
@@ -657,7 +667,7 @@ async fn reused_state_is_refused() {
         let hop = other
             .get_with(
                 &callback,
-                &[("cookie", &format!("plenary_oauth_state={state}"))],
+                &[("cookie", &format!("plenary_oauth_state={binding}"))],
             )
             .await;
         assert_eq!(hop.status, StatusCode::BAD_REQUEST, "{hop:#?}");
@@ -682,25 +692,41 @@ async fn expired_state_is_refused() {
         let b = env.browser();
         let login = b.begin(INSTANCE, None).await;
         let authorize = b.get(login.location.as_deref().unwrap()).await;
-        // Eleven minutes later...
-        let hash = store::hash_secret(&login.location_param("state").unwrap());
-        let past = unix_now() as i64 - 60;
-        let n = env
-            .store()
-            .run_sync(|c| {
-                Ok(c.execute(
-                    "UPDATE oauth_states SET expires_at = ?1 WHERE state_hash = ?2",
-                    rusqlite::params![past, hash],
-                )?)
-            })
-            .unwrap();
-        assert_eq!(n, 1);
-        let hop = b.get(authorize.location.as_deref().unwrap()).await;
+        // Eleven minutes later... (the same sign-in, sealed again with the server's secret
+        // as an operator could, with an expiry in the past).
+        let sealing = plenary::membership::sealing::load_or_create(&env.keys_dir()).unwrap();
+        let state = authorize.location_param("state").unwrap();
+        let mut pending = PendingSignIn::open(&sealing, &state).expect("the state opens");
+        pending.expires_at = unix_now() as i64 - 60;
+        let mut callback = url::Url::parse(authorize.location.as_deref().unwrap()).unwrap();
+        let code = authorize.location_param("code").unwrap();
+        callback
+            .query_pairs_mut()
+            .clear()
+            .append_pair("code", &code)
+            .append_pair("state", &pending.seal(&sealing));
+        let binding = cookie_value(login.set_cookie("plenary_oauth_state").unwrap());
+        let with_cookie = [("cookie", format!("plenary_oauth_state={binding}"))];
+        let with_cookie: Vec<(&str, &str)> =
+            with_cookie.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let hop = b.get(callback.as_str()).await;
         assert_eq!(hop.status, StatusCode::BAD_REQUEST, "{hop:#?}");
         assert_contains(&hop.body, "expired");
         assert_eq!(env.double.counters().codes_exchanged, 0);
         assert_eq!(env.count("sessions"), 0);
-        assert_eq!(env.count("oauth_states"), 0, "the expired state is gone");
+        // A state this server did not seal is refused as such.
+        callback
+            .query_pairs_mut()
+            .clear()
+            .append_pair("code", &code)
+            .append_pair("state", &format!("x{state}"));
+        let hop = env
+            .browser()
+            .get_with(callback.as_str(), &with_cookie)
+            .await;
+        assert_eq!(hop.status, StatusCode::BAD_REQUEST, "{hop:#?}");
+        assert_contains(&hop.body, "not issued by this server");
+        assert_eq!(env.double.counters().codes_exchanged, 0);
         assert!(env
             .audit_of("sign_in_refused")
             .iter()
@@ -822,7 +848,7 @@ async fn return_path_must_be_local() {
                 "{hop:#?}"
             );
         }
-        assert_eq!(env.count("oauth_states"), 0);
+        assert_eq!(env.count("used_oauth_states"), 0);
         let flow = b.sign_in(INSTANCE, Some("/room/gm?from=login")).await;
         let cb = flow.expect_success();
         assert_eq!(
@@ -2143,6 +2169,9 @@ async fn audit_records_everything_and_no_secret_reaches_the_audit_or_the_log() {
         let flow = alice.sign_in(INSTANCE, None).await;
         flow.expect_success();
         secrets.push(flow.login.location_param("state").unwrap());
+        secrets.push(cookie_value(
+            flow.login.set_cookie("plenary_oauth_state").unwrap(),
+        ));
         secrets.push(flow.login.location_param("code_challenge").unwrap());
         secrets.push(alice.cookie("/", "plenary_session").unwrap());
         env.double.approve_as("102");
@@ -2320,6 +2349,55 @@ async fn moving_an_instance_to_another_host_keeps_its_secrets_home() {
             );
         }
         assert_eq!(a.counters().apps_registered, 1);
+        env.stop().await;
+    })
+    .await;
+}
+
+/// Starting sign-ins costs the server nothing an anonymous client can use up: after more
+/// than ten thousand unanswered `GET /auth/{id}/login`, a member still signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_sign_in_starts_cannot_lock_members_out() {
+    bounded(async {
+        let env = env().await;
+        let url = format!("{}/auth/{INSTANCE}/login", env.base);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(membership_env::T)
+            .build()
+            .unwrap();
+        const TASKS: usize = 16;
+        const EACH: usize = 626; // 16 × 626 = 10,016 sign-ins started and never finished
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let (http, url) = (http.clone(), url.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut refused = Vec::new();
+                for _ in 0..EACH {
+                    let resp = http.get(&url).send().await.expect("an answer");
+                    if resp.status() != StatusCode::SEE_OTHER {
+                        refused.push(resp.status());
+                    }
+                }
+                refused
+            }));
+        }
+        let mut refused = Vec::new();
+        for t in tasks {
+            refused.extend(t.await.unwrap());
+        }
+        assert!(
+            refused.is_empty(),
+            "{} of {} sign-in starts were refused: {:?}",
+            refused.len(),
+            TASKS * EACH,
+            &refused[..refused.len().min(5)]
+        );
+        assert_eq!(env.double.counters().apps_registered, 1);
+
+        let flow = env.browser().sign_in(INSTANCE, None).await;
+        flow.expect_success();
+        assert_eq!(env.count("sessions"), 1);
         env.stop().await;
     })
     .await;

@@ -2,8 +2,10 @@
 //!
 //! # Flow
 //! 1. Sign-in ([`Membership::begin_login`] → instance → [`Membership::complete_login`]):
-//!    OAuth 2 authorization code with PKCE S256, a single-use `state` bound to a cookie,
-//!    redirect URIs built from `membership.public_url`. `verify_credentials` decides:
+//!    OAuth 2 authorization code with PKCE S256, redirect URIs built from
+//!    `membership.public_url`. Starting a sign-in stores nothing: the `state` carries it,
+//!    sealed and bound to a cookie ([`pending`]), and is single-use once the instance
+//!    accepted its code. `verify_credentials` decides:
 //!    a 200 is an active local account, so a member (unless denied); 401/403 is refused
 //!    with the reason. Hosts by role rule or host list. A server-side session (opaque
 //!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser.
@@ -22,7 +24,9 @@
 pub mod invitations;
 pub mod keys;
 pub mod mastodon;
+pub mod pending;
 pub mod routes;
+pub mod sealing;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -32,20 +36,18 @@ use std::sync::Mutex;
 use base64::Engine;
 use plenary_proto::Role;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::config::{InstanceConfig, LimitedPolicy, MembershipConfig, OpenRooms};
 use crate::grant::{unix_now, Claims, KeyRing, Permissions};
 use mastodon::{Account, ApiError, AppCredentials, Discovery};
+use pending::PendingSignIn;
 use store::{RoomMode, Session, Store, StoreError};
 
 /// How long an OAuth `state` stays valid.
 pub const STATE_TTL_SECS: i64 = 600;
 /// Most sign-in refusals written to the audit log per minute.
 pub const MAX_REFUSALS_PER_MINUTE: u64 = 120;
-/// Most sign-ins waiting for their callback at once (each is an OAuth state row).
-pub const MAX_PENDING_SIGN_INS: i64 = 10_000;
 /// When the instance cannot be reached, a membership checked this recently still counts.
 pub const OFFLINE_GRACE_SECS: i64 = 12 * 3600;
 
@@ -63,7 +65,13 @@ pub enum MembershipError {
         "this sign-in was not started from this browser (state mismatch); please sign in again"
     )]
     StateMismatch,
-    /// The state is unknown, used, or expired.
+    /// The state was not sealed by this server (forged, altered, or from before its sealing
+    /// secret changed).
+    #[error(
+        "this sign-in link was not issued by this server (or was altered); please sign in again"
+    )]
+    StateInvalid,
+    /// The state is used or expired.
     #[error("this sign-in link has expired or was already used; please sign in again")]
     StateExpired,
     /// The state was issued for another instance.
@@ -75,7 +83,7 @@ pub enum MembershipError {
     /// The account may not sign in.
     #[error("{0}")]
     Refused(String),
-    /// The instance is rate-limiting.
+    /// The instance answered 429 (it is rate-limiting Plenary).
     #[error("the instance is busy (rate-limited); please try again in a minute")]
     RateLimited,
     /// The instance could not be reached or answered oddly.
@@ -133,9 +141,14 @@ pub struct Membership {
     client: mastodon::Client,
     keys: KeyRing,
     keys_dir: PathBuf,
+    /// Keys for pending sign-ins and tokens at rest, from the secret in the keys folder.
+    sealing: sealing::Sealing,
     // std mutexes: held for a map access only, never across an await.
     active_key: Mutex<keys::ActiveKey>,
     discovery: Mutex<HashMap<String, Discovery>>,
+    /// App credentials by instance id, once read or registered (the configuration, and so
+    /// each id's base URL and redirect URI, is fixed for the life of the process).
+    apps: Mutex<HashMap<String, AppCredentials>>,
     /// Instances whose reported domain was compared with the configured one.
     domains_checked: Mutex<HashSet<String>>,
     /// (minute, refusals audited in it), to bound unauthenticated audit writes.
@@ -171,6 +184,7 @@ impl Membership {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let keys_dir = keys_dir(&config);
+        let sealing = sealing::load_or_create(&keys_dir).map_err(|e| e.to_string())?;
         let now = unix_now() as i64;
         let active = keys::active(&store, &keys_dir, now).map_err(|e| e.to_string())?;
         let verifying = keys::verifying(&store, now, config.grant_ttl_secs as i64)
@@ -184,8 +198,10 @@ impl Membership {
             client: mastodon::Client::new(),
             keys,
             keys_dir,
+            sealing,
             active_key: Mutex::new(active),
             discovery: Mutex::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
             domains_checked: Mutex::new(HashSet::new()),
             refusals: Mutex::new((0, 0)),
             registering: tokio::sync::Mutex::new(()),
@@ -246,6 +262,10 @@ impl Membership {
         d
     }
 
+    fn lock_apps(&self) -> std::sync::MutexGuard<'_, HashMap<String, AppCredentials>> {
+        self.apps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_discovery(&self) -> std::sync::MutexGuard<'_, HashMap<String, Discovery>> {
         self.discovery.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -255,6 +275,9 @@ impl Membership {
         inst: &Instance,
         disc: &Discovery,
     ) -> Result<AppCredentials, MembershipError> {
+        if let Some(app) = self.lock_apps().get(&inst.config.id).cloned() {
+            return Ok(app);
+        }
         let redirect = self.redirect_uri(&inst.config.id);
         let (id, base) = (inst.config.id.clone(), inst.base.to_string());
         let r = redirect.clone();
@@ -264,10 +287,13 @@ impl Membership {
             .run(move |c| store::app(c, &id, &base, &r))
             .await?
         {
-            return Ok(AppCredentials {
+            let creds = AppCredentials {
                 client_id: app.client_id,
                 client_secret: app.client_secret,
-            });
+            };
+            self.lock_apps()
+                .insert(inst.config.id.clone(), creds.clone());
+            return Ok(creds);
         }
         let creds = self
             .client
@@ -289,11 +315,14 @@ impl Membership {
             .run(move |c| store::save_app(c, &id, &base, &reg, unix_now() as i64))
             .await?;
         tracing::info!(instance = %inst.config.id, base = %inst.base, "registered Plenary as an app");
+        self.lock_apps()
+            .insert(inst.config.id.clone(), creds.clone());
         Ok(creds)
     }
 
-    /// Starts a sign-in: returns the instance's authorization URL and the `state` to bind
-    /// to the browser's cookie.
+    /// Starts a sign-in: returns the instance's authorization URL (whose `state` carries the
+    /// sealed [`PendingSignIn`]) and the value of the cookie that binds it to this browser.
+    /// Stores nothing.
     pub async fn begin_login(
         &self,
         instance: &str,
@@ -306,83 +335,45 @@ impl Membership {
         let inst = self.instance(instance)?.clone();
         let disc = self.discovery(&inst).await;
         let app = self.app(&inst, &disc).await?;
-        let state = random_b64(32);
-        let verifier = random_b64(32);
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(Sha256::digest(verifier.as_bytes()));
-        let pending = store::OauthState {
-            instance: inst.config.id.clone(),
-            verifier,
-            return_to: return_to.to_string(),
-            expires_at: unix_now() as i64 + STATE_TTL_SECS,
-        };
-        let s = state.clone();
-        let stored = self
-            .store
-            .run(move |c| {
-                store::save_oauth_state(c, &s, &pending, unix_now() as i64, MAX_PENDING_SIGN_INS)
-            })
-            .await?;
-        if !stored {
-            return Err(MembershipError::RateLimited);
-        }
+        let (pending, binding) = PendingSignIn::start(
+            &inst.config.id,
+            return_to,
+            unix_now() as i64,
+            STATE_TTL_SECS,
+        );
         let mut url = disc.authorize.clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &app.client_id)
             .append_pair("redirect_uri", &self.redirect_uri(&inst.config.id))
             .append_pair("scope", &disc.scope)
-            .append_pair("state", &state)
-            .append_pair("code_challenge", &challenge)
+            .append_pair("state", &pending.seal(&self.sealing))
+            .append_pair("code_challenge", &pending.challenge())
             .append_pair("code_challenge_method", "S256");
-        Ok((url.to_string(), state))
+        Ok((url.to_string(), binding))
     }
 
-    /// Forgets a sign-in the instance ended with an error (its state is single-use).
-    pub async fn discard_login(&self, state: &str) {
-        let s = state.to_string();
-        let _ = self
-            .store
-            .run(move |c| {
-                let tx = c.transaction()?;
-                store::take_oauth_state(&tx, &s)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await;
-    }
-
-    /// Completes a sign-in from the instance's callback. Returns the new session's cookie
-    /// value and where to send the browser.
-    pub async fn complete_login(
+    /// The pending sign-in a callback's `state` carries, once it is checked: sealed by this
+    /// server, bound to this browser's cookie, not expired, for this instance, not used.
+    async fn pending_sign_in(
         &self,
-        instance: &str,
-        code: &str,
+        inst: &Instance,
         state: &str,
-        cookie_state: Option<&str>,
-    ) -> Result<(String, String), MembershipError> {
-        let inst = self.instance(instance)?.clone();
-        match cookie_state {
-            Some(c) if constant_time_eq(c.as_bytes(), state.as_bytes()) => {}
-            _ => {
-                self.audit_refusal(instance, "state_mismatch").await;
-                return Err(MembershipError::StateMismatch);
-            }
-        }
-        let s = state.to_string();
-        let pending = self
-            .store
-            .run(move |c| {
-                let tx = c.transaction()?;
-                let p = store::take_oauth_state(&tx, &s)?;
-                tx.commit()?;
-                Ok(p)
-            })
-            .await?;
-        let Some(pending) = pending else {
-            self.audit_refusal(instance, "state_unknown_or_used").await;
-            return Err(MembershipError::StateExpired);
+        cookie: Option<&str>,
+    ) -> Result<PendingSignIn, MembershipError> {
+        let instance = inst.config.id.as_str();
+        let Some(cookie) = cookie else {
+            self.audit_refusal(instance, "state_mismatch").await;
+            return Err(MembershipError::StateMismatch);
         };
+        let Some(pending) = PendingSignIn::open(&self.sealing, state) else {
+            self.audit_refusal(instance, "state_invalid").await;
+            return Err(MembershipError::StateInvalid);
+        };
+        if !pending.bound_to(cookie) {
+            self.audit_refusal(instance, "state_mismatch").await;
+            return Err(MembershipError::StateMismatch);
+        }
         if pending.expires_at < unix_now() as i64 {
             self.audit_refusal(instance, "state_expired").await;
             return Err(MembershipError::StateExpired);
@@ -392,6 +383,29 @@ impl Membership {
                 .await;
             return Err(MembershipError::WrongInstance);
         }
+        let s = state.to_string();
+        let used = self
+            .store
+            .run(move |c| store::oauth_state_used(c, &s, unix_now() as i64))
+            .await?;
+        if used {
+            self.audit_refusal(instance, "state_unknown_or_used").await;
+            return Err(MembershipError::StateExpired);
+        }
+        Ok(pending)
+    }
+
+    /// Completes a sign-in from the instance's callback. Returns the new session's cookie
+    /// value and where to send the browser.
+    pub async fn complete_login(
+        &self,
+        instance: &str,
+        code: &str,
+        state: &str,
+        cookie: Option<&str>,
+    ) -> Result<(String, String), MembershipError> {
+        let inst = self.instance(instance)?.clone();
+        let pending = self.pending_sign_in(&inst, state, cookie).await?;
         let disc = self.discovery(&inst).await;
         let app = self.app(&inst, &disc).await?;
         let token = match self
@@ -414,7 +428,20 @@ impl Membership {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let result = self.sign_in_account(&inst, &token, pending.return_to).await;
+        // The instance accepted the code: from now on the state is used up.
+        let (s, until) = (state.to_string(), pending.expires_at);
+        let first = self
+            .store
+            .run(move |c| store::use_oauth_state(c, &s, until, unix_now() as i64))
+            .await;
+        let result = match first {
+            Ok(true) => self.sign_in_account(&inst, &token, pending.return_to).await,
+            Ok(false) => {
+                self.audit_refusal(instance, "state_unknown_or_used").await;
+                Err(MembershipError::StateExpired)
+            }
+            Err(e) => Err(e.into()),
+        };
         if result.is_err() {
             // The instance gave us a token we will not keep: give it back (in the background,
             // so a slow instance does not hold up the page that says what went wrong).
@@ -997,7 +1024,7 @@ pub fn random_b64(n: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

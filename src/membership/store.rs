@@ -1,7 +1,7 @@
 //! Persistent state in an embedded SQLite database: instance app registrations (per instance
 //! id, base URL and redirect URI), sign-in
-//! sessions, OAuth states, rooms, invitations, signing keys (public halves; private keys
-//! live in files), used grant ids, guest time, and the append-only audit log.
+//! sessions, used OAuth states, rooms, invitations, signing keys (public halves; private
+//! keys live in files), used grant ids, guest time, and the append-only audit log.
 //!
 //! Every multi-step change runs in one transaction, so a failure leaves nothing half
 //! written. Secrets that identify a browser or a guest (session cookies, OAuth states,
@@ -140,6 +140,15 @@ INSERT INTO apps_by_base
 DROP TABLE apps;
 ALTER TABLE apps_by_base RENAME TO apps;
 "#,
+    // 3: pending sign-ins travel sealed in the OAuth state (`pending.rs`); only states
+    // whose code the instance accepted are remembered, until they expire (single use).
+    r#"
+DROP TABLE oauth_states;
+CREATE TABLE used_oauth_states (
+    state_hash TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
+"#,
 ];
 
 /// SHA-256 of a secret, hex-encoded (how cookies, states and tokens are stored).
@@ -181,19 +190,6 @@ pub struct AppRegistration {
     pub client_secret: String,
     /// The redirect URI it was registered with.
     pub redirect_uri: String,
-}
-
-/// A pending OAuth authorization.
-#[derive(Debug, Clone)]
-pub struct OauthState {
-    /// Instance id.
-    pub instance: String,
-    /// PKCE verifier.
-    pub verifier: String,
-    /// Where to go after sign-in (relative path).
-    pub return_to: String,
-    /// Unix seconds.
-    pub expires_at: i64,
 }
 
 /// A signed-in member's session.
@@ -431,58 +427,33 @@ pub fn save_app(
     Ok(())
 }
 
-/// Stores a pending OAuth state (by hash), dropping expired ones.
-pub fn save_oauth_state(
-    conn: &Connection,
-    state: &str,
-    s: &OauthState,
-    now: i64,
-    max_pending: i64,
-) -> Result<bool, StoreError> {
-    conn.execute(
-        "DELETE FROM oauth_states WHERE expires_at < ?1",
-        params![now],
+/// Whether an OAuth state was used already (its hash is remembered until it expires).
+pub fn oauth_state_used(conn: &Connection, state: &str, now: i64) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM used_oauth_states WHERE state_hash = ?1 AND expires_at >= ?2",
+        params![hash_secret(state), now],
+        |r| r.get(0),
     )?;
-    let pending: i64 = conn.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?;
-    if pending >= max_pending {
-        return Ok(false);
-    }
-    conn.execute(
-        "INSERT INTO oauth_states (state_hash, instance, verifier, return_to, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            hash_secret(state),
-            s.instance,
-            s.verifier,
-            s.return_to,
-            s.expires_at
-        ],
-    )?;
-    Ok(true)
+    Ok(n > 0)
 }
 
-/// Takes (reads and deletes: single use) a pending OAuth state.
-pub fn take_oauth_state(tx: &Transaction, state: &str) -> Result<Option<OauthState>, StoreError> {
-    let hash = hash_secret(state);
-    let found = tx
-        .query_row(
-            "SELECT instance, verifier, return_to, expires_at FROM oauth_states WHERE state_hash = ?1",
-            params![hash],
-            |r| {
-                Ok(OauthState {
-                    instance: r.get(0)?,
-                    verifier: r.get(1)?,
-                    return_to: r.get(2)?,
-                    expires_at: r.get(3)?,
-                })
-            },
-        )
-        .optional()?;
-    tx.execute(
-        "DELETE FROM oauth_states WHERE state_hash = ?1",
-        params![hash],
+/// Records an OAuth state as used until `expires_at` (by hash), dropping expired ones.
+/// False if it was used before.
+pub fn use_oauth_state(
+    conn: &Connection,
+    state: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    conn.execute(
+        "DELETE FROM used_oauth_states WHERE expires_at < ?1",
+        params![now],
     )?;
-    Ok(found)
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO used_oauth_states (state_hash, expires_at) VALUES (?1, ?2)",
+        params![hash_secret(state), expires_at],
+    )?;
+    Ok(n == 1)
 }
 
 /// Creates a session (the cookie value is hashed) and records the member as active.
@@ -924,50 +895,25 @@ mod tests {
     }
 
     #[test]
-    fn oauth_states_are_single_use_and_hashed() {
+    fn used_oauth_states_are_remembered_by_hash_until_they_expire() {
         let s = store();
-        let st = OauthState {
-            instance: "i".into(),
-            verifier: "v".into(),
-            return_to: "/".into(),
-            expires_at: 100,
-        };
-        assert!(s
-            .run_sync(|c| save_oauth_state(c, "secret-state", &st, 0, 10))
-            .unwrap());
-        assert!(
-            !s.run_sync(|c| save_oauth_state(c, "other", &st, 0, 1))
-                .unwrap(),
-            "pending states are bounded"
-        );
+        assert!(!s.run_sync(|c| oauth_state_used(c, "st", 0)).unwrap());
+        assert!(s.run_sync(|c| use_oauth_state(c, "st", 100, 0)).unwrap());
+        assert!(!s.run_sync(|c| use_oauth_state(c, "st", 100, 0)).unwrap());
+        assert!(s.run_sync(|c| oauth_state_used(c, "st", 50)).unwrap());
         let raw: i64 = s
             .run_sync(|c| {
                 Ok(c.query_row(
-                    "SELECT COUNT(*) FROM oauth_states WHERE state_hash = 'secret-state'",
+                    "SELECT COUNT(*) FROM used_oauth_states WHERE state_hash = 'st'",
                     [],
                     |r| r.get(0),
                 )?)
             })
             .unwrap();
         assert_eq!(raw, 0, "stored only as a hash");
-        let first = s
-            .run_sync(|c| {
-                let tx = c.transaction()?;
-                let r = take_oauth_state(&tx, "secret-state")?;
-                tx.commit()?;
-                Ok(r)
-            })
-            .unwrap();
-        assert_eq!(first.unwrap().verifier, "v");
-        let second = s
-            .run_sync(|c| {
-                let tx = c.transaction()?;
-                let r = take_oauth_state(&tx, "secret-state")?;
-                tx.commit()?;
-                Ok(r)
-            })
-            .unwrap();
-        assert!(second.is_none());
+        // Expired entries no longer count and are pruned.
+        assert!(!s.run_sync(|c| oauth_state_used(c, "st", 200)).unwrap());
+        assert!(s.run_sync(|c| use_oauth_state(c, "st", 300, 200)).unwrap());
     }
 
     #[test]
