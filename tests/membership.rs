@@ -2330,7 +2330,7 @@ async fn moving_an_instance_to_another_host_keeps_its_secrets_home() {
         let a = MastodonDouble::start(Switches::mastodon_4_3(), alice()).await;
         let b = MastodonDouble::start(Switches::mastodon_4_3(), alice()).await;
         let mut env = Env::start(a.clone(), |m| m.recheck_secs = 0).await;
-        env.signed_in_as("101").await;
+        let old_session = env.signed_in_as("101").await;
         assert_eq!(a.counters().apps_registered, 1);
         let a_secrets = a.secrets();
         assert!(!a_secrets.is_empty());
@@ -2340,6 +2340,9 @@ async fn moving_an_instance_to_another_host_keeps_its_secrets_home() {
         b.approve_as("101");
         env.browser().sign_in(INSTANCE, None).await.expect_success();
         assert_eq!(b.counters().apps_registered, 1, "a fresh registration");
+        // The session signed in at A does not carry A's token to B: it ends.
+        let (status, v) = old_session.grant("gm").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
         let received = b.received_credentials();
         assert!(!received.is_empty());
         for s in &a_secrets {
@@ -2398,6 +2401,63 @@ async fn anonymous_sign_in_starts_cannot_lock_members_out() {
         let flow = env.browser().sign_in(INSTANCE, None).await;
         flow.expect_success();
         assert_eq!(env.count("sessions"), 1);
+        env.stop().await;
+    })
+    .await;
+}
+
+/// Bytes of the database files (main and write-ahead log).
+fn database_bytes(env: &Env) -> Vec<u8> {
+    let db = &env.config.membership.database;
+    let mut bytes = std::fs::read(db).unwrap_or_default();
+    bytes.extend(std::fs::read(format!("{db}-wal")).unwrap_or_default());
+    bytes
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The instance's access token is kept encrypted in SQLite (with a key beside the signing
+/// keys), and still works after a restart: the re-check and the sign-out use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_tokens_are_encrypted_at_rest_and_survive_a_restart() {
+    bounded(async {
+        let mut env = env_with(|m| m.recheck_secs = 0).await;
+        let b = env.signed_in_as("101").await;
+        let token = env.double.live_user_tokens().pop().unwrap();
+        let stored: String = env
+            .store()
+            .run_sync(|c| Ok(c.query_row("SELECT access_token FROM sessions", [], |r| r.get(0))?))
+            .unwrap();
+        assert!(!stored.contains(&token), "the token is stored in clear");
+        assert!(
+            !contains_bytes(&database_bytes(&env), token.as_bytes()),
+            "the token's bytes are in the database files"
+        );
+
+        // As an older version left it: the token in clear. A restart seals it.
+        env.store()
+            .run_sync(|c| Ok(c.execute("UPDATE sessions SET access_token = ?1", [&token])?))
+            .unwrap();
+        env.restart(|_| {}).await;
+        let stored: String = env
+            .store()
+            .run_sync(|c| Ok(c.query_row("SELECT access_token FROM sessions", [], |r| r.get(0))?))
+            .unwrap();
+        assert!(!stored.contains(&token), "sealed at start: {stored}");
+        let verified = env.double.counters().verify_credentials;
+        let grant = b.must_grant("gm").await;
+        assert_eq!(
+            env.double.counters().verify_credentials,
+            verified + 1,
+            "the re-check reached the instance with the token"
+        );
+        assert_welcome(&env.join(&grant, "gm").await);
+        let (status, v) = b.api(Method::POST, "/auth/logout", None).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(env.double.revoked(), vec![token.clone()]);
+        assert!(plenary::membership::sealing::path(&env.keys_dir()).exists());
         env.stop().await;
     })
     .await;

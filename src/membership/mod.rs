@@ -8,7 +8,8 @@
 //!    accepted its code. `verify_credentials` decides:
 //!    a 200 is an active local account, so a member (unless denied); 401/403 is refused
 //!    with the reason. Hosts by role rule or host list. A server-side session (opaque
-//!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser.
+//!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser; the
+//!    store keeps it sealed ([`sealing`]), bound to its instance, base URL and account.
 //! 2. Grants ([`Membership::member_grant`]): short-lived, single-use `jti`, one room,
 //!    permissions from the role, signed with the server's Ed25519 key ([`keys`]).
 //!    Membership (and host status) is checked again with the instance when the last
@@ -48,6 +49,8 @@ use store::{RoomMode, Session, Store, StoreError};
 pub const STATE_TTL_SECS: i64 = 600;
 /// Most sign-in refusals written to the audit log per minute.
 pub const MAX_REFUSALS_PER_MINUTE: u64 = 120;
+/// Marks an instance access token stored sealed (older versions stored it in clear).
+pub const SEALED_TOKEN_PREFIX: &str = "sealed1:";
 /// When the instance cannot be reached, a membership checked this recently still counts.
 pub const OFFLINE_GRACE_SECS: i64 = 12 * 3600;
 
@@ -190,7 +193,7 @@ impl Membership {
         let verifying = keys::verifying(&store, now, config.grant_ttl_secs as i64)
             .map_err(|e| e.to_string())?;
         keys.set_server_keys(verifying);
-        Ok(Membership {
+        let membership = Membership {
             config,
             public,
             instances,
@@ -205,7 +208,11 @@ impl Membership {
             domains_checked: Mutex::new(HashSet::new()),
             refusals: Mutex::new((0, 0)),
             registering: tokio::sync::Mutex::new(()),
-        })
+        };
+        membership
+            .seal_clear_tokens()
+            .map_err(|e| format!("sealing stored instance tokens: {e}"))?;
+        Ok(membership)
     }
 
     /// The configured instances.
@@ -507,7 +514,7 @@ impl Membership {
             },
             is_host,
             listen_only,
-            access_token: token.to_string(),
+            access_token: self.seal_token(inst, &account.id, token),
             created_at: now,
             last_seen: now,
             checked_at: now,
@@ -661,11 +668,8 @@ impl Membership {
             return Ok(s.clone());
         }
         let inst = self.instance(&s.instance)?.clone();
-        match self
-            .client
-            .verify_credentials(&inst.base, &s.access_token)
-            .await
-        {
+        let token = self.session_token(&inst, s).await?;
+        match self.client.verify_credentials(&inst.base, &token).await {
             Ok(account) => {
                 let (is_host, listen_only) = match self.decide(&inst, &account, &s.handle) {
                     Ok(v) => v,
@@ -728,6 +732,68 @@ impl Membership {
                 Ok(())
             })
             .await?;
+        Ok(())
+    }
+
+    /// What binds a sealed token to its place: the instance id, the base URL that issued it
+    /// and the account. A token sealed for one instance, host or account opens for no other,
+    /// so it is never sent to a host that did not issue it.
+    fn token_context(inst: &Instance, account_id: &str) -> Vec<u8> {
+        format!("{}\0{}\0{}", inst.config.id, inst.base, account_id).into_bytes()
+    }
+
+    /// An instance access token as it is stored: sealed ([`sealing`]), with a prefix that
+    /// tells it from a token stored in clear by an older version.
+    fn seal_token(&self, inst: &Instance, account_id: &str, token: &str) -> String {
+        let context = Self::token_context(inst, account_id);
+        let sealed = self.sealing.tokens.seal(&context, token.as_bytes());
+        format!("{SEALED_TOKEN_PREFIX}{sealed}")
+    }
+
+    /// A session's instance access token, if it opens for the instance as configured now.
+    fn open_token(&self, inst: &Instance, s: &Session) -> Option<String> {
+        let sealed = s.access_token.strip_prefix(SEALED_TOKEN_PREFIX)?;
+        let plain = self
+            .sealing
+            .tokens
+            .open(&Self::token_context(inst, &s.account_id), sealed)?;
+        String::from_utf8(plain).ok()
+    }
+
+    /// A session's instance access token; a session whose token no longer opens (its
+    /// instance moved to another base URL, or the sealing secret was replaced) is ended.
+    async fn session_token(&self, inst: &Instance, s: &Session) -> Result<String, MembershipError> {
+        if let Some(token) = self.open_token(inst, s) {
+            return Ok(token);
+        }
+        tracing::warn!(
+            instance = %s.instance,
+            "a session's instance token does not open (the instance's base URL or the sealing \
+             secret changed since sign-in); the member must sign in again"
+        );
+        let id = s.id_hash.clone();
+        self.store
+            .run(move |c| store::delete_session(c, &id))
+            .await?;
+        Err(MembershipError::NotSignedIn)
+    }
+
+    /// Seals the tokens an older version stored in clear; ends the sessions of instances
+    /// no longer configured.
+    fn seal_clear_tokens(&self) -> Result<(), StoreError> {
+        let clear = self
+            .store
+            .run_sync(|c| store::session_tokens_not_prefixed(c, SEALED_TOKEN_PREFIX))?;
+        for (id_hash, instance, account_id, token) in clear {
+            let sealed = self
+                .instance(&instance)
+                .ok()
+                .map(|inst| self.seal_token(inst, &account_id, &token));
+            self.store.run_sync(|c| match &sealed {
+                Some(sealed) => store::set_session_token(c, &id_hash, sealed),
+                None => store::delete_session(c, &id_hash),
+            })?;
+        }
         Ok(())
     }
 
@@ -909,10 +975,12 @@ impl Membership {
         let Some(s) = self.store.run(move |conn| store::session(conn, &c)).await? else {
             return Ok(());
         };
-        if let Ok(inst) = self.instance(&s.instance).cloned() {
+        let inst = self.instance(&s.instance).ok().cloned();
+        let token = inst.as_ref().and_then(|i| self.open_token(i, &s));
+        if let (Some(inst), Some(token)) = (inst, token) {
             let disc = self.discovery(&inst).await;
             if let Ok(app) = self.app(&inst, &disc).await {
-                if let Err(e) = self.client.revoke(&disc, &app, &s.access_token).await {
+                if let Err(e) = self.client.revoke(&disc, &app, &token).await {
                     tracing::warn!(instance = %s.instance, "token revocation failed: {e}");
                 }
             }

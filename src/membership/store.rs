@@ -5,7 +5,8 @@
 //!
 //! Every multi-step change runs in one transaction, so a failure leaves nothing half
 //! written. Secrets that identify a browser or a guest (session cookies, OAuth states,
-//! invitation tokens) are stored only as SHA-256 hashes. Calls are synchronous; async code
+//! invitation tokens) are stored only as SHA-256 hashes; instance access tokens, which must
+//! be used again, are stored sealed (encrypted by `Membership`, see `sealing`). Calls are synchronous; async code
 //! reaches the store through [`Store::run`], which moves the work off the async threads.
 
 use std::path::Path;
@@ -209,7 +210,8 @@ pub struct Session {
     pub is_host: bool,
     /// Silenced account under a listen-only policy.
     pub listen_only: bool,
-    /// The instance access token (never sent to the browser).
+    /// The instance access token as stored: sealed by `Membership` (see `sealing`), never
+    /// in clear, never sent to the browser.
     pub access_token: String,
     /// Unix seconds.
     pub created_at: i64,
@@ -544,6 +546,31 @@ pub fn session(conn: &Connection, cookie: &str) -> Result<Option<Session>, Store
             },
         )
         .optional()?)
+}
+
+/// Sessions whose access token lacks `prefix` (stored in clear by an older version):
+/// `(id_hash, instance, account_id, token)`.
+pub fn session_tokens_not_prefixed(
+    conn: &Connection,
+    prefix: &str,
+) -> Result<Vec<(String, String, String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id_hash, instance, account_id, access_token FROM sessions
+         WHERE substr(access_token, 1, length(?1)) != ?1",
+    )?;
+    let rows = stmt.query_map(params![prefix], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Replaces a session's stored access token.
+pub fn set_session_token(conn: &Connection, id_hash: &str, token: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET access_token = ?2 WHERE id_hash = ?1",
+        params![id_hash, token],
+    )?;
+    Ok(())
 }
 
 /// Marks a session as used now (idle timeout) and, when given, re-checked now.
