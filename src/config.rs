@@ -219,9 +219,13 @@ pub struct AuthConfig {
     /// Dev mode: `auto` (on when HTTP listens on loopback only and no identity provider is
     /// configured), `on` (only allowed on loopback) or `off`.
     pub dev_mode: DevMode,
-    /// Longest lifetime a grant may have, in seconds.
+    /// Longest lifetime (`exp - nbf`) an API-key grant may have, in seconds. Every grant
+    /// opens one join, so mint one per join, shortly before it.
     pub max_grant_ttl_secs: u64,
 }
+
+/// The default of `auth.max_grant_ttl_secs`: 10 minutes.
+pub const DEFAULT_MAX_GRANT_TTL_SECS: u64 = 600;
 
 /// Whether the page may mint its own grants (no sign-in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -280,7 +284,7 @@ impl Default for AuthConfig {
             api_keys: BTreeMap::new(),
             audience: "plenary".into(),
             dev_mode: DevMode::Auto,
-            max_grant_ttl_secs: 24 * 3600,
+            max_grant_ttl_secs: DEFAULT_MAX_GRANT_TTL_SECS,
         }
     }
 }
@@ -377,6 +381,9 @@ impl Config {
             "test-secret-that-is-at-least-32-characters".into(),
         );
         config.limits.ice_timeout_secs = 3;
+        // The load tester mints every grant before its ramp, valid for the whole run plus ten
+        // minutes (loadtest/src/run.rs), longer than the 10-minute default.
+        config.auth.max_grant_ttl_secs = 3600;
         config
     }
 
@@ -395,6 +402,9 @@ impl Config {
         }
         if self.auth.audience.is_empty() {
             return invalid("auth.audience is empty".into());
+        }
+        if self.auth.max_grant_ttl_secs == 0 {
+            return invalid("auth.max_grant_ttl_secs must be at least 1".into());
         }
         let loopback = self.http.addr.ip().is_loopback();
         if self.auth.dev_mode == DevMode::On && !loopback {
@@ -609,6 +619,10 @@ mod tests {
         let c = Config::load(None, Vec::new()).unwrap();
         c.validate().unwrap();
         assert!(c.dev_mode());
+        assert_eq!(
+            c.auth.max_grant_ttl_secs, 600,
+            "API-key grants live 10 minutes at most"
+        );
         assert_eq!(c.http.addr.port(), 8080);
         assert_eq!(c.media.addr.port(), 7882);
     }

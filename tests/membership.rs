@@ -2462,3 +2462,49 @@ async fn instance_tokens_are_encrypted_at_rest_and_survive_a_restart() {
     })
     .await;
 }
+
+fn api_key_grant(config: &plenary::config::Config, ttl: Duration) -> String {
+    config
+        .mint_grant(&plenary::grant::Claims::new(
+            "gm",
+            "backend-user",
+            "Backend user",
+            plenary_proto::Role::Member,
+            ttl,
+        ))
+        .unwrap()
+}
+
+/// An API-key (HS256) grant opens one join, like a member grant: a leaked URL does not
+/// replay. This holds with the SQLite store (sign-in configured) and without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_grants_join_once_with_or_without_a_database() {
+    bounded(async {
+        let env = env().await;
+        let grant = api_key_grant(&env.config, Duration::from_secs(300));
+        assert_welcome(&env.join(&grant, "gm").await);
+        assert_invalid_grant(&env.join(&grant, "gm").await, "already used");
+        // A fresh grant for the same identity still joins.
+        let fresh = api_key_grant(&env.config, Duration::from_secs(300));
+        assert_welcome(&env.join(&fresh, "gm").await);
+        env.stop().await;
+
+        let mut config = plenary::config::Config::for_tests();
+        assert!(config.membership.instances.is_empty(), "no database");
+        config.auth.max_grant_ttl_secs = plenary::config::Config::default().auth.max_grant_ttl_secs;
+        let server = plenary::start(config.clone()).await.unwrap();
+        let ws = format!("ws://{}/rtc", server.http_addr());
+        let grant = api_key_grant(&config, Duration::from_secs(300));
+        assert_welcome(&membership_env::join(&ws, &grant, Some("gm")).await);
+        let replay = membership_env::join(&ws, &grant, Some("gm")).await;
+        assert_invalid_grant(&replay, "already used");
+        // The default limit on a grant's lifetime is short: an hour is refused.
+        let long = api_key_grant(&config, Duration::from_secs(3600));
+        let answer = membership_env::join(&ws, &long, Some("gm")).await;
+        assert_invalid_grant(&answer, "lifetime");
+        tokio::time::timeout(membership_env::T, server.shutdown())
+            .await
+            .unwrap();
+    })
+    .await;
+}

@@ -918,12 +918,13 @@ impl Membership {
         let _ = self.current_key().await;
     }
 
-    /// Marks a member grant's `jti` as used; a second use is a replay.
+    /// Marks a grant (member, guest or API-key) as used, until it expires; false when it was
+    /// used before (a replay). Kept in the store, so it holds across restarts.
     pub async fn consume_jti(&self, claims: &Claims) -> Result<bool, MembershipError> {
-        let (jti, exp) = (claims.jti.clone(), claims.exp as i64);
+        let (key, exp) = (crate::grant::replay_key(claims), claims.exp as i64);
         Ok(self
             .store
-            .run(move |c| store::use_jti(c, &jti, exp + 60, unix_now() as i64))
+            .run(move |c| store::use_jti(c, &key, exp + 60, unix_now() as i64))
             .await?)
     }
 
