@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plenary_proto::IceServer;
@@ -324,6 +324,56 @@ impl fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("membership", &self.membership)
             .finish()
+    }
+}
+
+/// Where `plenary` reads its configuration when neither `--config` nor `PLENARY_CONFIG`
+/// names a file (and only if it exists), for `serve` and the tools alike.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/plenary/plenary.toml";
+
+/// Which configuration file is read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Named with `--config` or `PLENARY_CONFIG`.
+    Given(PathBuf),
+    /// Found at the default location.
+    Default(PathBuf),
+    /// No file: defaults and `PLENARY_*` variables only.
+    NoFile(PathBuf),
+}
+
+impl ConfigSource {
+    /// The file named by `given`, else `default` if it exists, else none.
+    pub fn locate(given: Option<&Path>, default: &Path) -> ConfigSource {
+        match given {
+            Some(p) => ConfigSource::Given(p.to_path_buf()),
+            None if default.is_file() => ConfigSource::Default(default.to_path_buf()),
+            None => ConfigSource::NoFile(default.to_path_buf()),
+        }
+    }
+
+    /// The file to read, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Given(p) | ConfigSource::Default(p) => Some(p),
+            ConfigSource::NoFile(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Given(p) => write!(f, "config file {}", p.display()),
+            ConfigSource::Default(p) => {
+                write!(f, "config file {} (the default location)", p.display())
+            }
+            ConfigSource::NoFile(default) => write!(
+                f,
+                "no config file (none given with --config or PLENARY_CONFIG, none at {})",
+                default.display()
+            ),
+        }
     }
 }
 
@@ -739,6 +789,26 @@ mod tests {
         c.membership.instances[1].domain = "not a domain/".into();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("is not a domain"), "{err}");
+    }
+
+    #[test]
+    fn the_config_file_is_the_given_one_else_the_default_if_it_exists() {
+        let dir = std::env::temp_dir().join(format!("plenary-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let default = dir.join("plenary.toml");
+        let _ = std::fs::remove_file(&default);
+        let given = dir.join("given.toml");
+        assert_eq!(
+            ConfigSource::locate(Some(&given), &default),
+            ConfigSource::Given(given.clone())
+        );
+        let none = ConfigSource::locate(None, &default);
+        assert_eq!(none.path(), None);
+        assert!(none.to_string().contains("--config"), "{none}");
+        std::fs::write(&default, "").unwrap();
+        let found = ConfigSource::locate(None, &default);
+        assert_eq!(found.path(), Some(default.as_path()));
+        assert!(found.to_string().contains("default location"), "{found}");
     }
 
     #[test]

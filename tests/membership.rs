@@ -2508,3 +2508,83 @@ async fn api_key_grants_join_once_with_or_without_a_database() {
     })
     .await;
 }
+
+/// `membership.database` in a folder that does not exist yet: Plenary creates the folder,
+/// readable by its own user only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_folder_is_created_with_restrictive_permissions() {
+    bounded(async {
+        let nested =
+            std::env::temp_dir().join(format!("plenary-varlib-{}", plenary::grant::random_id()));
+        let db = nested.join("lib/plenary/plenary.db");
+        let db_text = db.display().to_string();
+        let env = env_with(move |m| m.database = db_text).await;
+        env.signed_in_as("101").await;
+        assert!(db.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(db.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "the folder is private: {mode:o}");
+        }
+        env.stop().await;
+        let _ = std::fs::remove_dir_all(&nested);
+    })
+    .await;
+}
+
+/// Runs `plenary audit` in `cwd` with only these environment variables.
+fn run_audit(cwd: &std::path::Path, vars: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_plenary"));
+    cmd.args(["audit", "--json"])
+        .current_dir(cwd)
+        .env_clear()
+        .env("PLENARY_LOG", "warn");
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("plenary audit runs")
+}
+
+/// `plenary audit` finds the database the server uses (the same configuration file) and
+/// says which one it read, or plainly why it found none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plenary_audit_says_which_database_it_read() {
+    bounded(async {
+        let env = env().await;
+        env.signed_in_as("101").await;
+        let config_file = env.dir.join("plenary.toml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "[membership]\ndatabase = {:?}\n",
+                env.config.membership.database
+            ),
+        )
+        .unwrap();
+        let elsewhere = env.dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+
+        let out = run_audit(
+            &elsewhere,
+            &[("PLENARY_CONFIG", config_file.to_str().unwrap())],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert_contains(&String::from_utf8_lossy(&out.stdout), "sign_in");
+        assert_contains(&stderr, &env.config.membership.database);
+        assert_contains(&stderr, config_file.to_str().unwrap());
+
+        // No configuration anywhere: it says where it looked and how to point it.
+        let out = run_audit(&elsewhere, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert_contains(&stderr, &elsewhere.join("plenary.db").display().to_string());
+        assert_contains(&stderr, "--config");
+        env.stop().await;
+    })
+    .await;
+}

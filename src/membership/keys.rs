@@ -143,14 +143,7 @@ fn load_private(row: &SigningKeyRow) -> Result<ActiveKey, KeyError> {
 
 /// Creates `dir` (and missing parents) readable by this user only (0700), if it is missing.
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(dir).map_err(|e| file_err(dir, e))
+    store::create_private_dir(dir).map_err(|e| file_err(dir, e))
 }
 
 /// Writes a new file readable by this user only (0600); fails if it exists.

@@ -25,6 +25,30 @@ pub enum StoreError {
     /// The background task died.
     #[error("database task failed")]
     Task,
+    /// The database's folder is missing and could not be created.
+    #[error(
+        "cannot create the database folder {path}: {reason}; create it for the user Plenary \
+         runs as (e.g. `install -d -m 700 -o plenary {path}`) or set membership.database \
+         to a path in an existing folder"
+    )]
+    Folder {
+        /// The folder.
+        path: String,
+        /// Why it could not be created.
+        reason: String,
+    },
+}
+
+/// Creates `dir` and its missing parents, readable by this user only (0700 on Unix).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// The schema, one migration per entry; applied in order, each once.
@@ -300,8 +324,17 @@ pub struct SigningKeyRow {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens (creating if needed) the database and applies pending migrations. A missing
+    /// folder is created, readable by this user only.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                create_private_dir(dir).map_err(|e| StoreError::Folder {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
@@ -919,6 +952,32 @@ mod tests {
             .run_sync(|c| Ok(c.execute("UPDATE audit SET kind = 'x'", [])?))
             .unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_database_folder_is_created_privately_or_explained() {
+        let base = std::env::temp_dir().join(format!("plenary-dbdir-{}", std::process::id()));
+        let path = base.join("var/lib/plenary/plenary.db");
+        Store::open(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        // A folder that cannot be made (its parent is a file) is explained.
+        let file = base.join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file.join("sub/plenary.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot create the database folder"), "{err}");
+        assert!(err.contains("install -d -m 700"), "{err}");
+        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
