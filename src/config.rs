@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plenary_proto::IceServer;
@@ -84,6 +84,12 @@ pub struct InstanceConfig {
     pub id: String,
     /// Base URL, e.g. `https://social.coop`.
     pub base_url: String,
+    /// The domain in its members' handles (`@user@domain`), when it is not the host of
+    /// `base_url` (Mastodon's `LOCAL_DOMAIN` differing from `WEB_DOMAIN`). Empty: the host
+    /// of `base_url` (with its port, if it has one). Handles never take their domain from
+    /// what the instance says about itself, so one instance cannot claim another's members.
+    #[serde(default)]
+    pub domain: String,
     /// Shown on the sign-in page.
     #[serde(default)]
     pub display_name: String,
@@ -106,6 +112,36 @@ pub struct InstanceConfig {
 
 fn default_true() -> bool {
     true
+}
+
+impl InstanceConfig {
+    /// The domain of its members' handles: `domain` if set, else `base_url`'s host (and
+    /// port), lower-cased. `None` when neither gives one.
+    pub fn handle_domain(&self) -> Option<String> {
+        if !self.domain.trim().is_empty() {
+            return Some(self.domain.trim().to_ascii_lowercase());
+        }
+        let url = url::Url::parse(&self.base_url).ok()?;
+        let host = url.host_str()?.to_ascii_lowercase();
+        Some(match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host,
+        })
+    }
+}
+
+/// Whether `domain` looks like a handle's domain: letters, digits, `-`, `.`, and an optional
+/// `:port`.
+fn valid_handle_domain(domain: &str) -> bool {
+    let (host, port) = match domain.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (domain, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 /// Who may open a room.
@@ -183,9 +219,13 @@ pub struct AuthConfig {
     /// Dev mode: `auto` (on when HTTP listens on loopback only and no identity provider is
     /// configured), `on` (only allowed on loopback) or `off`.
     pub dev_mode: DevMode,
-    /// Longest lifetime a grant may have, in seconds.
+    /// Longest lifetime (`exp - nbf`) an API-key grant may have, in seconds. Every grant
+    /// opens one join, so mint one per join, shortly before it.
     pub max_grant_ttl_secs: u64,
 }
+
+/// The default of `auth.max_grant_ttl_secs`: 10 minutes.
+pub const DEFAULT_MAX_GRANT_TTL_SECS: u64 = 600;
 
 /// Whether the page may mint its own grants (no sign-in).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -244,7 +284,7 @@ impl Default for AuthConfig {
             api_keys: BTreeMap::new(),
             audience: "plenary".into(),
             dev_mode: DevMode::Auto,
-            max_grant_ttl_secs: 24 * 3600,
+            max_grant_ttl_secs: DEFAULT_MAX_GRANT_TTL_SECS,
         }
     }
 }
@@ -284,6 +324,56 @@ impl fmt::Debug for Config {
             .field("limits", &self.limits)
             .field("membership", &self.membership)
             .finish()
+    }
+}
+
+/// Where `plenary` reads its configuration when neither `--config` nor `PLENARY_CONFIG`
+/// names a file (and only if it exists), for `serve` and the tools alike.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/plenary/plenary.toml";
+
+/// Which configuration file is read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// Named with `--config` or `PLENARY_CONFIG`.
+    Given(PathBuf),
+    /// Found at the default location.
+    Default(PathBuf),
+    /// No file: defaults and `PLENARY_*` variables only.
+    NoFile(PathBuf),
+}
+
+impl ConfigSource {
+    /// The file named by `given`, else `default` if it exists, else none.
+    pub fn locate(given: Option<&Path>, default: &Path) -> ConfigSource {
+        match given {
+            Some(p) => ConfigSource::Given(p.to_path_buf()),
+            None if default.is_file() => ConfigSource::Default(default.to_path_buf()),
+            None => ConfigSource::NoFile(default.to_path_buf()),
+        }
+    }
+
+    /// The file to read, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            ConfigSource::Given(p) | ConfigSource::Default(p) => Some(p),
+            ConfigSource::NoFile(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigSource::Given(p) => write!(f, "config file {}", p.display()),
+            ConfigSource::Default(p) => {
+                write!(f, "config file {} (the default location)", p.display())
+            }
+            ConfigSource::NoFile(default) => write!(
+                f,
+                "no config file (none given with --config or PLENARY_CONFIG, none at {})",
+                default.display()
+            ),
+        }
     }
 }
 
@@ -341,6 +431,9 @@ impl Config {
             "test-secret-that-is-at-least-32-characters".into(),
         );
         config.limits.ice_timeout_secs = 3;
+        // The load tester mints every grant before its ramp, valid for the whole run plus ten
+        // minutes (loadtest/src/run.rs), longer than the 10-minute default.
+        config.auth.max_grant_ttl_secs = 3600;
         config
     }
 
@@ -359,6 +452,9 @@ impl Config {
         }
         if self.auth.audience.is_empty() {
             return invalid("auth.audience is empty".into());
+        }
+        if self.auth.max_grant_ttl_secs == 0 {
+            return invalid("auth.max_grant_ttl_secs must be at least 1".into());
         }
         let loopback = self.http.addr.ip().is_loopback();
         if self.auth.dev_mode == DevMode::On && !loopback {
@@ -419,6 +515,7 @@ impl Config {
             return invalid("membership.public_url must be http(s)".into());
         }
         let mut ids = std::collections::HashSet::new();
+        let mut domains: BTreeMap<String, &str> = BTreeMap::new();
         for i in &m.instances {
             if i.id.is_empty()
                 || !i
@@ -442,6 +539,22 @@ impl Config {
                         i.base_url, i.id
                     ))
                 }
+            }
+            let domain = i.handle_domain().unwrap_or_default();
+            if !valid_handle_domain(&domain) {
+                return invalid(format!(
+                    "membership.instances: domain {:?} of {:?} is not a domain (like \
+                     social.coop)",
+                    i.domain, i.id
+                ));
+            }
+            if let Some(first) = domains.insert(domain.clone(), &i.id) {
+                return invalid(format!(
+                    "membership.instances: {first:?} and {:?} would both give handles \
+                     @user@{domain}; each instance needs its own domain (set `domain` to the \
+                     one its members' handles end with)",
+                    i.id
+                ));
             }
         }
         Ok(())
@@ -556,6 +669,10 @@ mod tests {
         let c = Config::load(None, Vec::new()).unwrap();
         c.validate().unwrap();
         assert!(c.dev_mode());
+        assert_eq!(
+            c.auth.max_grant_ttl_secs, 600,
+            "API-key grants live 10 minutes at most"
+        );
         assert_eq!(c.http.addr.port(), 8080);
         assert_eq!(c.media.addr.port(), 7882);
     }
@@ -627,6 +744,71 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("announce_ips"));
+    }
+
+    fn instance(id: &str, base_url: &str, domain: &str) -> InstanceConfig {
+        InstanceConfig {
+            id: id.into(),
+            base_url: base_url.into(),
+            domain: domain.into(),
+            display_name: String::new(),
+            members: true,
+            host_roles: Vec::new(),
+            host_role_ids: Vec::new(),
+            host_permissions: 0,
+            pleroma_staff_are_hosts: true,
+        }
+    }
+
+    #[test]
+    fn handle_domains_come_from_the_configuration_and_must_differ() {
+        assert_eq!(
+            instance("a", "https://Social.Coop/", "").handle_domain(),
+            Some("social.coop".into())
+        );
+        assert_eq!(
+            instance("a", "http://127.0.0.1:3000", "").handle_domain(),
+            Some("127.0.0.1:3000".into())
+        );
+        assert_eq!(
+            instance("a", "https://web.example.org", "Example.org").handle_domain(),
+            Some("example.org".into())
+        );
+        let mut c = Config::default();
+        c.membership.public_url = "https://meet.example".into();
+        c.membership.instances = vec![
+            instance("coop", "https://social.coop", ""),
+            instance("partner", "https://partner.example", ""),
+        ];
+        c.validate().unwrap();
+        // A second instance whose handles would read @user@social.coop is refused.
+        c.membership.instances[1].domain = "SOCIAL.coop".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("\"coop\" and \"partner\""), "{err}");
+        assert!(err.contains("@user@social.coop"), "{err}");
+        c.membership.instances[1].domain = "not a domain/".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("is not a domain"), "{err}");
+    }
+
+    #[test]
+    fn the_config_file_is_the_given_one_else_the_default_if_it_exists() {
+        let dir = std::env::temp_dir().join(format!("plenary-cfg3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let default = dir.join("plenary.toml");
+        let _ = std::fs::remove_file(&default);
+        let given = dir.join("given.toml");
+        assert_eq!(
+            ConfigSource::locate(Some(&given), &default),
+            ConfigSource::Given(given.clone())
+        );
+        let none = ConfigSource::locate(None, &default);
+        assert_eq!(none.path(), None);
+        assert!(none.to_string().contains("--config"), "{none}");
+        std::fs::write(&default, "").unwrap();
+        let found = ConfigSource::locate(None, &default);
+        assert_eq!(found.path(), Some(default.as_path()));
+        assert!(found.to_string().contains("default location"), "{found}");
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //!
 //! [`KeyRing::verify`] runs on every join: it finds the key by `kid`, pins the algorithm
 //! that key is for (so an HS256 token "signed" with a public key, or `alg: none`, fails),
-//! and checks `iss`, `aud`, `nbf`, `exp` (30 s leeway), the lifetime bound, and that every
-//! required claim is present. Single use of member grants' `jti` is checked by the caller
-//! against the store. Tokens and secrets never reach a log.
+//! and checks `iss`, `aud`, `nbf`, `exp` (30 s leeway), the lifetime bound (API keys:
+//! `auth.max_grant_ttl_secs`, 10 minutes by default), and that every required claim is
+//! present. Every grant opens one join: the caller records its [`replay_key`] when the join
+//! goes ahead, in the store's `used_jti` table when sign-in is configured, else in the key
+//! ring's bounded in-memory [`ReplayCache`] ([`KeyRing::consume_jti`]); either way until the
+//! grant expires. Tokens and secrets never reach a log.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -23,6 +26,9 @@ use serde::{Deserialize, Serialize};
 
 /// Clock skew tolerated on `nbf` and `exp`.
 pub const LEEWAY_SECS: u64 = 30;
+
+/// Most unexpired grant ids the in-memory [`ReplayCache`] remembers.
+pub const MAX_REMEMBERED_GRANTS: usize = 100_000;
 
 /// The `iss` of grants the server signs itself (members, guests).
 pub const MEMBER_ISSUER: &str = "plenary";
@@ -171,6 +177,42 @@ pub enum GrantError {
     /// The grant's `jti` was used before.
     #[error("the grant was already used")]
     Replayed,
+    /// The in-memory replay cache is full of unexpired grants.
+    #[error("the server is keeping track of too many unexpired grants; try again in a minute")]
+    TooManyGrants,
+}
+
+/// What a used grant is remembered by: its issuer and `jti` (two issuers may pick the same
+/// `jti`).
+pub fn replay_key(claims: &Claims) -> String {
+    format!("{}\u{0}{}", claims.iss, claims.jti)
+}
+
+/// Grants already used, by [`replay_key`], each until it expires (plus the leeway). Bounded:
+/// when [`MAX_REMEMBERED_GRANTS`] unexpired grants are remembered, new joins are refused
+/// rather than old entries forgotten (forgetting would let those grants replay).
+#[derive(Default)]
+pub struct ReplayCache {
+    // A std mutex: held for a map access only, never across an await.
+    used: Mutex<HashMap<String, u64>>,
+}
+
+impl ReplayCache {
+    /// Records `key` as used until `exp`; `Replayed` if it was used before.
+    pub fn consume(&self, key: &str, exp: u64, now: u64) -> Result<(), GrantError> {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        if used.get(key).is_some_and(|until| *until >= now) {
+            return Err(GrantError::Replayed);
+        }
+        if used.len() >= MAX_REMEMBERED_GRANTS || used.len() % 1024 == 1023 {
+            used.retain(|_, until| *until >= now);
+        }
+        if used.len() >= MAX_REMEMBERED_GRANTS {
+            return Err(GrantError::TooManyGrants);
+        }
+        used.insert(key.to_string(), exp + LEEWAY_SECS);
+        Ok(())
+    }
 }
 
 /// Who signed a verified grant.
@@ -192,6 +234,8 @@ pub struct KeyRing {
     /// taken for a map lookup on joins and mints only, never across an await.
     ed: Arc<RwLock<BTreeMap<String, DecodingKey>>>,
     ed_max_ttl: Duration,
+    /// Used grants, when no store remembers them (shared by every clone).
+    replays: Arc<ReplayCache>,
 }
 
 impl KeyRing {
@@ -203,7 +247,15 @@ impl KeyRing {
             max_ttl,
             ed: Arc::new(RwLock::new(BTreeMap::new())),
             ed_max_ttl: Duration::from_secs(120),
+            replays: Arc::new(ReplayCache::default()),
         }
+    }
+
+    /// Records a verified grant as used (in memory, until it expires): `Replayed` the second
+    /// time. For servers without a store; with one, the store remembers used grants.
+    pub fn consume_jti(&self, claims: &Claims) -> Result<(), GrantError> {
+        self.replays
+            .consume(&replay_key(claims), claims.exp, unix_now())
     }
 
     /// Replaces the set of Ed25519 verifying keys (kid → key).
@@ -463,6 +515,47 @@ mod tests {
         let unsigned = format!("{none_header}.{}.", parts[1]);
         assert_eq!(r.verify(&unsigned), Err(GrantError::WrongAlgorithm));
         assert_eq!(r.verify("not-a-token"), Err(GrantError::Malformed));
+    }
+
+    #[test]
+    fn a_grant_is_consumed_once_until_it_expires() {
+        let r = ring();
+        let c = r.verify(&r.mint(&claims()).unwrap()).unwrap();
+        assert_eq!(r.consume_jti(&c), Ok(()));
+        assert_eq!(
+            r.clone().consume_jti(&c),
+            Err(GrantError::Replayed),
+            "shared"
+        );
+        let other = r.verify(&r.mint(&claims()).unwrap()).unwrap();
+        assert_eq!(r.consume_jti(&other), Ok(()));
+        // Another issuer may use the same jti.
+        let mut same_jti = other.clone();
+        same_jti.iss = "k2".into();
+        assert_eq!(r.consume_jti(&same_jti), Ok(()));
+        let cache = ReplayCache::default();
+        cache.consume("a", 100, 50).unwrap();
+        assert_eq!(cache.consume("a", 100, 60), Err(GrantError::Replayed));
+        assert_eq!(
+            cache.consume("a", 300, 200),
+            Ok(()),
+            "expired entries are forgotten"
+        );
+    }
+
+    #[test]
+    fn the_replay_cache_is_bounded_and_refuses_rather_than_forgets() {
+        let cache = ReplayCache::default();
+        for i in 0..MAX_REMEMBERED_GRANTS {
+            cache.consume(&i.to_string(), 1000, 0).unwrap();
+        }
+        assert_eq!(
+            cache.consume("one more", 1000, 0),
+            Err(GrantError::TooManyGrants)
+        );
+        assert_eq!(cache.consume("0", 1000, 0), Err(GrantError::Replayed));
+        // Once they expired, there is room again.
+        assert_eq!(cache.consume("one more", 2000, 1100), Ok(()));
     }
 
     #[test]

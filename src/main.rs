@@ -2,26 +2,29 @@
 //! subcommand. Everything else lives in the library.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use plenary::config::{ConfigSource, DEFAULT_CONFIG_PATH};
 use plenary::grant::{Claims, Permissions};
+use plenary::membership::store::Store;
 use plenary::Config;
 use plenary_proto::{Role, TrackSource};
 
 /// Plenary: a self-hosted WebRTC SFU for the general meetings of co-operatives.
 ///
-/// Configuration comes from the TOML file given with --config (see plenary.example.toml),
-/// then from PLENARY_<SECTION>_<KEY> environment variables (e.g. PLENARY_HTTP_ADDR,
+/// Configuration comes from the TOML file given with --config or PLENARY_CONFIG (else
+/// /etc/plenary/plenary.toml if it exists; see plenary.example.toml), then from PLENARY_<SECTION>_<KEY> environment variables (e.g. PLENARY_HTTP_ADDR,
 /// PLENARY_MEDIA_ANNOUNCE_IPS='["203.0.113.7"]', PLENARY_AUTH_API_KEYS='{ mykey = "…" }'),
 /// then from the flags below. With no configuration at all, Plenary runs in dev mode on
 /// 127.0.0.1:8080 (HTTP) and UDP 127.0.0.1:7882 (media).
 #[derive(Parser, Debug)]
 #[command(name = "plenary", version, about, long_about)]
 struct Cli {
-    /// TOML configuration file.
+    /// TOML configuration file (default: /etc/plenary/plenary.toml, if it exists). Give the
+    /// tools (audit, keys) the same one as the server.
     #[arg(long, short, global = true, env = "PLENARY_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `plenary=debug`.
@@ -138,9 +141,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn load_config(cli: &Cli) -> Result<Config, String> {
-    let mut config =
-        Config::load(cli.config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+/// The configuration, and which file it came from: the same for `serve` and every tool.
+fn load_config(cli: &Cli) -> Result<(Config, ConfigSource), String> {
+    let source = ConfigSource::locate(cli.config.as_deref(), Path::new(DEFAULT_CONFIG_PATH));
+    let mut config = Config::load(source.path(), std::env::vars()).map_err(|e| e.to_string())?;
     if let Some(a) = cli.serve.http_addr {
         config.http.addr = a;
     }
@@ -151,7 +155,7 @@ fn load_config(cli: &Cli) -> Result<Config, String> {
         config.media.announce_ips = cli.serve.announce_ip.clone();
     }
     config.validate().map_err(|e| e.to_string())?;
-    Ok(config)
+    Ok((config, source))
 }
 
 fn main() -> ExitCode {
@@ -162,7 +166,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let config = match load_config(&cli) {
+    let (config, source) = match load_config(&cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("plenary: {e}");
@@ -170,36 +174,58 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Cmd::Serve) {
-        Cmd::Serve => serve(config),
+        Cmd::Serve => {
+            tracing::info!("configuration: {source}");
+            serve(config)
+        }
         Cmd::CheckConfig => {
+            println!("{source}");
             println!("{config:#?}");
             println!("dev mode: {}", config.dev_mode());
             ExitCode::SUCCESS
         }
         Cmd::Token(args) => token(&config, args),
-        Cmd::Audit { limit, json } => audit(&config, limit, json),
-        Cmd::Keys { action } => keys(&config, action),
+        Cmd::Audit { limit, json } => audit(&config, &source, limit, json),
+        Cmd::Keys { action } => keys(&config, &source, action),
     }
 }
 
-fn open_store(config: &Config) -> Result<plenary::membership::store::Store, ExitCode> {
-    let path = std::path::Path::new(&config.membership.database);
+/// Where `membership.database` came from, in words.
+fn database_origin(source: &ConfigSource) -> String {
+    if std::env::var_os("PLENARY_MEMBERSHIP_DATABASE").is_some() {
+        return "from PLENARY_MEMBERSHIP_DATABASE".into();
+    }
+    match source.path() {
+        Some(_) => format!("membership.database of {source}"),
+        None => format!("the default membership.database; {source}"),
+    }
+}
+
+/// The database the server with this configuration uses, for a tool. Says on stderr which
+/// one it opens, or plainly why there is none (it never creates one).
+fn open_store(config: &Config, source: &ConfigSource, tool: &str) -> Result<Store, ExitCode> {
+    let configured = Path::new(&config.membership.database);
+    let path = std::path::absolute(configured).unwrap_or_else(|_| configured.to_path_buf());
+    let origin = database_origin(source);
     if !path.exists() {
         eprintln!(
-            "plenary: no database at {} (membership.database); it is created when the server \
-             starts with sign-in configured",
+            "plenary {tool}: no database at {} ({origin}). The server creates it when it \
+             starts with sign-in configured; give this command the server's configuration \
+             with --config FILE or PLENARY_CONFIG=FILE (read by default from \
+             {DEFAULT_CONFIG_PATH}), or set PLENARY_MEMBERSHIP_DATABASE",
             path.display()
         );
         return Err(ExitCode::from(2));
     }
-    plenary::membership::store::Store::open(path).map_err(|e| {
-        eprintln!("plenary: {}: {e}", path.display());
+    eprintln!("plenary {tool}: database {} ({origin})", path.display());
+    Store::open(&path).map_err(|e| {
+        eprintln!("plenary {tool}: {}: {e}", path.display());
         ExitCode::FAILURE
     })
 }
 
-fn audit(config: &Config, limit: usize, json: bool) -> ExitCode {
-    let store = match open_store(config) {
+fn audit(config: &Config, source: &ConfigSource, limit: usize, json: bool) -> ExitCode {
+    let store = match open_store(config, source, "audit") {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -223,15 +249,11 @@ fn audit(config: &Config, limit: usize, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn keys(config: &Config, action: KeysCmd) -> ExitCode {
+fn keys(config: &Config, source: &ConfigSource, action: KeysCmd) -> ExitCode {
     use plenary::membership::{keys, keys_dir, store};
-    let db = std::path::Path::new(&config.membership.database);
-    let st = match store::Store::open(db) {
+    let st = match open_store(config, source, "keys") {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("plenary keys: {}: {e}", db.display());
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match action {
         KeysCmd::Rotate => {

@@ -393,7 +393,8 @@ impl Session {
         }
     }
 
-    /// Verifies a grant; server-signed (member and guest) grants are single-use.
+    /// Verifies a grant; every grant is single-use (in the store with sign-in configured,
+    /// else in the key ring's memory).
     ///
     /// The room the client asked for is checked before the `jti` is recorded, so a refused
     /// join uses nothing up.
@@ -415,16 +416,17 @@ impl Session {
         if room.is_some_and(|r| r != claims.room) {
             return Err(GrantError::WrongRoom);
         }
-        if signer == Signer::Server {
-            let m = self.state.membership().ok_or(GrantError::UnknownKey)?;
-            match m.consume_jti(&claims).await {
+        match self.state.membership() {
+            Some(m) => match m.consume_jti(&claims).await {
                 Ok(true) => {}
                 Ok(false) => return Err(GrantError::Replayed),
                 Err(e) => {
                     tracing::error!("cannot record the grant's jti: {e}");
                     return Err(GrantError::Replayed);
                 }
-            }
+            },
+            None if signer == Signer::Server => return Err(GrantError::UnknownKey),
+            None => keys.consume_jti(&claims)?,
         }
         if claims.role == plenary_proto::Role::Guest {
             self.guest_of = claims.invited_by.clone();

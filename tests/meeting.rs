@@ -616,6 +616,7 @@ async fn host_actions_are_written_to_the_audit_log() {
             c.membership.instances = vec![plenary::config::InstanceConfig {
                 id: "test".into(),
                 base_url: "http://127.0.0.1:9".into(),
+                domain: String::new(),
                 display_name: String::new(),
                 members: true,
                 host_roles: Vec::new(),

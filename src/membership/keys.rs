@@ -1,6 +1,7 @@
 //! The Ed25519 keys that sign members' and guests' grants.
 //!
-//! Private keys live in files (PKCS#8 PEM, mode 0600) in the keys folder; the database keeps
+//! Private keys live in files (PKCS#8 PEM, mode 0600) in the keys folder (mode 0700 when
+//! Plenary creates it; the sealing secret of [`super::sealing`] lives there too); the database keeps
 //! each key's id (`kid`), public half, file name and dates. The newest key signs; older keys
 //! keep verifying until every grant they could have signed has expired, then they are
 //! dropped. `plenary keys rotate` adds a key while the server runs: the server notices the
@@ -41,7 +42,7 @@ pub struct ActiveKey {
 
 /// Generates a key, writes its private half to `dir`, and records it as the active key.
 pub fn rotate(store: &Store, dir: &Path, now: i64) -> Result<String, KeyError> {
-    std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+    create_private_dir(dir)?;
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let key = SigningKey::from_bytes(&seed);
@@ -140,7 +141,13 @@ fn load_private(row: &SigningKeyRow) -> Result<ActiveKey, KeyError> {
     })
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+/// Creates `dir` (and missing parents) readable by this user only (0700), if it is missing.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+    store::create_private_dir(dir).map_err(|e| file_err(dir, e))
+}
+
+/// Writes a new file readable by this user only (0600); fails if it exists.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -154,7 +161,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     f.sync_all().map_err(|e| file_err(path, e))
 }
 
-fn file_err(path: &Path, e: std::io::Error) -> KeyError {
+pub(crate) fn file_err(path: &Path, e: std::io::Error) -> KeyError {
     KeyError::File {
         path: path.display().to_string(),
         reason: e.to_string(),

@@ -7,7 +7,8 @@
 //! - `POST /api/v1/apps`: register Plenary once per instance.
 //! - `POST /oauth/token` (authorization code + PKCE; client credentials), `POST /oauth/revoke`.
 //! - `GET /api/v1/accounts/verify_credentials`, `GET /api/v1/accounts/:id`.
-//! - `GET /api/v2/instance` (domain), falling back to `GET /api/v1/instance` (`uri`).
+//! - `GET /api/v2/instance` (domain), falling back to `GET /api/v1/instance` (`uri`): only
+//!   to warn when it differs from the configured domain (handles never use it).
 //!
 //! Tokens and codes pass through here but are never logged.
 
@@ -321,7 +322,8 @@ impl Client {
         Ok(resp.json().await?)
     }
 
-    /// The instance's domain (for `@user@domain`).
+    /// The domain the instance reports for itself. Not trusted for handles: any configured
+    /// instance could claim any domain.
     pub async fn domain(&self, base: &Url) -> Result<String, ApiError> {
         #[derive(Deserialize)]
         struct V2 {

@@ -2,11 +2,14 @@
 //!
 //! # Flow
 //! 1. Sign-in ([`Membership::begin_login`] → instance → [`Membership::complete_login`]):
-//!    OAuth 2 authorization code with PKCE S256, a single-use `state` bound to a cookie,
-//!    redirect URIs built from `membership.public_url`. `verify_credentials` decides:
+//!    OAuth 2 authorization code with PKCE S256, redirect URIs built from
+//!    `membership.public_url`. Starting a sign-in stores nothing: the `state` carries it,
+//!    sealed and bound to a cookie ([`pending`]), and is single-use once the instance
+//!    accepted its code. `verify_credentials` decides:
 //!    a 200 is an active local account, so a member (unless denied); 401/403 is refused
 //!    with the reason. Hosts by role rule or host list. A server-side session (opaque
-//!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser.
+//!    cookie, 12 h absolute, 2 h idle) keeps the instance token away from the browser; the
+//!    store keeps it sealed ([`sealing`]), bound to its instance, base URL and account.
 //! 2. Grants ([`Membership::member_grant`]): short-lived, single-use `jti`, one room,
 //!    permissions from the role, signed with the server's Ed25519 key ([`keys`]).
 //!    Membership (and host status) is checked again with the instance when the last
@@ -22,30 +25,32 @@
 pub mod invitations;
 pub mod keys;
 pub mod mastodon;
+pub mod pending;
 pub mod routes;
+pub mod sealing;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
 use base64::Engine;
 use plenary_proto::Role;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::config::{InstanceConfig, LimitedPolicy, MembershipConfig, OpenRooms};
 use crate::grant::{unix_now, Claims, KeyRing, Permissions};
 use mastodon::{Account, ApiError, AppCredentials, Discovery};
+use pending::PendingSignIn;
 use store::{RoomMode, Session, Store, StoreError};
 
 /// How long an OAuth `state` stays valid.
 pub const STATE_TTL_SECS: i64 = 600;
 /// Most sign-in refusals written to the audit log per minute.
 pub const MAX_REFUSALS_PER_MINUTE: u64 = 120;
-/// Most sign-ins waiting for their callback at once (each is an OAuth state row).
-pub const MAX_PENDING_SIGN_INS: i64 = 10_000;
+/// Marks an instance access token stored sealed (older versions stored it in clear).
+pub const SEALED_TOKEN_PREFIX: &str = "sealed1:";
 /// When the instance cannot be reached, a membership checked this recently still counts.
 pub const OFFLINE_GRACE_SECS: i64 = 12 * 3600;
 
@@ -63,7 +68,13 @@ pub enum MembershipError {
         "this sign-in was not started from this browser (state mismatch); please sign in again"
     )]
     StateMismatch,
-    /// The state is unknown, used, or expired.
+    /// The state was not sealed by this server (forged, altered, or from before its sealing
+    /// secret changed).
+    #[error(
+        "this sign-in link was not issued by this server (or was altered); please sign in again"
+    )]
+    StateInvalid,
+    /// The state is used or expired.
     #[error("this sign-in link has expired or was already used; please sign in again")]
     StateExpired,
     /// The state was issued for another instance.
@@ -75,7 +86,7 @@ pub enum MembershipError {
     /// The account may not sign in.
     #[error("{0}")]
     Refused(String),
-    /// The instance is rate-limiting.
+    /// The instance answered 429 (it is rate-limiting Plenary).
     #[error("the instance is busy (rate-limited); please try again in a minute")]
     RateLimited,
     /// The instance could not be reached or answered oddly.
@@ -108,6 +119,9 @@ pub struct Instance {
     pub config: InstanceConfig,
     /// Its base URL.
     pub base: Url,
+    /// The domain of its members' handles, from the configuration
+    /// ([`InstanceConfig::handle_domain`]), never from the instance.
+    pub domain: String,
 }
 
 /// A grant handed to a browser.
@@ -130,9 +144,16 @@ pub struct Membership {
     client: mastodon::Client,
     keys: KeyRing,
     keys_dir: PathBuf,
+    /// Keys for pending sign-ins and tokens at rest, from the secret in the keys folder.
+    sealing: sealing::Sealing,
     // std mutexes: held for a map access only, never across an await.
     active_key: Mutex<keys::ActiveKey>,
     discovery: Mutex<HashMap<String, Discovery>>,
+    /// App credentials by instance id, once read or registered (the configuration, and so
+    /// each id's base URL and redirect URI, is fixed for the life of the process).
+    apps: Mutex<HashMap<String, AppCredentials>>,
+    /// Instances whose reported domain was compared with the configured one.
+    domains_checked: Mutex<HashSet<String>>,
     /// (minute, refusals audited in it), to bound unauthenticated audit writes.
     refusals: Mutex<(u64, u64)>,
     /// Held while looking up or registering an app, so concurrent first sign-ins register one
@@ -153,21 +174,26 @@ impl Membership {
             .instances
             .iter()
             .map(|c| {
-                Url::parse(&c.base_url)
-                    .map(|base| Instance {
-                        config: c.clone(),
-                        base,
-                    })
-                    .map_err(|e| format!("instance {}: {e}", c.id))
+                let base =
+                    Url::parse(&c.base_url).map_err(|e| format!("instance {}: {e}", c.id))?;
+                let domain = c
+                    .handle_domain()
+                    .ok_or_else(|| format!("instance {}: no domain for handles", c.id))?;
+                Ok::<_, String>(Instance {
+                    config: c.clone(),
+                    base,
+                    domain,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let keys_dir = keys_dir(&config);
+        let sealing = sealing::load_or_create(&keys_dir).map_err(|e| e.to_string())?;
         let now = unix_now() as i64;
         let active = keys::active(&store, &keys_dir, now).map_err(|e| e.to_string())?;
         let verifying = keys::verifying(&store, now, config.grant_ttl_secs as i64)
             .map_err(|e| e.to_string())?;
         keys.set_server_keys(verifying);
-        Ok(Membership {
+        let membership = Membership {
             config,
             public,
             instances,
@@ -175,11 +201,18 @@ impl Membership {
             client: mastodon::Client::new(),
             keys,
             keys_dir,
+            sealing,
             active_key: Mutex::new(active),
             discovery: Mutex::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
+            domains_checked: Mutex::new(HashSet::new()),
             refusals: Mutex::new((0, 0)),
             registering: tokio::sync::Mutex::new(()),
-        })
+        };
+        membership
+            .seal_clear_tokens()
+            .map_err(|e| format!("sealing stored instance tokens: {e}"))?;
+        Ok(membership)
     }
 
     /// The configured instances.
@@ -236,6 +269,10 @@ impl Membership {
         d
     }
 
+    fn lock_apps(&self) -> std::sync::MutexGuard<'_, HashMap<String, AppCredentials>> {
+        self.apps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_discovery(&self) -> std::sync::MutexGuard<'_, HashMap<String, Discovery>> {
         self.discovery.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -245,15 +282,25 @@ impl Membership {
         inst: &Instance,
         disc: &Discovery,
     ) -> Result<AppCredentials, MembershipError> {
+        if let Some(app) = self.lock_apps().get(&inst.config.id).cloned() {
+            return Ok(app);
+        }
         let redirect = self.redirect_uri(&inst.config.id);
-        let id = inst.config.id.clone();
+        let (id, base) = (inst.config.id.clone(), inst.base.to_string());
         let r = redirect.clone();
         let _registering = self.registering.lock().await;
-        if let Some(app) = self.store.run(move |c| store::app(c, &id, &r)).await? {
-            return Ok(AppCredentials {
+        if let Some(app) = self
+            .store
+            .run(move |c| store::app(c, &id, &base, &r))
+            .await?
+        {
+            let creds = AppCredentials {
                 client_id: app.client_id,
                 client_secret: app.client_secret,
-            });
+            };
+            self.lock_apps()
+                .insert(inst.config.id.clone(), creds.clone());
+            return Ok(creds);
         }
         let creds = self
             .client
@@ -270,17 +317,19 @@ impl Membership {
             client_secret: creds.client_secret.clone(),
             redirect_uri: redirect,
         };
-        let id = inst.config.id.clone();
-        let base = inst.config.base_url.clone();
+        let (id, base) = (inst.config.id.clone(), inst.base.to_string());
         self.store
             .run(move |c| store::save_app(c, &id, &base, &reg, unix_now() as i64))
             .await?;
-        tracing::info!(instance = %inst.config.id, "registered Plenary as an app");
+        tracing::info!(instance = %inst.config.id, base = %inst.base, "registered Plenary as an app");
+        self.lock_apps()
+            .insert(inst.config.id.clone(), creds.clone());
         Ok(creds)
     }
 
-    /// Starts a sign-in: returns the instance's authorization URL and the `state` to bind
-    /// to the browser's cookie.
+    /// Starts a sign-in: returns the instance's authorization URL (whose `state` carries the
+    /// sealed [`PendingSignIn`]) and the value of the cookie that binds it to this browser.
+    /// Stores nothing.
     pub async fn begin_login(
         &self,
         instance: &str,
@@ -293,83 +342,45 @@ impl Membership {
         let inst = self.instance(instance)?.clone();
         let disc = self.discovery(&inst).await;
         let app = self.app(&inst, &disc).await?;
-        let state = random_b64(32);
-        let verifier = random_b64(32);
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(Sha256::digest(verifier.as_bytes()));
-        let pending = store::OauthState {
-            instance: inst.config.id.clone(),
-            verifier,
-            return_to: return_to.to_string(),
-            expires_at: unix_now() as i64 + STATE_TTL_SECS,
-        };
-        let s = state.clone();
-        let stored = self
-            .store
-            .run(move |c| {
-                store::save_oauth_state(c, &s, &pending, unix_now() as i64, MAX_PENDING_SIGN_INS)
-            })
-            .await?;
-        if !stored {
-            return Err(MembershipError::RateLimited);
-        }
+        let (pending, binding) = PendingSignIn::start(
+            &inst.config.id,
+            return_to,
+            unix_now() as i64,
+            STATE_TTL_SECS,
+        );
         let mut url = disc.authorize.clone();
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("client_id", &app.client_id)
             .append_pair("redirect_uri", &self.redirect_uri(&inst.config.id))
             .append_pair("scope", &disc.scope)
-            .append_pair("state", &state)
-            .append_pair("code_challenge", &challenge)
+            .append_pair("state", &pending.seal(&self.sealing))
+            .append_pair("code_challenge", &pending.challenge())
             .append_pair("code_challenge_method", "S256");
-        Ok((url.to_string(), state))
+        Ok((url.to_string(), binding))
     }
 
-    /// Forgets a sign-in the instance ended with an error (its state is single-use).
-    pub async fn discard_login(&self, state: &str) {
-        let s = state.to_string();
-        let _ = self
-            .store
-            .run(move |c| {
-                let tx = c.transaction()?;
-                store::take_oauth_state(&tx, &s)?;
-                tx.commit()?;
-                Ok(())
-            })
-            .await;
-    }
-
-    /// Completes a sign-in from the instance's callback. Returns the new session's cookie
-    /// value and where to send the browser.
-    pub async fn complete_login(
+    /// The pending sign-in a callback's `state` carries, once it is checked: sealed by this
+    /// server, bound to this browser's cookie, not expired, for this instance, not used.
+    async fn pending_sign_in(
         &self,
-        instance: &str,
-        code: &str,
+        inst: &Instance,
         state: &str,
-        cookie_state: Option<&str>,
-    ) -> Result<(String, String), MembershipError> {
-        let inst = self.instance(instance)?.clone();
-        match cookie_state {
-            Some(c) if constant_time_eq(c.as_bytes(), state.as_bytes()) => {}
-            _ => {
-                self.audit_refusal(instance, "state_mismatch").await;
-                return Err(MembershipError::StateMismatch);
-            }
-        }
-        let s = state.to_string();
-        let pending = self
-            .store
-            .run(move |c| {
-                let tx = c.transaction()?;
-                let p = store::take_oauth_state(&tx, &s)?;
-                tx.commit()?;
-                Ok(p)
-            })
-            .await?;
-        let Some(pending) = pending else {
-            self.audit_refusal(instance, "state_unknown_or_used").await;
-            return Err(MembershipError::StateExpired);
+        cookie: Option<&str>,
+    ) -> Result<PendingSignIn, MembershipError> {
+        let instance = inst.config.id.as_str();
+        let Some(cookie) = cookie else {
+            self.audit_refusal(instance, "state_mismatch").await;
+            return Err(MembershipError::StateMismatch);
         };
+        let Some(pending) = PendingSignIn::open(&self.sealing, state) else {
+            self.audit_refusal(instance, "state_invalid").await;
+            return Err(MembershipError::StateInvalid);
+        };
+        if !pending.bound_to(cookie) {
+            self.audit_refusal(instance, "state_mismatch").await;
+            return Err(MembershipError::StateMismatch);
+        }
         if pending.expires_at < unix_now() as i64 {
             self.audit_refusal(instance, "state_expired").await;
             return Err(MembershipError::StateExpired);
@@ -379,6 +390,29 @@ impl Membership {
                 .await;
             return Err(MembershipError::WrongInstance);
         }
+        let s = state.to_string();
+        let used = self
+            .store
+            .run(move |c| store::oauth_state_used(c, &s, unix_now() as i64))
+            .await?;
+        if used {
+            self.audit_refusal(instance, "state_unknown_or_used").await;
+            return Err(MembershipError::StateExpired);
+        }
+        Ok(pending)
+    }
+
+    /// Completes a sign-in from the instance's callback. Returns the new session's cookie
+    /// value and where to send the browser.
+    pub async fn complete_login(
+        &self,
+        instance: &str,
+        code: &str,
+        state: &str,
+        cookie: Option<&str>,
+    ) -> Result<(String, String), MembershipError> {
+        let inst = self.instance(instance)?.clone();
+        let pending = self.pending_sign_in(&inst, state, cookie).await?;
         let disc = self.discovery(&inst).await;
         let app = self.app(&inst, &disc).await?;
         let token = match self
@@ -401,7 +435,20 @@ impl Membership {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let result = self.sign_in_account(&inst, &token, pending.return_to).await;
+        // The instance accepted the code: from now on the state is used up.
+        let (s, until) = (state.to_string(), pending.expires_at);
+        let first = self
+            .store
+            .run(move |c| store::use_oauth_state(c, &s, until, unix_now() as i64))
+            .await;
+        let result = match first {
+            Ok(true) => self.sign_in_account(&inst, &token, pending.return_to).await,
+            Ok(false) => {
+                self.audit_refusal(instance, "state_unknown_or_used").await;
+                Err(MembershipError::StateExpired)
+            }
+            Err(e) => Err(e.into()),
+        };
         if result.is_err() {
             // The instance gave us a token we will not keep: give it back (in the background,
             // so a slow instance does not hold up the page that says what went wrong).
@@ -436,8 +483,8 @@ impl Membership {
             }
             Err(e) => return Err(api_error(e)),
         };
-        let domain = self.client.domain(&inst.base).await.map_err(api_error)?;
-        let handle = format!("@{}@{}", account.username.to_ascii_lowercase(), domain);
+        let handle = format!("@{}@{}", account.username.to_ascii_lowercase(), inst.domain);
+        self.check_domain_once(inst);
         let decision = self.decide(inst, &account, &handle);
         let (is_host, listen_only) = match decision {
             Ok(v) => v,
@@ -467,7 +514,7 @@ impl Membership {
             },
             is_host,
             listen_only,
-            access_token: token.to_string(),
+            access_token: self.seal_token(inst, &account.id, token),
             created_at: now,
             last_seen: now,
             checked_at: now,
@@ -495,6 +542,35 @@ impl Membership {
             .await?;
         tracing::info!(%handle, is_host, "signed in");
         Ok((cookie, return_to))
+    }
+
+    /// Once per instance (in the background), compares the domain the instance reports with
+    /// the configured one and warns the operator when they differ: handles (and so the
+    /// `hosts` and `deny` lists) use the configured one.
+    fn check_domain_once(&self, inst: &Instance) {
+        let first = self
+            .domains_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(inst.config.id.clone());
+        if !first {
+            return;
+        }
+        let (client, inst) = (self.client.clone(), inst.clone());
+        tokio::spawn(async move {
+            match client.domain(&inst.base).await {
+                Ok(reported) if reported != inst.domain => tracing::warn!(
+                    instance = %inst.config.id,
+                    %reported,
+                    configured = %inst.domain,
+                    "the instance calls itself by another domain than the one its members' \
+                     handles use here; set `domain` in its [[membership.instances]] entry if \
+                     its handles end with @{reported}"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(instance = %inst.config.id, "domain check: {e}"),
+            }
+        });
     }
 
     /// Member or not, host or not, from the account and the rules. `Err` is the reason.
@@ -592,11 +668,8 @@ impl Membership {
             return Ok(s.clone());
         }
         let inst = self.instance(&s.instance)?.clone();
-        match self
-            .client
-            .verify_credentials(&inst.base, &s.access_token)
-            .await
-        {
+        let token = self.session_token(&inst, s).await?;
+        match self.client.verify_credentials(&inst.base, &token).await {
             Ok(account) => {
                 let (is_host, listen_only) = match self.decide(&inst, &account, &s.handle) {
                     Ok(v) => v,
@@ -659,6 +732,68 @@ impl Membership {
                 Ok(())
             })
             .await?;
+        Ok(())
+    }
+
+    /// What binds a sealed token to its place: the instance id, the base URL that issued it
+    /// and the account. A token sealed for one instance, host or account opens for no other,
+    /// so it is never sent to a host that did not issue it.
+    fn token_context(inst: &Instance, account_id: &str) -> Vec<u8> {
+        format!("{}\0{}\0{}", inst.config.id, inst.base, account_id).into_bytes()
+    }
+
+    /// An instance access token as it is stored: sealed ([`sealing`]), with a prefix that
+    /// tells it from a token stored in clear by an older version.
+    fn seal_token(&self, inst: &Instance, account_id: &str, token: &str) -> String {
+        let context = Self::token_context(inst, account_id);
+        let sealed = self.sealing.tokens.seal(&context, token.as_bytes());
+        format!("{SEALED_TOKEN_PREFIX}{sealed}")
+    }
+
+    /// A session's instance access token, if it opens for the instance as configured now.
+    fn open_token(&self, inst: &Instance, s: &Session) -> Option<String> {
+        let sealed = s.access_token.strip_prefix(SEALED_TOKEN_PREFIX)?;
+        let plain = self
+            .sealing
+            .tokens
+            .open(&Self::token_context(inst, &s.account_id), sealed)?;
+        String::from_utf8(plain).ok()
+    }
+
+    /// A session's instance access token; a session whose token no longer opens (its
+    /// instance moved to another base URL, or the sealing secret was replaced) is ended.
+    async fn session_token(&self, inst: &Instance, s: &Session) -> Result<String, MembershipError> {
+        if let Some(token) = self.open_token(inst, s) {
+            return Ok(token);
+        }
+        tracing::warn!(
+            instance = %s.instance,
+            "a session's instance token does not open (the instance's base URL or the sealing \
+             secret changed since sign-in); the member must sign in again"
+        );
+        let id = s.id_hash.clone();
+        self.store
+            .run(move |c| store::delete_session(c, &id))
+            .await?;
+        Err(MembershipError::NotSignedIn)
+    }
+
+    /// Seals the tokens an older version stored in clear; ends the sessions of instances
+    /// no longer configured.
+    fn seal_clear_tokens(&self) -> Result<(), StoreError> {
+        let clear = self
+            .store
+            .run_sync(|c| store::session_tokens_not_prefixed(c, SEALED_TOKEN_PREFIX))?;
+        for (id_hash, instance, account_id, token) in clear {
+            let sealed = self
+                .instance(&instance)
+                .ok()
+                .map(|inst| self.seal_token(inst, &account_id, &token));
+            self.store.run_sync(|c| match &sealed {
+                Some(sealed) => store::set_session_token(c, &id_hash, sealed),
+                None => store::delete_session(c, &id_hash),
+            })?;
+        }
         Ok(())
     }
 
@@ -783,12 +918,13 @@ impl Membership {
         let _ = self.current_key().await;
     }
 
-    /// Marks a member grant's `jti` as used; a second use is a replay.
+    /// Marks a grant (member, guest or API-key) as used, until it expires; false when it was
+    /// used before (a replay). Kept in the store, so it holds across restarts.
     pub async fn consume_jti(&self, claims: &Claims) -> Result<bool, MembershipError> {
-        let (jti, exp) = (claims.jti.clone(), claims.exp as i64);
+        let (key, exp) = (crate::grant::replay_key(claims), claims.exp as i64);
         Ok(self
             .store
-            .run(move |c| store::use_jti(c, &jti, exp + 60, unix_now() as i64))
+            .run(move |c| store::use_jti(c, &key, exp + 60, unix_now() as i64))
             .await?)
     }
 
@@ -840,10 +976,12 @@ impl Membership {
         let Some(s) = self.store.run(move |conn| store::session(conn, &c)).await? else {
             return Ok(());
         };
-        if let Ok(inst) = self.instance(&s.instance).cloned() {
+        let inst = self.instance(&s.instance).ok().cloned();
+        let token = inst.as_ref().and_then(|i| self.open_token(i, &s));
+        if let (Some(inst), Some(token)) = (inst, token) {
             let disc = self.discovery(&inst).await;
             if let Ok(app) = self.app(&inst, &disc).await {
-                if let Err(e) = self.client.revoke(&disc, &app, &s.access_token).await {
+                if let Err(e) = self.client.revoke(&disc, &app, &token).await {
                     tracing::warn!(instance = %s.instance, "token revocation failed: {e}");
                 }
             }
@@ -955,7 +1093,7 @@ pub fn random_b64(n: usize) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -968,6 +1106,7 @@ mod tests {
         InstanceConfig {
             id: "sc".into(),
             base_url: "https://social.coop".into(),
+            domain: String::new(),
             display_name: String::new(),
             members: true,
             host_roles: vec!["Moderator".into(), "Host".into()],

@@ -29,7 +29,7 @@ use crate::http::AppState;
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "plenary_session";
-/// The OAuth state cookie.
+/// The cookie that binds a pending sign-in (the OAuth `state`) to the browser.
 pub const STATE_COOKIE: &str = "plenary_oauth_state";
 
 /// The membership routes.
@@ -58,6 +58,7 @@ impl MembershipError {
             E::UnknownInstance(_) | E::NotFound(_) => StatusCode::NOT_FOUND,
             E::BadReturnPath
             | E::StateMismatch
+            | E::StateInvalid
             | E::StateExpired
             | E::WrongInstance
             | E::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -223,7 +224,7 @@ async fn login(
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, Page> {
     let svc = service(&state).map_err(Page)?;
-    let (url, oauth_state) = svc
+    let (url, binding) = svc
         .begin_login(&instance, q.return_to.as_deref())
         .await
         .map_err(Page)?;
@@ -232,7 +233,7 @@ async fn login(
         header::SET_COOKIE,
         set_cookie(
             STATE_COOKIE,
-            &oauth_state,
+            &binding,
             "/auth",
             super::STATE_TTL_SECS as u64,
             svc.secure_cookies(),
@@ -257,11 +258,9 @@ async fn callback(
 ) -> Result<Response, Page> {
     let svc = service(&state).map_err(Page)?;
     if let Some(error) = q.error {
-        // The sign-in ends here: its state is used up and its cookie cleared. Only the
-        // standard error code is shown (the description is the other side's free text).
-        if let Some(st) = &q.state {
-            svc.discard_login(st).await;
-        }
+        // The sign-in ends here: its cookie is cleared (without it, its state is useless).
+        // Only the standard error code is shown (the description is the other side's free
+        // text).
         let mut resp =
             Page(MembershipError::NotAuthorized(oauth_error_text(&error))).into_response();
         resp.headers_mut().append(

@@ -1,10 +1,12 @@
-//! Persistent state in an embedded SQLite database: instance app registrations, sign-in
-//! sessions, OAuth states, rooms, invitations, signing keys (public halves; private keys
-//! live in files), used grant ids, guest time, and the append-only audit log.
+//! Persistent state in an embedded SQLite database: instance app registrations (per instance
+//! id, base URL and redirect URI), sign-in
+//! sessions, used OAuth states, rooms, invitations, signing keys (public halves; private
+//! keys live in files), used grant ids, guest time, and the append-only audit log.
 //!
 //! Every multi-step change runs in one transaction, so a failure leaves nothing half
 //! written. Secrets that identify a browser or a guest (session cookies, OAuth states,
-//! invitation tokens) are stored only as SHA-256 hashes. Calls are synchronous; async code
+//! invitation tokens) are stored only as SHA-256 hashes; instance access tokens, which must
+//! be used again, are stored sealed (encrypted by `Membership`, see `sealing`). Calls are synchronous; async code
 //! reaches the store through [`Store::run`], which moves the work off the async threads.
 
 use std::path::Path;
@@ -23,10 +25,35 @@ pub enum StoreError {
     /// The background task died.
     #[error("database task failed")]
     Task,
+    /// The database's folder is missing and could not be created.
+    #[error(
+        "cannot create the database folder {path}: {reason}; create it for the user Plenary \
+         runs as (e.g. `install -d -m 700 -o plenary {path}`) or set membership.database \
+         to a path in an existing folder"
+    )]
+    Folder {
+        /// The folder.
+        path: String,
+        /// Why it could not be created.
+        reason: String,
+    },
+}
+
+/// Creates `dir` and its missing parents, readable by this user only (0700 on Unix).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// The schema, one migration per entry; applied in order, each once.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     instance TEXT PRIMARY KEY,
     base_url TEXT NOT NULL,
@@ -116,7 +143,38 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-"#];
+"#,
+    // 2: app registrations are kept per base URL (normalized, with its trailing slash), so
+    // an instance id pointed at another host registers there afresh instead of sending the
+    // old host's client secret to the new one.
+    r#"
+CREATE TABLE apps_by_base (
+    instance TEXT NOT NULL,
+    base_url TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    client_secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (instance, base_url, redirect_uri)
+);
+INSERT INTO apps_by_base
+    SELECT instance,
+           CASE WHEN base_url LIKE '%/' THEN base_url ELSE base_url || '/' END,
+           redirect_uri, client_id, client_secret, created_at
+    FROM apps;
+DROP TABLE apps;
+ALTER TABLE apps_by_base RENAME TO apps;
+"#,
+    // 3: pending sign-ins travel sealed in the OAuth state (`pending.rs`); only states
+    // whose code the instance accepted are remembered, until they expire (single use).
+    r#"
+DROP TABLE oauth_states;
+CREATE TABLE used_oauth_states (
+    state_hash TEXT PRIMARY KEY,
+    expires_at INTEGER NOT NULL
+);
+"#,
+];
 
 /// SHA-256 of a secret, hex-encoded (how cookies, states and tokens are stored).
 pub fn hash_secret(secret: &str) -> String {
@@ -159,19 +217,6 @@ pub struct AppRegistration {
     pub redirect_uri: String,
 }
 
-/// A pending OAuth authorization.
-#[derive(Debug, Clone)]
-pub struct OauthState {
-    /// Instance id.
-    pub instance: String,
-    /// PKCE verifier.
-    pub verifier: String,
-    /// Where to go after sign-in (relative path).
-    pub return_to: String,
-    /// Unix seconds.
-    pub expires_at: i64,
-}
-
 /// A signed-in member's session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
@@ -189,7 +234,8 @@ pub struct Session {
     pub is_host: bool,
     /// Silenced account under a listen-only policy.
     pub listen_only: bool,
-    /// The instance access token (never sent to the browser).
+    /// The instance access token as stored: sealed by `Membership` (see `sealing`), never
+    /// in clear, never sent to the browser.
     pub access_token: String,
     /// Unix seconds.
     pub created_at: i64,
@@ -278,8 +324,17 @@ pub struct SigningKeyRow {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and applies pending migrations.
+    /// Opens (creating if needed) the database and applies pending migrations. A missing
+    /// folder is created, readable by this user only.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
+                create_private_dir(dir).map_err(|e| StoreError::Folder {
+                    path: dir.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
@@ -365,17 +420,20 @@ pub fn recent_audit(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The app registered on `instance` for `redirect_uri`, if any.
+/// The app registered on `instance` at `base_url` (normalized: [`url::Url`]'s form, with a
+/// trailing slash) for `redirect_uri`, if any. A registration made at another base URL is
+/// never returned: its secret belongs to that host.
 pub fn app(
     conn: &Connection,
     instance: &str,
+    base_url: &str,
     redirect_uri: &str,
 ) -> Result<Option<AppRegistration>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT client_id, client_secret, redirect_uri FROM apps
-             WHERE instance = ?1 AND redirect_uri = ?2",
-            params![instance, redirect_uri],
+             WHERE instance = ?1 AND base_url = ?2 AND redirect_uri = ?3",
+            params![instance, base_url, redirect_uri],
             |r| {
                 Ok(AppRegistration {
                     client_id: r.get(0)?,
@@ -387,7 +445,8 @@ pub fn app(
         .optional()?)
 }
 
-/// Records an app registration (replacing an older one for the instance).
+/// Records an app registration (replacing an older one for the same instance, base URL and
+/// redirect URI).
 pub fn save_app(
     conn: &Connection,
     instance: &str,
@@ -403,58 +462,33 @@ pub fn save_app(
     Ok(())
 }
 
-/// Stores a pending OAuth state (by hash), dropping expired ones.
-pub fn save_oauth_state(
-    conn: &Connection,
-    state: &str,
-    s: &OauthState,
-    now: i64,
-    max_pending: i64,
-) -> Result<bool, StoreError> {
-    conn.execute(
-        "DELETE FROM oauth_states WHERE expires_at < ?1",
-        params![now],
+/// Whether an OAuth state was used already (its hash is remembered until it expires).
+pub fn oauth_state_used(conn: &Connection, state: &str, now: i64) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM used_oauth_states WHERE state_hash = ?1 AND expires_at >= ?2",
+        params![hash_secret(state), now],
+        |r| r.get(0),
     )?;
-    let pending: i64 = conn.query_row("SELECT COUNT(*) FROM oauth_states", [], |r| r.get(0))?;
-    if pending >= max_pending {
-        return Ok(false);
-    }
-    conn.execute(
-        "INSERT INTO oauth_states (state_hash, instance, verifier, return_to, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            hash_secret(state),
-            s.instance,
-            s.verifier,
-            s.return_to,
-            s.expires_at
-        ],
-    )?;
-    Ok(true)
+    Ok(n > 0)
 }
 
-/// Takes (reads and deletes: single use) a pending OAuth state.
-pub fn take_oauth_state(tx: &Transaction, state: &str) -> Result<Option<OauthState>, StoreError> {
-    let hash = hash_secret(state);
-    let found = tx
-        .query_row(
-            "SELECT instance, verifier, return_to, expires_at FROM oauth_states WHERE state_hash = ?1",
-            params![hash],
-            |r| {
-                Ok(OauthState {
-                    instance: r.get(0)?,
-                    verifier: r.get(1)?,
-                    return_to: r.get(2)?,
-                    expires_at: r.get(3)?,
-                })
-            },
-        )
-        .optional()?;
-    tx.execute(
-        "DELETE FROM oauth_states WHERE state_hash = ?1",
-        params![hash],
+/// Records an OAuth state as used until `expires_at` (by hash), dropping expired ones.
+/// False if it was used before.
+pub fn use_oauth_state(
+    conn: &Connection,
+    state: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<bool, StoreError> {
+    conn.execute(
+        "DELETE FROM used_oauth_states WHERE expires_at < ?1",
+        params![now],
     )?;
-    Ok(found)
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO used_oauth_states (state_hash, expires_at) VALUES (?1, ?2)",
+        params![hash_secret(state), expires_at],
+    )?;
+    Ok(n == 1)
 }
 
 /// Creates a session (the cookie value is hashed) and records the member as active.
@@ -545,6 +579,31 @@ pub fn session(conn: &Connection, cookie: &str) -> Result<Option<Session>, Store
             },
         )
         .optional()?)
+}
+
+/// Sessions whose access token lacks `prefix` (stored in clear by an older version):
+/// `(id_hash, instance, account_id, token)`.
+pub fn session_tokens_not_prefixed(
+    conn: &Connection,
+    prefix: &str,
+) -> Result<Vec<(String, String, String, String)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT id_hash, instance, account_id, access_token FROM sessions
+         WHERE substr(access_token, 1, length(?1)) != ?1",
+    )?;
+    let rows = stmt.query_map(params![prefix], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Replaces a session's stored access token.
+pub fn set_session_token(conn: &Connection, id_hash: &str, token: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET access_token = ?2 WHERE id_hash = ?1",
+        params![id_hash, token],
+    )?;
+    Ok(())
 }
 
 /// Marks a session as used now (idle timeout) and, when given, re-checked now.
@@ -896,50 +955,51 @@ mod tests {
     }
 
     #[test]
-    fn oauth_states_are_single_use_and_hashed() {
+    fn a_missing_database_folder_is_created_privately_or_explained() {
+        let base = std::env::temp_dir().join(format!("plenary-dbdir-{}", std::process::id()));
+        let path = base.join("var/lib/plenary/plenary.db");
+        Store::open(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        // A folder that cannot be made (its parent is a file) is explained.
+        let file = base.join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file.join("sub/plenary.db"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("cannot create the database folder"), "{err}");
+        assert!(err.contains("install -d -m 700"), "{err}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn used_oauth_states_are_remembered_by_hash_until_they_expire() {
         let s = store();
-        let st = OauthState {
-            instance: "i".into(),
-            verifier: "v".into(),
-            return_to: "/".into(),
-            expires_at: 100,
-        };
-        assert!(s
-            .run_sync(|c| save_oauth_state(c, "secret-state", &st, 0, 10))
-            .unwrap());
-        assert!(
-            !s.run_sync(|c| save_oauth_state(c, "other", &st, 0, 1))
-                .unwrap(),
-            "pending states are bounded"
-        );
+        assert!(!s.run_sync(|c| oauth_state_used(c, "st", 0)).unwrap());
+        assert!(s.run_sync(|c| use_oauth_state(c, "st", 100, 0)).unwrap());
+        assert!(!s.run_sync(|c| use_oauth_state(c, "st", 100, 0)).unwrap());
+        assert!(s.run_sync(|c| oauth_state_used(c, "st", 50)).unwrap());
         let raw: i64 = s
             .run_sync(|c| {
                 Ok(c.query_row(
-                    "SELECT COUNT(*) FROM oauth_states WHERE state_hash = 'secret-state'",
+                    "SELECT COUNT(*) FROM used_oauth_states WHERE state_hash = 'st'",
                     [],
                     |r| r.get(0),
                 )?)
             })
             .unwrap();
         assert_eq!(raw, 0, "stored only as a hash");
-        let first = s
-            .run_sync(|c| {
-                let tx = c.transaction()?;
-                let r = take_oauth_state(&tx, "secret-state")?;
-                tx.commit()?;
-                Ok(r)
-            })
-            .unwrap();
-        assert_eq!(first.unwrap().verifier, "v");
-        let second = s
-            .run_sync(|c| {
-                let tx = c.transaction()?;
-                let r = take_oauth_state(&tx, "secret-state")?;
-                tx.commit()?;
-                Ok(r)
-            })
-            .unwrap();
-        assert!(second.is_none());
+        // Expired entries no longer count and are pruned.
+        assert!(!s.run_sync(|c| oauth_state_used(c, "st", 200)).unwrap());
+        assert!(s.run_sync(|c| use_oauth_state(c, "st", 300, 200)).unwrap());
     }
 
     #[test]
@@ -987,6 +1047,43 @@ mod tests {
             .run_sync(|c| invitation_by_token(c, "other"))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn apps_are_found_only_at_the_base_url_they_were_registered_with() {
+        let s = store();
+        let reg = AppRegistration {
+            client_id: "id-a".into(),
+            client_secret: "secret-a".into(),
+            redirect_uri: "https://meet/cb".into(),
+        };
+        s.run_sync(|c| save_app(c, "coop", "https://a.example/", &reg, 1))
+            .unwrap();
+        let found = s
+            .run_sync(|c| app(c, "coop", "https://a.example/", "https://meet/cb"))
+            .unwrap();
+        assert_eq!(found.unwrap().client_secret, "secret-a");
+        assert!(s
+            .run_sync(|c| app(c, "coop", "https://b.example/", "https://meet/cb"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn version_1_app_rows_migrate_with_a_normalized_base_url() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO apps VALUES ('coop', 'https://a.example', 'https://meet/cb', 'i', 's', 1)",
+            [],
+        )
+        .unwrap();
+        let s = Store::init(conn).unwrap();
+        let found = s
+            .run_sync(|c| app(c, "coop", "https://a.example/", "https://meet/cb"))
+            .unwrap();
+        assert_eq!(found.unwrap().client_secret, "s");
     }
 
     #[test]

@@ -27,8 +27,9 @@
 //! (`role: {name}` only) and Akkoma (`pleroma.is_admin` / `is_moderator`) shapes, rate limiting
 //! (429 on every API call, or on chosen paths), slow answers, the user denying access. Per account ([`Account`]): role, `limited`,
 //! suspended (403 on `verify_credentials`), deleted (404 on `accounts/:id`, tokens invalid).
-//! [`Counters`] and the lists of revoked tokens and handed-out secrets let tests assert what
-//! Plenary did at the instance.
+//! [`Counters`], the lists of revoked tokens and handed-out secrets, and the credentials
+//! presented to it (client secrets, bearer tokens) let tests assert what Plenary did at the
+//! instance.
 
 #![allow(dead_code)] // Not every test uses every switch.
 
@@ -285,6 +286,8 @@ struct Inner {
     tokens: HashMap<String, Token>,
     revoked: Vec<String>,
     secrets: Vec<String>,
+    /// Client secrets and bearer tokens presented to this double, valid or not.
+    received: Vec<String>,
     counters: Counters,
     base: String,
 }
@@ -316,6 +319,7 @@ impl MastodonDouble {
             tokens: HashMap::new(),
             revoked: Vec::new(),
             secrets: Vec::new(),
+            received: Vec::new(),
             counters: Counters::default(),
             base: format!("http://{addr}"),
         }));
@@ -410,6 +414,12 @@ impl MastodonDouble {
     /// travel through the browser by design).
     pub fn secrets(&self) -> Vec<String> {
         self.lock().secrets.clone()
+    }
+
+    /// Every client secret and bearer token presented to this double (token, revoke and API
+    /// calls), whether it knew them or not: what another host's credentials would show up in.
+    pub fn received_credentials(&self) -> Vec<String> {
+        self.lock().received.clone()
     }
 
     /// The redirect URIs of every registered app.
@@ -753,6 +763,7 @@ struct TokenForm {
 async fn token(State(inner): State<Shared>, Form(f): Form<TokenForm>) -> Response {
     let mut i = inner.lock().unwrap_or_else(|p| p.into_inner());
     let i = &mut *i;
+    i.received.extend(f.client_secret.clone());
     let Some(app) = i.apps.iter().find(|a| {
         Some(a.client_id.as_str()) == f.client_id.as_deref()
             && Some(a.client_secret.as_str()) == f.client_secret.as_deref()
@@ -850,6 +861,8 @@ struct RevokeForm {
 
 async fn revoke(State(inner): State<Shared>, Form(f): Form<RevokeForm>) -> Response {
     let mut i = inner.lock().unwrap_or_else(|p| p.into_inner());
+    i.received.extend(f.client_secret.clone());
+    i.received.extend(f.token.clone());
     let client_ok = i.apps.iter().any(|a| {
         Some(a.client_id.as_str()) == f.client_id.as_deref()
             && Some(a.client_secret.as_str()) == f.client_secret.as_deref()
@@ -970,6 +983,7 @@ fn has_scope(token: &Token, allowed: &[&str]) -> bool {
 async fn verify_credentials(State(inner): State<Shared>, headers: HeaderMap) -> Response {
     let mut i = inner.lock().unwrap_or_else(|p| p.into_inner());
     i.counters.verify_credentials += 1;
+    i.received.extend(bearer(&headers));
     let Some(token) = bearer(&headers).and_then(|t| i.tokens.get(&t)) else {
         return error(StatusCode::UNAUTHORIZED, "The access token is invalid");
     };
@@ -1005,6 +1019,7 @@ async fn account_by_id(
 ) -> Response {
     let mut i = inner.lock().unwrap_or_else(|p| p.into_inner());
     i.counters.account_lookups += 1;
+    i.received.extend(bearer(&headers));
     match bearer(&headers) {
         Some(t) => {
             let Some(token) = i.tokens.get(&t) else {

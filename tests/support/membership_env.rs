@@ -96,6 +96,8 @@ pub fn instance_config(id: &str, double: &MastodonDouble) -> InstanceConfig {
     InstanceConfig {
         id: id.into(),
         base_url: double.base_url(),
+        // Handles read @user@social.example although the double listens on 127.0.0.1.
+        domain: double.domain(),
         display_name: "Social Example".into(),
         members: true,
         host_roles: vec!["Moderator".into(), "Admin".into()],
@@ -146,6 +148,24 @@ impl Env {
     ) -> Env {
         let double = MastodonDouble::start(switches, account).await;
         Env::start(double, tweak).await
+    }
+
+    /// Restarts the server as an operator would: stops it, lets `tweak` change the
+    /// configuration, and starts a new one on the same address with the same database and
+    /// keys folder.
+    pub async fn restart(&mut self, tweak: impl FnOnce(&mut Config)) {
+        if let Some(s) = self.server.take() {
+            tokio::time::timeout(T, s.shutdown())
+                .await
+                .expect("the server stops in time");
+        }
+        tweak(&mut self.config);
+        let server = tokio::time::timeout(T, plenary::start(self.config.clone()))
+            .await
+            .expect("the server starts again in time")
+            .expect("the server starts again");
+        assert_eq!(server.http_addr(), self.config.http.addr);
+        self.server = Some(server);
     }
 
     /// Stops the server.
