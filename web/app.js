@@ -433,7 +433,7 @@ function explainError(code) {
     replaced: "You joined this meeting from another window or device.",
     server_shutdown: "The server is shutting down.",
     resume_failed: "Your place in the meeting could not be restored.",
-    invalid_grant: "Your room grant is not valid (expired, or for another room).",
+    invalid_grant: "Your room grant is not valid (expired, already used, or for another room).",
     unreachable: "The server cannot be reached.",
   };
   return (code && texts[code]) || "";

@@ -57,8 +57,9 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let url = ServerUrl::parse(&cfg.url)?;
     let server_addr = url.resolve().await?;
     let local_ip = cfg.local_ip.unwrap_or_else(|| route_ip(server_addr));
-    let ramp_secs = cfg.total() as f64 / cfg.ramp_per_sec;
-    let ttl = cfg.duration + Duration::from_secs_f64(ramp_secs) + Duration::from_secs(600);
+    // Grants are minted at each join and used at once: they need to live only as long as
+    // a join may take (servers refuse grants that live longer than 10 minutes by default).
+    let ttl = (cfg.join_timeout + Duration::from_secs(120)).min(Duration::from_secs(540));
     let minter = Minter::new(&cfg.api_key, &cfg.api_secret, &cfg.audience, ttl)?;
     let plan = plan(cfg);
     let total = plan.len();
