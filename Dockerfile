@@ -8,15 +8,16 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates/proto/Cargo.toml crates/proto/Cargo.toml
 COPY crates/sfu/Cargo.toml crates/sfu/Cargo.toml
+COPY crates/meeting/Cargo.toml crates/meeting/Cargo.toml
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
-RUN mkdir -p src crates/proto/src crates/sfu/src loadtest/src \
+RUN mkdir -p src crates/proto/src crates/sfu/src crates/meeting/src loadtest/src web \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && touch crates/proto/src/lib.rs crates/sfu/src/lib.rs \
+    && touch crates/proto/src/lib.rs crates/sfu/src/lib.rs crates/meeting/src/lib.rs \
     && echo 'fn main() {}' > loadtest/src/main.rs \
     && cargo build --release --locked -p plenary --bin plenary || true
 COPY . .
 # Make cargo see the real sources as newer than the placeholder build.
-RUN touch src/main.rs src/lib.rs crates/proto/src/lib.rs crates/sfu/src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/proto/src/lib.rs crates/sfu/src/lib.rs crates/meeting/src/lib.rs \
     && cargo build --release --locked -p plenary --bin plenary \
     && strip target/release/plenary
 
@@ -33,6 +34,8 @@ USER plenary
 ENV PLENARY_HTTP_ADDR=0.0.0.0:8080 \
     PLENARY_MEDIA_ADDR=0.0.0.0:7882 \
     PLENARY_LOG=info
-EXPOSE 8080/tcp 7882/udp
+# Media shards listen on 7882 + their index; PLENARY_MEDIA_SHARDS (default: one per core)
+# says how many. Publish the same range with `docker run -p`.
+EXPOSE 8080/tcp 7882-7889/udp
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/plenary"]
 CMD ["serve"]

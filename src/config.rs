@@ -205,6 +205,9 @@ pub struct MediaConfig {
     /// IP addresses announced in ICE candidates (a public IP behind 1:1 NAT, say). Empty:
     /// the bind address, which must then not be a wildcard.
     pub announce_ips: Vec<IpAddr>,
+    /// Media shards: threads, each with its own UDP port (`addr`'s port + its index). 0:
+    /// one per CPU core.
+    pub shards: usize,
 }
 
 /// `[auth]`
@@ -274,6 +277,7 @@ impl Default for MediaConfig {
         MediaConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
             announce_ips: Vec::new(),
+            shards: 0,
         }
     }
 }
@@ -431,9 +435,12 @@ impl Config {
             "test-secret-that-is-at-least-32-characters".into(),
         );
         config.limits.ice_timeout_secs = 3;
-        // The load tester mints every grant before its ramp, valid for the whole run plus ten
-        // minutes (loadtest/src/run.rs), longer than the 10-minute default.
-        config.auth.max_grant_ttl_secs = 3600;
+        // Tests exercise the split media plane even on a one-core machine; PLENARY_TEST_SHARDS
+        // picks another count (1 runs everything on one shard).
+        config.media.shards = std::env::var("PLENARY_TEST_SHARDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2);
         config
     }
 
@@ -476,6 +483,20 @@ impl Config {
                 "media.addr {} is a wildcard address: set media.announce_ips to the address(es) \
                  clients should send media to",
                 self.media.addr
+            ));
+        }
+        if self.media.shards > crate::media::MAX_SHARDS {
+            return invalid(format!(
+                "media.shards is {}: at most {} (0 means one per CPU core)",
+                self.media.shards,
+                crate::media::MAX_SHARDS
+            ));
+        }
+        let ports = self.media_shards() as u32;
+        let first = u32::from(self.media.addr.port());
+        if first != 0 && first + ports - 1 > u32::from(u16::MAX) {
+            return invalid(format!(
+                "media.addr port {first} + {ports} shards runs past port 65535: pick a lower port"
             ));
         }
         if self.limits.max_participants_per_room == 0 || self.limits.max_participants == 0 {
@@ -569,6 +590,18 @@ impl Config {
                 self.http.addr.ip().is_loopback() && self.membership.instances.is_empty()
             }
         }
+    }
+
+    /// How many media shards to run: `media.shards`, or one per core (at most
+    /// [`crate::media::MAX_SHARDS`]).
+    pub fn media_shards(&self) -> usize {
+        let n = match self.media.shards {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        };
+        n.clamp(1, crate::media::MAX_SHARDS)
     }
 
     /// The IPs put in ICE candidates, given the media socket's actual address.

@@ -69,7 +69,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     media: media::MediaHandle,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
-    media_thread: std::thread::JoinHandle<()>,
+    media_threads: media::MediaThreads,
+    media_addrs: Vec<SocketAddr>,
     grace: Duration,
 }
 
@@ -79,9 +80,14 @@ impl Server {
         self.http_addr
     }
 
-    /// The media UDP socket's address.
+    /// The first media shard's UDP address.
     pub fn media_addr(&self) -> SocketAddr {
         self.media_addr
+    }
+
+    /// Every media shard's UDP address (one port per shard).
+    pub fn media_addrs(&self) -> &[SocketAddr] {
+        &self.media_addrs
     }
 
     /// Whether dev mode is on.
@@ -99,8 +105,7 @@ impl Server {
             Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
             Err(_) => tracing::warn!("clients did not leave within the grace time"),
         }
-        let thread = self.media_thread;
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        self.media_threads.join().await;
     }
 }
 
@@ -119,20 +124,30 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             addr: config.http.addr,
             source,
         })?;
-    let udp =
-        std::net::UdpSocket::bind(config.media.addr).map_err(|source| StartError::BindMedia {
-            addr: config.media.addr,
-            source,
-        })?;
-    let media_addr = udp.local_addr().map_err(|source| StartError::BindMedia {
-        addr: config.media.addr,
-        source,
-    })?;
-    let announce = config
-        .announce_ips(media_addr)
-        .into_iter()
-        .map(|ip| SocketAddr::new(ip, media_addr.port()))
-        .collect();
+    // One UDP socket per media shard: shard i on the configured port + i (or each on an
+    // ephemeral port when the configured port is 0), announced in its own candidates.
+    let shards = config.media_shards();
+    let mut sockets = Vec::with_capacity(shards);
+    let mut media_addrs = Vec::with_capacity(shards);
+    for i in 0..shards {
+        let mut addr = config.media.addr;
+        if addr.port() != 0 {
+            addr.set_port(addr.port() + i as u16);
+        }
+        let udp = std::net::UdpSocket::bind(addr)
+            .map_err(|source| StartError::BindMedia { addr, source })?;
+        let bound = udp
+            .local_addr()
+            .map_err(|source| StartError::BindMedia { addr, source })?;
+        let announce: Vec<SocketAddr> = config
+            .announce_ips(bound)
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, bound.port()))
+            .collect();
+        media_addrs.push(bound);
+        sockets.push((udp, announce));
+    }
+    let media_addr = media_addrs[0];
     let dev_mode = config.dev_mode();
     let mut keys = config.key_ring();
     if dev_mode && config.auth.api_keys.is_empty() {
@@ -176,7 +191,6 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     });
     let metrics = Arc::new(metrics::Metrics::new());
     let settings = media::MediaSettings {
-        announce,
         ice_servers: config.ice_servers.clone(),
         max_participants_per_room: config.limits.max_participants_per_room,
         max_participants: config.limits.max_participants,
@@ -184,8 +198,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         listener_mode_above: config.limits.listener_mode_above,
         audit,
     };
-    let (media, media_thread) =
-        media::spawn(udp, settings, metrics.clone()).map_err(StartError::Media)?;
+    let (media, media_threads) =
+        media::spawn(sockets, settings, metrics.clone()).map_err(StartError::Media)?;
 
     if dev_mode {
         tracing::warn!(
@@ -211,7 +225,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             .with_graceful_shutdown(signal::wait_until_true(shutdown_rx))
             .await
     });
-    tracing::info!(%http_addr, %media_addr, "Plenary is listening");
+    tracing::info!(%http_addr, ?media_addrs, shards, "Plenary is listening");
     Ok(Server {
         http_addr,
         media_addr,
@@ -219,7 +233,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         shutdown: shutdown_tx,
         media,
         http_task,
-        media_thread,
+        media_threads,
+        media_addrs,
         grace: Duration::from_secs(config.limits.shutdown_grace_secs),
     })
 }

@@ -48,6 +48,12 @@ pub struct Metrics {
     pub send_errors: IntCounter,
     /// Send system calls (datagrams / calls = batching factor).
     pub send_calls: IntCounter,
+    /// Media shards (threads with their own UDP port).
+    pub shards: IntGauge,
+    /// RTP packets handed from one shard to another.
+    pub relayed: IntCounter,
+    /// Relayed packets dropped because the receiving shard's ring was full.
+    pub relay_drops: IntCounter,
     /// Datagrams the kernel dropped because the media socket's receive buffer was full.
     pub kernel_drops: IntGauge,
     /// Seconds from `join` to ICE+DTLS connected.
@@ -102,6 +108,15 @@ impl Metrics {
             send_calls: counter(
                 "udp_send_calls_total",
                 "Send system calls (sendmmsg batches)",
+            ),
+            shards: gauge("media_shards", "Media shards (threads, one UDP port each)"),
+            relayed: counter(
+                "relayed_packets_total",
+                "RTP packets handed from a publisher's shard to another shard's subscribers",
+            ),
+            relay_drops: counter(
+                "relay_drops_total",
+                "Relayed packets dropped because the receiving shard had fallen behind",
             ),
             kernel_drops: gauge(
                 "udp_receive_buffer_drops",
@@ -176,12 +191,16 @@ pub struct MediaCounters {
     pub send_errors: u64,
     /// `sendmmsg` (or `send_to`) calls made.
     pub send_calls: u64,
+    /// Packets relayed to other shards.
+    pub relayed: u64,
+    /// Relays dropped (a full ring).
+    pub relay_drops: u64,
 }
 
 impl MediaCounters {
     /// Adds what changed since `last` to the metrics and remembers the new values.
     pub fn publish(&self, last: &mut MediaCounters, m: &Metrics) {
-        let pairs: [(&IntCounter, u64, u64); 13] = [
+        let pairs: [(&IntCounter, u64, u64); 15] = [
             (&m.packets_in, self.packets_in, last.packets_in),
             (&m.packets_out, self.packets_out, last.packets_out),
             (&m.bytes_in, self.bytes_in, last.bytes_in),
@@ -211,6 +230,8 @@ impl MediaCounters {
             ),
             (&m.send_errors, self.send_errors, last.send_errors),
             (&m.send_calls, self.send_calls, last.send_calls),
+            (&m.relayed, self.relayed, last.relayed),
+            (&m.relay_drops, self.relay_drops, last.relay_drops),
         ];
         for (metric, now, before) in pairs {
             metric.inc_by(now.saturating_sub(before));

@@ -138,6 +138,11 @@ impl Session {
                             return End::Gone;
                         }
                     }
+                    Some(SessionEvent::Raw(json)) => {
+                        if self.send_text(&json).await.is_err() {
+                            return End::Gone;
+                        }
+                    }
                     Some(SessionEvent::Admitted(joined)) => {
                         self.waiting = false;
                         self.peer = Some(joined.peer);
@@ -449,6 +454,11 @@ impl Session {
 
     async fn send(&mut self, msg: &ServerMessage) -> Result<(), ()> {
         let json = serde_json::to_string(msg).map_err(|_| ())?;
+        self.send_text(&json).await
+    }
+
+    /// Sends an already serialised message (a broadcast is serialised once for everyone).
+    async fn send_text(&mut self, json: &str) -> Result<(), ()> {
         match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(json.into()))).await
         {
             Ok(Ok(())) => Ok(()),

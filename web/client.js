@@ -383,6 +383,11 @@ export class PlenaryClient extends EventTarget {
           this.log("unreadable message from server");
           return;
         }
+        // Why the server is about to close counts at once, not after the signaling steps
+        // queued before it: the socket's close may come first, and must not look like a
+        // lost connection to come back from.
+        if (msg.type === "closing") this.closeReason = msg.reason;
+        if (msg.type === "error" && FINAL_ERRORS.has(msg.code)) this.fatalError = msg.code;
         if (!welcomed && msg.type === "welcome") {
           welcomed = true;
           resolve(msg);

@@ -1,24 +1,34 @@
-//! The media plane: one UDP socket shared by every peer, the WebRTC stack behind Plenary's
-//! own boundary, and the forwarding core.
+//! The media plane: a control loop that runs the meetings, and media shards — one thread
+//! per core, each with its own UDP port — that carry the packets.
 //!
 //! # Data flow
-//! Signaling sessions send [`Command`]s (join, SDP, candidates, mute, leave) into a bounded
-//! channel. A [`shard`] thread owns the socket, every peer's WebRTC state ([`peer`]) and every
-//! room's [`plenary_sfu::Room`]; it reads datagrams, finds their peer with [`demux`] (ICE
-//! username fragment, then remote address: map lookups only), lets the peer decrypt them,
-//! hands RTP metadata to the room, and writes the room's [`plenary_sfu::Forward`]s to the
-//! subscribers' peers, which encrypt and send. Messages for clients go back to each session
-//! as [`SessionEvent`]s on its own bounded channel.
+//! Signaling sessions send [`Command`]s through a [`MediaHandle`], which routes them: SDP,
+//! candidates and subscription changes go straight to the shard that holds the peer (its
+//! [`PeerId`] names the shard); joins, chat, hands, mutes, host actions and leaves go to the
+//! [`control`] loop, which drives one `plenary_meeting::Meeting` per room (the rules) and
+//! tells the shards what to do ([`shard::ShardCmd`]): add or remove a peer, add or remove a
+//! track, mute one, change what a peer may publish.
+//!
+//! A [`shard`] owns its socket, its peers' WebRTC state ([`peer`]), its [`demux`], and for
+//! each room with members on it a local `plenary_sfu::Room` that forwards to its own
+//! subscribers. A packet published on shard A is decrypted there, forwarded to A's
+//! subscribers, and handed to every other shard with members of the room through bounded
+//! single-producer queues ([`exchange`]) carrying the shared payload; each shard encrypts for
+//! its own subscribers. Messages for clients go back to each session as [`SessionEvent`]s on
+//! its own bounded channel; a broadcast is serialised once for everyone.
 //!
 //! The WebRTC library (str0m) appears only in [`peer`] and [`shard`]; the rest of the server
 //! sees commands and events.
 
+pub mod control;
 pub mod demux;
+pub mod exchange;
 pub mod peer;
 pub mod shard;
 pub mod udp;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use plenary_proto::{
@@ -29,8 +39,34 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::grant::Permissions;
 
-/// A participant session in the media plane (slab index and generation).
+/// A participant session in the media plane: bits 0–23 its slot on its shard, 24–31 the
+/// shard, 32–63 a generation (so a reused slot gets a new id).
 pub type PeerId = plenary_sfu::ParticipantKey;
+
+/// Most shards (the shard index has 8 bits in a [`PeerId`]).
+pub const MAX_SHARDS: usize = 64;
+
+/// The shard that holds `id`.
+pub fn shard_of(id: PeerId) -> usize {
+    ((id.0 >> 24) & 0xff) as usize
+}
+
+/// `id`'s slot on its shard.
+pub fn slot_of(id: PeerId) -> usize {
+    (id.0 & 0x00ff_ffff) as usize
+}
+
+/// The id of slot `slot` on `shard` in its `generation`.
+pub fn peer_id(shard: usize, slot: usize, generation: u32) -> PeerId {
+    plenary_sfu::ParticipantKey(
+        ((generation as u64) << 32) | ((shard as u64 & 0xff) << 24) | (slot as u64 & 0x00ff_ffff),
+    )
+}
+
+/// The protocol id of a peer (`PA_<hex>`).
+pub fn participant_id(id: PeerId) -> String {
+    plenary_meeting::participant_id(plenary_meeting::Pid(id.0))
+}
 
 /// What a signaling session asks of the media plane.
 #[derive(Debug)]
@@ -113,7 +149,7 @@ pub enum Command {
         /// The changes.
         tracks: Vec<SubscriptionUpdate>,
     },
-    /// A host action (checked by the media plane).
+    /// A host action (checked by the meeting rules).
     Host {
         /// Who asks.
         peer: PeerId,
@@ -187,9 +223,27 @@ pub enum JoinError {
     /// A host barred this identity from the meeting.
     #[error("a host has removed you from this meeting")]
     Barred,
+    /// The lobby is full.
+    #[error("too many people are waiting in this room's lobby")]
+    LobbyFull,
     /// The resume token is unknown or expired.
     #[error("this session cannot be resumed; join again with a new grant")]
     ResumeFailed,
+}
+
+impl JoinError {
+    /// The `reason` label of `plenary_joins_refused_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            JoinError::RoomFull(_) => "room_full",
+            JoinError::ServerFull => "server_full",
+            JoinError::ShuttingDown => "shutting_down",
+            JoinError::Locked => "locked",
+            JoinError::Barred => "barred",
+            JoinError::LobbyFull => "lobby_full",
+            JoinError::ResumeFailed => "resume_failed",
+        }
+    }
 }
 
 /// What the media plane tells one session.
@@ -197,6 +251,8 @@ pub enum JoinError {
 pub enum SessionEvent {
     /// Send this to the client.
     Send(ServerMessage),
+    /// Send this already serialised message (a broadcast, serialised once for everyone).
+    Raw(Arc<str>),
     /// A host admitted the session from the lobby: it is now in the room.
     Admitted(Joined),
     /// Tell the client `closing` with this reason and close the connection.
@@ -206,8 +262,6 @@ pub enum SessionEvent {
 /// Settings the media plane needs.
 #[derive(Debug, Clone)]
 pub struct MediaSettings {
-    /// Addresses put in our ICE candidates.
-    pub announce: Vec<SocketAddr>,
     /// Handed to clients in `welcome`.
     pub ice_servers: Vec<IceServer>,
     /// Room limit.
@@ -235,21 +289,42 @@ pub struct AuditRecord {
     pub detail: serde_json::Value,
 }
 
-/// The signaling side's handle to the media plane.
+/// The signaling side's handle to the media plane: routes each command to the control loop
+/// or to the shard that holds the peer.
 #[derive(Debug, Clone)]
 pub struct MediaHandle {
-    commands: mpsc::Sender<Command>,
+    control: mpsc::Sender<Command>,
+    shards: Arc<[mpsc::Sender<shard::ShardCmd>]>,
 }
 
 impl MediaHandle {
     /// Sends a command, waiting while the queue is full. Errors when the media plane stopped.
     pub async fn send(&self, command: Command) -> Result<(), MediaGone> {
-        self.commands.send(command).await.map_err(|_| MediaGone)
+        let to_shard = match command {
+            Command::Offer { peer, sdp, tracks } => {
+                Some((peer, shard::ShardCmd::Offer { peer, sdp, tracks }))
+            }
+            Command::Answer { peer, sdp } => Some((peer, shard::ShardCmd::Answer { peer, sdp })),
+            Command::Candidate { peer, candidate } => {
+                Some((peer, shard::ShardCmd::Candidate { peer, candidate }))
+            }
+            Command::Subscription { peer, tracks } => {
+                Some((peer, shard::ShardCmd::Subscription { peer, tracks }))
+            }
+            other => return self.control.send(other).await.map_err(|_| MediaGone),
+        };
+        let Some((peer, cmd)) = to_shard else {
+            return Ok(());
+        };
+        let Some(tx) = self.shards.get(shard_of(peer)) else {
+            return Ok(()); // not an id we handed out: nothing to do
+        };
+        tx.send(cmd).await.map_err(|_| MediaGone)
     }
 
     /// Asks the media plane to close every session and stop.
     pub async fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown).await;
+        let _ = self.control.send(Command::Shutdown).await;
     }
 }
 
@@ -258,38 +333,98 @@ impl MediaHandle {
 #[error("the media plane has stopped")]
 pub struct MediaGone;
 
-/// Bound of the command queue into the media plane.
+/// Bound of the command queue into the control loop and into each shard.
 pub const COMMAND_QUEUE: usize = 4096;
 /// Bound of each session's event queue; a session that lets it fill is dropped.
 pub const SESSION_QUEUE: usize = 512;
 
-/// Starts the media plane on its own thread around `socket`.
+/// The media plane's threads, to wait for at shutdown.
+#[derive(Debug)]
+pub struct MediaThreads {
+    shards: Vec<std::thread::JoinHandle<()>>,
+    control: tokio::task::JoinHandle<()>,
+}
+
+impl MediaThreads {
+    /// Waits for the control loop and every shard thread to end.
+    pub async fn join(self) {
+        let _ = self.control.await;
+        let shards = self.shards;
+        let _ = tokio::task::spawn_blocking(move || {
+            for s in shards {
+                let _ = s.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Starts the media plane: one shard thread per socket (each announces its own port in its
+/// candidates), and the control loop as a task on the current runtime.
 pub fn spawn(
-    socket: std::net::UdpSocket,
+    sockets: Vec<(std::net::UdpSocket, Vec<SocketAddr>)>,
     settings: MediaSettings,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
-) -> std::io::Result<(MediaHandle, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-    socket.set_nonblocking(true)?;
-    let thread = std::thread::Builder::new()
-        .name("plenary-media".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("media plane: cannot start its runtime: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                match shard::Shard::new(socket, settings, metrics) {
-                    Ok(shard) => shard.run(rx).await,
-                    Err(e) => tracing::error!("media plane: cannot start: {e}"),
-                }
-            });
-        })?;
-    Ok((MediaHandle { commands: tx }, thread))
+    metrics: Arc<crate::metrics::Metrics>,
+) -> std::io::Result<(MediaHandle, MediaThreads)> {
+    let n = sockets.len();
+    assert!((1..=MAX_SHARDS).contains(&n), "1 to {MAX_SHARDS} shards");
+    let (control_tx, control_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel(shard::EVENT_QUEUE);
+    let mut shard_tx = Vec::with_capacity(n);
+    let mut shard_rx = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        shard_tx.push(tx);
+        shard_rx.push(rx);
+    }
+    let shards: Arc<[mpsc::Sender<shard::ShardCmd>]> = shard_tx.into();
+    let mut exchanges = exchange::Exchange::mesh(n);
+    let mut threads = Vec::with_capacity(n);
+    for (index, ((socket, announce), commands)) in
+        sockets.into_iter().zip(shard_rx).enumerate().rev()
+    {
+        socket.set_nonblocking(true)?;
+        let links = shard::Links {
+            index,
+            commands,
+            control: events_tx.clone(),
+            shards: Arc::clone(&shards),
+            exchange: exchanges.pop().expect("one exchange per shard"),
+        };
+        let metrics = Arc::clone(&metrics);
+        let ice_timeout = settings.ice_timeout;
+        let thread = std::thread::Builder::new()
+            .name(format!("plenary-media-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("media shard {index}: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match shard::Shard::new(socket, announce, ice_timeout, metrics, links) {
+                        Ok(shard) => shard.run().await,
+                        Err(e) => tracing::error!("media shard {index}: cannot start: {e}"),
+                    }
+                });
+            })?;
+        threads.push(thread);
+    }
+    let control = control::Control::new(settings, metrics, Arc::clone(&shards));
+    let control = tokio::spawn(control.run(control_rx, events_rx));
+    Ok((
+        MediaHandle {
+            control: control_tx,
+            shards,
+        },
+        MediaThreads {
+            shards: threads,
+            control,
+        },
+    ))
 }

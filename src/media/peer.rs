@@ -25,7 +25,6 @@ use str0m::{Candidate, IceCreds, Rtc, RtcConfig};
 use tokio::sync::mpsc;
 
 use super::{PeerId, SessionEvent};
-use crate::grant::Permissions;
 
 /// A track this peer publishes.
 #[derive(Debug)]
@@ -74,6 +73,9 @@ pub struct OutTrack {
     pub state: OutState,
     /// Payload-type translation cached from the last packet: (publisher's, ours).
     pub pt_map: Option<(Pt, Pt)>,
+    /// The SSRC of its outgoing stream once looked up (a map lookup per packet instead of
+    /// a scan of the peer's streams by mid).
+    pub ssrc: Option<Ssrc>,
 }
 
 /// One participant's connection.
@@ -82,10 +84,12 @@ pub struct Peer {
     pub id: PeerId,
     /// Its room (index in the shard's room table).
     pub room: usize,
-    /// Its public record.
+    /// Its public record (for logs and the track mappings).
     pub info: ParticipantInfo,
-    /// What it may do.
-    pub permissions: Permissions,
+    /// Sources it may publish now (set by the meeting rules).
+    pub can_publish: Vec<TrackSource>,
+    /// Its room is in listener mode (for the wording of a refusal).
+    pub listener_mode: bool,
     /// Its session's queue.
     pub events: mpsc::Sender<SessionEvent>,
     /// The WebRTC state machine.
@@ -98,10 +102,15 @@ pub struct Peer {
     pub connected: bool,
     /// ICE went away at this time (removed after the ICE timeout).
     pub disconnected_since: Option<Instant>,
+    /// The client closed the connection (DTLS close): removed shortly after, unless its
+    /// session's `leave` (with the real reason) comes first.
+    pub closed_at: Option<Instant>,
     /// The timeout registered in the shard's timer heap.
     pub scheduled: Option<Instant>,
     /// Queued in the shard's list of peers to poll.
     pub dirty: bool,
+    /// Slots changed state and the next poll must look at negotiation.
+    pub renegotiate: bool,
     /// The client's first offer has been accepted.
     pub offered: bool,
     /// Our outstanding offer.
@@ -118,14 +127,6 @@ pub struct Peer {
     pub egress_seen: Vec<(Mid, u64, u64)>,
     /// Last cumulative NACKs sent per m-line.
     pub ingress_seen: Vec<(Mid, u64)>,
-    /// Host powers in this meeting (by grant, or made host by a host).
-    pub is_host: bool,
-    /// Given the floor by a host.
-    pub has_floor: bool,
-    /// Hand raised.
-    pub hand_raised: bool,
-    /// Hash of the resume token handed out in `welcome`.
-    pub resume_hash: String,
 }
 
 /// Most SSRCs remembered per peer (simulcast layers and RTX of a few tracks).
@@ -136,19 +137,11 @@ impl Peer {
     pub fn new(
         id: PeerId,
         room: usize,
-        req: super::JoinRequest,
+        add: &super::shard::AddPeer,
         cert: &DtlsCert,
         candidates: &[Candidate],
     ) -> Peer {
-        let super::JoinRequest {
-            info,
-            permissions,
-            events,
-            started,
-            ..
-        } = req;
         let ufrag = random_token(8);
-        let is_host = permissions.is_host;
         let creds = IceCreds {
             ufrag: ufrag.clone(),
             pass: random_token(24),
@@ -165,23 +158,26 @@ impl Peer {
             .enable_vp9(true)
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
-            .build(started);
+            .build(add.started);
         for c in candidates {
             rtc.add_local_candidate(c.clone());
         }
         Peer {
             id,
             room,
-            info,
-            permissions,
-            events,
+            info: add.info.clone(),
+            can_publish: add.can_publish.clone(),
+            listener_mode: add.listener_mode,
+            events: add.events.clone(),
             rtc,
             ufrag,
-            started,
+            started: add.started,
             connected: false,
             disconnected_since: None,
+            closed_at: None,
             scheduled: None,
             dirty: false,
+            renegotiate: false,
             offered: false,
             pending: None,
             in_tracks: Vec::new(),
@@ -190,43 +186,7 @@ impl Peer {
             free_mlines: Vec::new(),
             egress_seen: Vec::new(),
             ingress_seen: Vec::new(),
-            is_host,
-            has_floor: false,
-            hand_raised: false,
-            resume_hash: String::new(),
         }
-    }
-
-    /// What this participant may do now, given the room's listener mode.
-    pub fn effective_permissions(&self, listener_mode: bool) -> plenary_proto::Permissions {
-        use TrackSource::*;
-        let mut sources = Vec::new();
-        for source in [Microphone, Camera, Screen, ScreenAudio] {
-            let by_grant = self.permissions.may_publish(source) && (!listener_mode || self.is_host);
-            let by_floor = self.has_floor && matches!(source, Microphone | Camera);
-            if by_grant || by_floor || (self.has_floor && self.permissions.may_publish(source)) {
-                sources.push(source);
-            }
-        }
-        plenary_proto::Permissions {
-            can_publish: sources,
-            can_subscribe: self.permissions.can_subscribe,
-            can_chat: self.permissions.can_publish_data,
-            is_host: self.is_host,
-            has_floor: self.has_floor,
-        }
-    }
-
-    /// This participant's public record, with the meeting state filled in.
-    pub fn public_info(&self, listener_mode: bool) -> ParticipantInfo {
-        let mut info = self.info.clone();
-        info.is_host = self.is_host;
-        info.hand_raised = self.hand_raised;
-        info.can_publish = self
-            .effective_permissions(listener_mode)
-            .can_publish
-            .contains(&TrackSource::Microphone);
-        info
     }
 
     /// Queues a message for the client; false when its queue is full (a client that cannot
@@ -244,6 +204,7 @@ impl Peer {
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("unreadable SDP: {e}"))?;
         if self.pending.take().is_some() {
+            self.renegotiate = true;
             // Our offer is void; its changes are offered again. (Direction changes were
             // applied to the session already, so a re-offer of those may need no change.)
             for t in self.out.iter_mut().flatten() {
@@ -275,9 +236,10 @@ impl Peer {
     /// change needed no negotiation after all (see the glare rule) open at once and are
     /// returned for binding.
     pub fn negotiate(&mut self) -> (Option<ServerMessage>, Vec<(u32, TrackKey)>) {
-        if !self.offered || self.pending.is_some() {
+        if !self.offered || self.pending.is_some() || !self.renegotiate {
             return (None, Vec::new());
         }
+        self.renegotiate = false;
         let needed = self.out.iter().flatten().any(|t| {
             matches!(
                 t.state,
@@ -288,8 +250,9 @@ impl Peer {
             return (None, Vec::new());
         }
         // Fresh SSRCs for reused m-lines, so receivers see a new stream.
-        for t in self.out.iter().flatten() {
+        for t in self.out.iter_mut().flatten() {
             if let OutState::ToReuse(mid) = t.state {
+                t.ssrc = None;
                 let mut api = self.rtc.direct_api();
                 let ssrc = api.new_ssrc();
                 // Only streams that have a repair (RTX) SSRC get a new one.
@@ -363,6 +326,8 @@ impl Peer {
             .sdp_api()
             .accept_answer(pending, answer)
             .map_err(|e| format!("the answer cannot be applied: {e}"))?;
+        // Changes queued while the offer was out go in the next one.
+        self.renegotiate = true;
         Ok(self.settle())
     }
 
@@ -397,10 +362,12 @@ impl Peer {
             Some(free) => *free = Some(out),
             None => self.out.push(Some(out)),
         }
+        self.renegotiate = true;
     }
 
     /// Removes the slot carrying `track` (stopping its m-line if it had one).
     pub fn remove_out(&mut self, track: TrackKey) {
+        self.renegotiate = true;
         for entry in self.out.iter_mut() {
             let Some(t) = entry else { continue };
             if t.track != track {
@@ -440,12 +407,13 @@ impl Peer {
         Some(index)
     }
 
-    /// The codec parameters of payload type `pt` on published track `index`.
-    pub fn in_params(&mut self, index: usize, pt: Pt) -> Option<PayloadParams> {
+    /// The codec parameters of payload type `pt` on published track `index`, and whether
+    /// they changed since the last packet (the codec is then told to the room).
+    pub fn in_params(&mut self, index: usize, pt: Pt) -> Option<(PayloadParams, bool)> {
         let t = self.in_tracks.get(index)?;
         if let Some((cached, params)) = t.last_pt {
             if cached == pt {
-                return Some(params);
+                return Some((params, false));
             }
         }
         let params = *self
@@ -455,7 +423,7 @@ impl Peer {
             .iter()
             .find(|p| p.pt() == pt)?;
         self.in_tracks[index].last_pt = Some((pt, params));
-        Some(params)
+        Some((params, true))
     }
 
     /// Our payload type for the publisher's `(pt, params)` on `slot`.

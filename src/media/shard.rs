@@ -1,105 +1,252 @@
-//! The media loop: one thread that owns the UDP socket, every peer and every room, and
-//! drives them from datagrams, commands and timers.
+//! One media shard: a thread that owns a UDP socket, the peers placed on it, and for each
+//! room with members here a local forwarding core (`plenary_sfu::Room`) for its own
+//! subscribers. It knows nothing of meeting rules: the control loop tells it what to do
+//! ([`ShardCmd`]) and hears what happened ([`ShardEvent`]).
 //!
-//! Per datagram: demux to a peer (map lookups), `handle_input` into its WebRTC state,
-//! then poll it; each incoming RTP packet goes through the room's forwarding core, whose
-//! [`Forward`]s are written into the subscribers' peers (the payload is shared, not
-//! copied), which are then polled in turn for datagrams to send. No lock, no task and no
-//! allocation per forwarded packet: the forward buffer, the dirty list and the timer heap
-//! are reused. Counters are plain fields, published to Prometheus once a second.
-//!
-//! One shard holds whole rooms. Running one shard per core means giving each its own
-//! socket (port, or `SO_REUSEPORT` with steering by ufrag) and placing rooms on shards;
-//! nothing in here is shared between shards.
+//! Per datagram: demux to a peer (map lookups), `handle_input` into its WebRTC state, then
+//! poll it; each incoming RTP packet goes through the room's local core, whose
+//! [`Forward`]s are written into this shard's subscribers (the payload is shared, not
+//! copied), and — when other shards have members of the room — into the exchange rings
+//! for them ([`super::exchange`]). Packets relayed from other shards take the same path
+//! from the core on. No lock, no task and no allocation per forwarded packet: the forward
+//! buffer, the dirty list and the timer heap are reused, and each subscriber's outgoing
+//! stream is found by its SSRC. Counters are plain fields, published to Prometheus once a
+//! second.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plenary_proto::{
     ErrorCode, IceCandidate, LeaveReason, ParticipantInfo, PublishedTrack, ServerMessage,
-    TrackInfo, PROTOCOL_VERSION,
+    SubscriptionUpdate, TrackInfo, TrackSource,
 };
-
-mod meeting;
-use meeting::{participant_id, Diff, Resumable, Waiting};
-use plenary_sfu::{Forward, ParticipantKey, Room, RoomConfig, RoomEvent, RtpIn, TrackKey};
+use plenary_sfu::{Forward, Media, Room, RoomConfig, RoomEvent, RtpIn, TrackKey};
 use str0m::config::DtlsCert;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc;
 
 use super::demux::{is_stun, Demux};
+use super::exchange::{Exchange, Relay};
 use super::peer::{core_media, first_codec, InTrack, OutState, OutTrack, Peer};
 use super::udp::{BatchSocket, SendQueue};
-use super::{
-    Command, JoinError, JoinOutcome, JoinRequest, Joined, MediaSettings, PeerId, SessionEvent,
-};
+use super::{shard_of, slot_of, PeerId, SessionEvent};
 use crate::metrics::{MediaCounters, Metrics};
 
 /// Most tracks one participant may publish.
 const MAX_TRACKS_PER_PEER: usize = 8;
 /// Most `recvmmsg` batches read before the loop looks at commands and timers again.
 const READ_BATCHES: usize = 4;
-/// Most text in a data message.
-const MAX_DATA_TEXT: usize = 4096;
+/// Most relayed packets taken from each other shard per turn.
+const RELAY_BATCH: usize = 1024;
+/// Most commands handled per turn before the loop looks at the socket again.
+const COMMAND_BATCH: usize = 64;
+/// Bound of the shards' event queue into the control loop.
+pub const EVENT_QUEUE: usize = 16384;
+/// A peer whose client closed the connection is removed after this, unless its session's
+/// `leave` comes first (so the others see "left", not "disconnected").
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-struct RoomEntry {
-    name: String,
-    core: Room,
-    /// In join order.
-    members: Vec<PeerId>,
-    /// Published tracks with their protocol records.
-    tracks: Vec<(TrackKey, TrackInfo)>,
-    /// No new non-hosts.
-    locked: bool,
-    /// Newcomers wait for a host.
-    lobby_on: bool,
-    /// Only hosts and those with the floor may publish.
-    listener_mode: bool,
-    /// Waiting in the lobby, in arrival order.
-    lobby: Vec<Waiting>,
-    /// Identities a host removed for the rest of the meeting.
-    barred: std::collections::HashSet<String>,
-    /// Raised hands in order.
-    hands: Vec<PeerId>,
-    /// Participant changes not yet sent (flushed by housekeeping).
-    diff: Diff,
+/// A room as the media plane names it (assigned by the control loop, never reused).
+pub type RoomKey = u32;
+
+/// A published track as every shard needs to know it.
+#[derive(Debug, Clone)]
+pub struct TrackSpec {
+    /// Its key (unique on the server: the shard it was published on is in its top bits).
+    pub key: TrackKey,
+    /// Who publishes it.
+    pub publisher: PeerId,
+    /// Its protocol record.
+    pub info: TrackInfo,
+    /// What it carries.
+    pub media: Media,
 }
 
-impl RoomEntry {
-    fn new(name: String) -> RoomEntry {
-        RoomEntry {
-            name,
-            core: Room::new(RoomConfig::default()),
-            members: Vec::new(),
-            tracks: Vec::new(),
-            locked: false,
-            lobby_on: false,
-            listener_mode: false,
-            lobby: Vec::new(),
-            barred: Default::default(),
-            hands: Vec::new(),
-            diff: Diff::default(),
-        }
-    }
+/// A peer for this shard (from the control loop).
+#[derive(Debug)]
+pub struct AddPeer {
+    /// Its id (this shard is in it).
+    pub id: PeerId,
+    /// Its room.
+    pub room: RoomKey,
+    /// The room's name (for logs).
+    pub room_name: Arc<str>,
+    /// Its public record.
+    pub info: ParticipantInfo,
+    /// It receives the others' media.
+    pub can_subscribe: bool,
+    /// Sources it may publish now.
+    pub can_publish: Vec<TrackSource>,
+    /// Its room is in listener mode.
+    pub listener_mode: bool,
+    /// Its session's queue.
+    pub events: mpsc::Sender<SessionEvent>,
+    /// When the client asked to join.
+    pub started: Instant,
+    /// Every track published in the room so far.
+    pub tracks: Vec<TrackSpec>,
+}
 
-    fn state(&self) -> plenary_proto::RoomState {
-        plenary_proto::RoomState {
-            locked: self.locked,
-            lobby: self.lobby_on,
-            listener_mode: self.listener_mode,
-            size: self.members.len(),
-        }
-    }
+/// What a shard is asked to do.
+#[derive(Debug)]
+pub enum ShardCmd {
+    /// Place a peer here.
+    AddPeer(Box<AddPeer>),
+    /// Remove a peer (its session is told `closing` with `reason`).
+    RemovePeer {
+        /// Who.
+        peer: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// What a peer may publish changed.
+    SetPermissions {
+        /// Who.
+        peer: PeerId,
+        /// Sources it may publish now.
+        can_publish: Vec<TrackSource>,
+        /// Its room is in listener mode.
+        listener_mode: bool,
+    },
+    /// A track published on another shard (subscribe the local members).
+    AddTrack {
+        /// The room.
+        room: RoomKey,
+        /// The track.
+        spec: TrackSpec,
+    },
+    /// A track is gone (unsubscribe; stop receiving it if its publisher is here).
+    RemoveTrack {
+        /// The room.
+        room: RoomKey,
+        /// The track.
+        track: TrackKey,
+    },
+    /// Stop (or resume) forwarding a track.
+    MuteTrack {
+        /// The room.
+        room: RoomKey,
+        /// The track.
+        track: TrackKey,
+        /// New state.
+        muted: bool,
+    },
+    /// Which shards have members of a room (one bit each): relay its packets there.
+    RoomShards {
+        /// The room.
+        room: RoomKey,
+        /// The shards.
+        mask: u64,
+    },
+    /// Subscribers on another shard need a keyframe of this (local) track.
+    KeyframeRequest {
+        /// The track.
+        track: TrackKey,
+    },
+    /// A client's SDP offer.
+    Offer {
+        /// Who.
+        peer: PeerId,
+        /// The SDP.
+        sdp: String,
+        /// Tracks by mid.
+        tracks: Vec<PublishedTrack>,
+    },
+    /// A client's answer to our offer.
+    Answer {
+        /// Who.
+        peer: PeerId,
+        /// The SDP.
+        sdp: String,
+    },
+    /// A trickled client candidate.
+    Candidate {
+        /// Who.
+        peer: PeerId,
+        /// The candidate.
+        candidate: IceCandidate,
+    },
+    /// Pause or resume forwarding of remote tracks to a peer.
+    Subscription {
+        /// Who.
+        peer: PeerId,
+        /// The changes.
+        tracks: Vec<SubscriptionUpdate>,
+    },
+    /// Close every session and stop.
+    Shutdown,
+}
+
+/// What a shard tells the control loop.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// A peer is gone (removed on request, or its media went away).
+    PeerLeft {
+        /// Who.
+        peer: PeerId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// A peer's offer published a track.
+    TrackPublished {
+        /// Who.
+        peer: PeerId,
+        /// The track.
+        spec: TrackSpec,
+    },
+    /// A peer stopped publishing a track.
+    TrackUnpublished {
+        /// Who.
+        peer: PeerId,
+        /// The track's protocol id.
+        track_id: String,
+    },
+}
+
+/// How a shard talks to the rest of the media plane.
+pub struct Links {
+    /// This shard's index.
+    pub index: usize,
+    /// Commands for this shard (from the control loop, sessions and other shards).
+    pub commands: mpsc::Receiver<ShardCmd>,
+    /// Events for the control loop.
+    pub control: mpsc::Sender<ShardEvent>,
+    /// Every shard's command queue (for keyframe requests across shards).
+    pub shards: Arc<[mpsc::Sender<ShardCmd>]>,
+    /// The packet rings to and from the other shards.
+    pub exchange: Exchange,
+}
+
+/// A room's replica on this shard.
+struct LocalRoom {
+    key: RoomKey,
+    name: Arc<str>,
+    core: Room,
+    /// Members placed on this shard.
+    members: Vec<PeerId>,
+    /// Every published track of the room (local and remote publishers).
+    tracks: Vec<TrackSpec>,
+    /// Other shards with members of the room (one bit each).
+    relay_to: u64,
+}
+
+/// Where a relayed packet's track lives here.
+struct TrackRoute {
+    room: usize,
+    /// The publisher's last payload type, to tell the core when the codec changes.
+    last_pt: Option<Pt>,
 }
 
 /// The media loop's state. See the module docs.
 pub struct Shard {
+    index: usize,
     /// The socket (taken out while a batch of datagrams is handled).
     io: Option<BatchSocket>,
     /// Datagrams to send at the end of this turn.
@@ -108,35 +255,44 @@ pub struct Shard {
     local: SocketAddr,
     /// The port the media socket is bound to (for the kernel's drop counter).
     local_port: Option<u16>,
-    settings: MediaSettings,
+    ice_timeout: Duration,
     metrics: Arc<Metrics>,
     cert: DtlsCert,
     candidates: Vec<Candidate>,
+    /// Peers by slot.
     peers: Vec<Option<Peer>>,
-    generations: Vec<u32>,
-    free: Vec<u32>,
     demux: Demux,
-    rooms: Vec<Option<RoomEntry>>,
-    room_index: HashMap<String, usize>,
+    rooms: Vec<Option<LocalRoom>>,
+    room_index: HashMap<RoomKey, usize>,
+    track_index: HashMap<TrackKey, TrackRoute>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     dirty: Vec<PeerId>,
     forwards: Vec<Forward>,
     to_remove: Vec<(PeerId, LeaveReason)>,
     counters: MediaCounters,
     published: MediaCounters,
+    /// Gauges this shard last added to the shared metrics (subscriptions, kernel drops).
+    gauges_published: (i64, i64),
+    commands: mpsc::Receiver<ShardCmd>,
+    control: mpsc::Sender<ShardEvent>,
+    /// Events the control loop's queue had no room for yet (sent first, next turn).
+    outbox: VecDeque<ShardEvent>,
+    shards: Arc<[mpsc::Sender<ShardCmd>]>,
+    exchange: Exchange,
+    /// Relayed packets taken from the rings this turn (reused).
+    relay_batch: Vec<Relay>,
     next_track: u64,
-    next_lobby: u64,
-    /// Sessions that dropped recently and may resume, by token hash.
-    resumable: HashMap<String, Resumable>,
     shutting_down: bool,
 }
 
 impl Shard {
-    /// A shard around a bound, non-blocking socket.
+    /// A shard around a bound, non-blocking socket, announcing `announce` as its candidates.
     pub fn new(
         socket: std::net::UdpSocket,
-        settings: MediaSettings,
+        announce: Vec<SocketAddr>,
+        ice_timeout: Duration,
         metrics: Arc<Metrics>,
+        links: Links,
     ) -> Result<Shard, String> {
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(|e| e.to_string())?;
         let provider = str0m::crypto::from_feature_flags();
@@ -144,47 +300,58 @@ impl Shard {
             .dtls_provider
             .generate_certificate()
             .ok_or("cannot generate a DTLS certificate")?;
-        let candidates = settings
-            .announce
+        let candidates = announce
             .iter()
             .map(|a| Candidate::host(*a, "udp").map_err(|e| format!("candidate {a}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
-        let local = *settings.announce.first().ok_or("no address to announce")?;
+        let local = *announce.first().ok_or("no address to announce")?;
+        let Links {
+            index,
+            commands,
+            control,
+            shards,
+            exchange,
+        } = links;
         Ok(Shard {
+            index,
             local_port: socket.local_addr().ok().map(|a| a.port()),
             io: Some(BatchSocket::new(socket)),
             out: SendQueue::default(),
             local,
-            settings,
+            ice_timeout,
             metrics,
             cert,
             candidates,
             peers: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
             demux: Demux::default(),
             rooms: Vec::new(),
             room_index: HashMap::new(),
+            track_index: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             forwards: Vec::new(),
             to_remove: Vec::new(),
             counters: MediaCounters::default(),
             published: MediaCounters::default(),
+            gauges_published: (0, 0),
+            commands,
+            control,
+            outbox: VecDeque::new(),
+            shards,
+            exchange,
+            relay_batch: Vec::new(),
             next_track: 1,
-            next_lobby: 1,
-            resumable: HashMap::new(),
             shutting_down: false,
         })
     }
 
-    /// Runs until [`Command::Shutdown`] or until every handle is gone.
+    /// Runs until [`ShardCmd::Shutdown`] or until every command sender is gone.
     ///
     /// Timers are checked against the clock on every turn, not only when tokio's timer
     /// fires: under overload the socket is always readable and the loop may not yield to
     /// the runtime's timer driver for a long time, and ICE, DTLS, RTCP and housekeeping
-    /// (metrics, ICE timeouts, participant batches) must not stall then.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    /// (metrics, ICE timeouts) must not stall then.
+    pub async fn run(mut self) {
         const HOUSEKEEPING: Duration = Duration::from_millis(100);
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         let mut ticks: u32 = 0;
@@ -197,8 +364,8 @@ impl Shard {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
                 .min(next_housekeeping);
             tokio::select! {
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Shutdown) | None => {
+                cmd = self.commands.recv() => match cmd {
+                    Some(ShardCmd::Shutdown) | None => {
                         self.shutdown();
                         return;
                     }
@@ -209,8 +376,21 @@ impl Shard {
                         self.read_datagrams();
                     }
                 }
+                _ = self.exchange.woken() => {}
                 _ = tokio::time::sleep_until(next_timer.into()) => {}
             }
+            // More commands that are already waiting (a join storm), bounded per turn.
+            for _ in 0..COMMAND_BATCH {
+                match self.commands.try_recv() {
+                    Ok(ShardCmd::Shutdown) => {
+                        self.shutdown();
+                        return;
+                    }
+                    Ok(cmd) => self.handle_command(cmd),
+                    Err(_) => break,
+                }
+            }
+            self.drain_relays();
             let now = Instant::now();
             self.handle_timers(now);
             if now >= next_housekeeping {
@@ -219,6 +399,8 @@ impl Shard {
                 self.housekeeping(now, ticks.is_multiple_of(10));
             }
             self.flush();
+            self.exchange.wake();
+            self.send_events();
             // Let the runtime poll its I/O and timer drivers now and then, even when the
             // socket never runs dry.
             turns = turns.wrapping_add(1);
@@ -231,27 +413,14 @@ impl Shard {
     // ---- peers -------------------------------------------------------------------------
 
     fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
-        let idx = (id.0 & 0xffff_ffff) as usize;
-        self.peers.get_mut(idx)?.as_mut().filter(|p| p.id == id)
+        self.peers
+            .get_mut(slot_of(id))?
+            .as_mut()
+            .filter(|p| p.id == id)
     }
 
     fn peer(&self, id: PeerId) -> Option<&Peer> {
-        let idx = (id.0 & 0xffff_ffff) as usize;
-        self.peers.get(idx)?.as_ref().filter(|p| p.id == id)
-    }
-
-    fn alloc_peer_id(&mut self) -> (usize, PeerId) {
-        let idx = match self.free.pop() {
-            Some(i) => i as usize,
-            None => {
-                self.peers.push(None);
-                self.generations.push(0);
-                self.peers.len() - 1
-            }
-        };
-        self.generations[idx] = self.generations[idx].wrapping_add(1);
-        let id = ParticipantKey(((self.generations[idx] as u64) << 32) | idx as u64);
-        (idx, id)
+        self.peers.get(slot_of(id))?.as_ref().filter(|p| p.id == id)
     }
 
     fn mark_dirty(&mut self, id: PeerId) {
@@ -259,6 +428,27 @@ impl Shard {
             if !p.dirty {
                 p.dirty = true;
                 self.dirty.push(id);
+            }
+        }
+    }
+
+    fn emit(&mut self, event: ShardEvent) {
+        self.outbox.push_back(event);
+    }
+
+    /// Hands queued events to the control loop (what does not fit waits for the next turn).
+    fn send_events(&mut self) {
+        while let Some(event) = self.outbox.pop_front() {
+            match self.control.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    self.outbox.push_front(event);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.outbox.clear();
+                    return;
+                }
             }
         }
     }
@@ -381,7 +571,7 @@ impl Shard {
                 break;
             }
             self.timers.pop();
-            let id = ParticipantKey(key);
+            let id = plenary_sfu::ParticipantKey(key);
             let Some(peer) = self.peer_mut(id) else {
                 continue;
             };
@@ -433,8 +623,7 @@ impl Shard {
                 let Some(peer) = self.peer_mut(id) else {
                     return;
                 };
-                let (nacks, plis) = delta3(&mut peer.egress_seen, s.mid, s.nacks, s.plis + s.firs);
-                let _ = plis;
+                let (nacks, _plis) = delta3(&mut peer.egress_seen, s.mid, s.nacks, s.plis + s.firs);
                 self.counters.nacks_received += nacks;
             }
             Event::MediaIngressStats(s) => {
@@ -444,12 +633,19 @@ impl Shard {
                 let nacks = delta2(&mut peer.ingress_seen, s.mid, s.nacks);
                 self.counters.nacks_sent += nacks;
             }
-            Event::Closed => self.to_remove.push((id, LeaveReason::Disconnected)),
+            Event::Closed => {
+                // The client hung up. Its session's `leave` normally follows at once and
+                // removes it with the real reason; if not, it goes shortly.
+                if let Some(peer) = self.peer_mut(id) {
+                    peer.closed_at.get_or_insert_with(Instant::now);
+                }
+            }
             _ => {}
         }
     }
 
-    /// One RTP packet from a publisher: through the room's core, out to the subscribers.
+    /// One RTP packet from a local publisher: through the room's core to the local
+    /// subscribers, and to the other shards with members of the room.
     fn forward(&mut self, from: PeerId, pkt: RtpPacket) {
         let Some(peer) = self.peer_mut(from) else {
             return;
@@ -457,8 +653,8 @@ impl Shard {
         let Some(index) = peer.in_track_for(pkt.header.ssrc) else {
             return; // not a published track (e.g. a source the grant forbids)
         };
-        let in_pt = pkt.header.payload_type;
-        let Some(params) = peer.in_params(index, in_pt) else {
+        let pt = pkt.header.payload_type;
+        let Some((params, changed)) = peer.in_params(index, pt) else {
             return;
         };
         let track = peer.in_tracks[index].key;
@@ -466,64 +662,182 @@ impl Shard {
         let video = params.spec().codec.kind() == MediaKind::Video;
         let mut forwards = std::mem::take(&mut self.forwards);
         forwards.clear();
-        if let Some(entry) = self.room_mut(room) {
-            if video {
-                // Cheap: the codec of a video track is set again only when it changes.
-                let media = core_media(plenary_proto::TrackKind::Video, Some(params.spec().codec));
-                let _ = entry.core.set_media(track, media);
-            }
-            entry.core.handle_rtp(
-                track,
-                &RtpIn {
-                    stream: *pkt.header.ssrc as u64,
-                    seq: *pkt.seq_no,
-                    ts: pkt.header.timestamp,
-                    payload: &pkt.payload,
-                    at: pkt.timestamp,
-                },
-                &mut forwards,
-            );
-        }
-        let ext = ExtensionValues {
-            audio_level: pkt.header.ext_vals.audio_level,
-            voice_activity: pkt.header.ext_vals.voice_activity,
-            video_orientation: pkt.header.ext_vals.video_orientation,
-            ..ExtensionValues::default()
+        let Some(entry) = self.rooms.get_mut(room).and_then(|r| r.as_mut()) else {
+            self.forwards = forwards;
+            return;
         };
-        for f in &forwards {
+        if changed && video {
+            let media = core_media(plenary_proto::TrackKind::Video, Some(params.spec().codec));
+            let _ = entry.core.set_media(track, media);
+        }
+        entry.core.handle_rtp(
+            track,
+            &RtpIn {
+                stream: *pkt.header.ssrc as u64,
+                seq: *pkt.seq_no,
+                ts: pkt.header.timestamp,
+                payload: &pkt.payload,
+                at: pkt.timestamp,
+            },
+            &mut forwards,
+        );
+        let ext = &pkt.header.ext_vals;
+        let relay_to = entry.relay_to;
+        if relay_to != 0 {
+            let relay = Relay {
+                track,
+                stream: *pkt.header.ssrc as u64,
+                seq: *pkt.seq_no,
+                ts: pkt.header.timestamp,
+                marker: pkt.header.marker,
+                pt,
+                params,
+                audio_level: ext.audio_level,
+                voice_activity: ext.voice_activity,
+                video_orientation: ext.video_orientation,
+                payload: Arc::clone(&pkt.payload),
+                at: pkt.timestamp,
+            };
+            let mut mask = relay_to;
+            while mask != 0 {
+                let to = mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                self.exchange.send(to, relay.clone());
+            }
+        }
+        let out = Egress {
+            pt,
+            params,
+            marker: pkt.header.marker,
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            payload: &pkt.payload,
+            at: pkt.timestamp,
+            video,
+        };
+        self.write_forwards(&forwards, &out);
+        self.forwards = forwards;
+        self.handle_room_events(room);
+    }
+
+    /// Packets other shards relayed for this shard's subscribers (through a reused buffer:
+    /// the rings are drained first, then each packet goes through the room's core).
+    fn drain_relays(&mut self) {
+        let mut batch = std::mem::take(&mut self.relay_batch);
+        self.exchange.drain(RELAY_BATCH, |r| batch.push(r));
+        for r in batch.drain(..) {
+            self.relay_in(r);
+        }
+        self.relay_batch = batch;
+    }
+
+    fn relay_in(&mut self, r: Relay) {
+        let Some(route) = self.track_index.get_mut(&r.track) else {
+            return; // a track this shard does not (or no longer) know
+        };
+        let room = route.room;
+        let video = r.params.spec().codec.kind() == MediaKind::Video;
+        let changed = route.last_pt != Some(r.pt);
+        route.last_pt = Some(r.pt);
+        let mut forwards = std::mem::take(&mut self.forwards);
+        forwards.clear();
+        let Some(entry) = self.rooms.get_mut(room).and_then(|e| e.as_mut()) else {
+            self.forwards = forwards;
+            return;
+        };
+        if changed && video {
+            let media = core_media(plenary_proto::TrackKind::Video, Some(r.params.spec().codec));
+            let _ = entry.core.set_media(r.track, media);
+        }
+        entry.core.handle_rtp(
+            r.track,
+            &RtpIn {
+                stream: r.stream,
+                seq: r.seq,
+                ts: r.ts,
+                payload: &r.payload,
+                at: r.at,
+            },
+            &mut forwards,
+        );
+        let out = Egress {
+            pt: r.pt,
+            params: r.params,
+            marker: r.marker,
+            audio_level: r.audio_level,
+            voice_activity: r.voice_activity,
+            video_orientation: r.video_orientation,
+            payload: &r.payload,
+            at: r.at,
+            video,
+        };
+        self.write_forwards(&forwards, &out);
+        self.forwards = forwards;
+        self.handle_room_events(room);
+    }
+
+    /// Writes one packet into each forward's subscriber (encrypted when the peer is polled).
+    fn write_forwards(&mut self, forwards: &[Forward], e: &Egress<'_>) {
+        for f in forwards {
             let Some(sub) = self.peer_mut(f.subscriber) else {
                 continue;
             };
-            let Some(pt) = sub.out_pt(f.slot, in_pt, params) else {
+            let Some(pt) = sub.out_pt(f.slot, e.pt, e.params) else {
                 continue;
             };
-            let Some(Some(out)) = sub.out.get(f.slot as usize) else {
+            let Some(Some(out)) = sub.out.get_mut(f.slot as usize) else {
                 continue;
             };
             let OutState::Open(mid) = out.state else {
                 continue;
             };
+            // The outgoing stream by its SSRC (one map lookup). str0m may give the stream a
+            // new SSRC when the session is renegotiated, so a miss looks it up by mid again.
+            let cached = out.ssrc;
             let mut api = sub.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                continue;
+            let hit = match cached {
+                Some(ssrc) => api.stream_tx(&ssrc),
+                None => None,
+            };
+            let tx = match hit {
+                Some(tx) => tx,
+                None => match api.stream_tx_by_mid(mid, None) {
+                    Some(tx) => tx,
+                    None => continue,
+                },
+            };
+            let ssrc = tx.ssrc();
+            let ext = ExtensionValues {
+                audio_level: e.audio_level,
+                voice_activity: e.voice_activity,
+                video_orientation: e.video_orientation,
+                ..ExtensionValues::default()
             };
             tx.write_rtp(
-                RtpWrite::new(pt, f.seq.into(), f.ts, pkt.timestamp, pkt.payload.clone())
-                    .marker(pkt.header.marker)
-                    .ext_vals(ext.clone())
-                    .nackable(video),
+                RtpWrite::new(pt, f.seq.into(), f.ts, e.at, Arc::clone(e.payload))
+                    .marker(e.marker)
+                    .ext_vals(ext)
+                    .nackable(e.video),
             );
+            if cached != Some(ssrc) {
+                if let Some(Some(out)) = sub.out.get_mut(f.slot as usize) {
+                    out.ssrc = Some(ssrc);
+                }
+            }
             self.counters.rtp_forwarded += 1;
             self.mark_dirty(f.subscriber);
         }
-        self.forwards = forwards;
-        self.handle_room_events(room);
     }
 
     // ---- rooms -------------------------------------------------------------------------
 
-    fn room_mut(&mut self, room: usize) -> Option<&mut RoomEntry> {
+    fn room_mut(&mut self, room: usize) -> Option<&mut LocalRoom> {
         self.rooms.get_mut(room)?.as_mut()
+    }
+
+    fn room_slot(&self, key: RoomKey) -> Option<usize> {
+        self.room_index.get(&key).copied()
     }
 
     fn handle_room_events(&mut self, room: usize) {
@@ -538,19 +852,20 @@ impl Shard {
                 RoomEvent::Subscribe {
                     subscriber, track, ..
                 } => {
-                    let Some((_, info)) = entry.tracks.iter().find(|(k, _)| *k == track) else {
+                    let Some(spec) = entry.tracks.iter().find(|t| t.key == track) else {
                         continue;
                     };
                     let out = OutTrack {
                         track,
-                        track_id: info.id.clone(),
-                        publisher_id: info.participant_id.clone(),
-                        kind: match info.kind {
+                        track_id: spec.info.id.clone(),
+                        publisher_id: spec.info.participant_id.clone(),
+                        kind: match spec.info.kind {
                             plenary_proto::TrackKind::Audio => MediaKind::Audio,
                             plenary_proto::TrackKind::Video => MediaKind::Video,
                         },
                         state: OutState::ToOpen,
                         pt_map: None,
+                        ssrc: None,
                     };
                     if let Some(sub) = self.peer_mut(subscriber) {
                         sub.add_out(out);
@@ -566,6 +881,12 @@ impl Shard {
                     self.mark_dirty(subscriber);
                 }
                 RoomEvent::RequestKeyframe { publisher, track } => {
+                    if shard_of(publisher) != self.index {
+                        if let Some(tx) = self.shards.get(shard_of(publisher)) {
+                            let _ = tx.try_send(ShardCmd::KeyframeRequest { track });
+                        }
+                        continue;
+                    }
                     let Some(p) = self.peer_mut(publisher) else {
                         continue;
                     };
@@ -583,164 +904,141 @@ impl Shard {
         }
     }
 
-    /// Sends `msg` to every member of `room` but `except`; a member whose queue is full is
-    /// removed (it cannot keep up, and must not hold the others back).
-    fn broadcast(&mut self, room: usize, except: Option<PeerId>, msg: &ServerMessage) {
-        let Some(entry) = self.rooms.get(room).and_then(|r| r.as_ref()) else {
+    /// Adds a track to a local room (from a local publisher, or another shard's).
+    fn add_track(&mut self, room: usize, spec: TrackSpec) {
+        let local = shard_of(spec.publisher) == self.index;
+        let Some(entry) = self.room_mut(room) else {
             return;
         };
-        for member in &entry.members {
-            if Some(*member) == except {
-                continue;
-            }
-            let idx = (member.0 & 0xffff_ffff) as usize;
-            let Some(Some(peer)) = self.peers.get(idx) else {
-                continue;
-            };
-            if !peer.send(msg.clone()) {
-                self.to_remove.push((*member, LeaveReason::Disconnected));
-            }
+        if entry.tracks.iter().any(|t| t.key == spec.key) {
+            return;
         }
+        let added = if local {
+            entry
+                .core
+                .handle_publish(spec.publisher, spec.key, spec.media)
+        } else {
+            entry
+                .core
+                .handle_publish_remote(spec.publisher, spec.key, spec.media)
+        };
+        if added.is_err() {
+            return;
+        }
+        if spec.info.muted {
+            let _ = entry.core.handle_mute(spec.key, true);
+        }
+        let key = spec.key;
+        entry.tracks.push(spec);
+        self.track_index.insert(
+            key,
+            TrackRoute {
+                room,
+                last_pt: None,
+            },
+        );
+        self.handle_room_events(room);
+    }
+
+    /// Removes a track from a local room (and from its publisher, if that is here).
+    /// Returns its spec.
+    fn remove_track(&mut self, room: usize, key: TrackKey) -> Option<TrackSpec> {
+        let entry = self.room_mut(room)?;
+        let pos = entry.tracks.iter().position(|t| t.key == key)?;
+        let spec = entry.tracks.remove(pos);
+        let _ = entry.core.handle_unpublish(key);
+        self.track_index.remove(&key);
+        if let Some(p) = self.peer_mut(spec.publisher) {
+            p.in_tracks.retain(|t| t.key != key);
+            p.ssrc_index.clear();
+        }
+        self.handle_room_events(room);
+        Some(spec)
     }
 
     // ---- commands ----------------------------------------------------------------------
 
-    fn handle_command(&mut self, cmd: Command) {
+    fn handle_command(&mut self, cmd: ShardCmd) {
         match cmd {
-            Command::Join { request, reply } => {
-                let result = self.join(request);
-                self.reply_join(result, reply);
-            }
-            Command::Resume {
-                token,
-                events,
-                started,
-                reply,
-            } => {
-                let result = self.resume(&token, events, started);
-                self.reply_join(result, reply);
-            }
-            Command::Chat { peer, text } => self.chat(peer, text),
-            Command::RaiseHand { peer, raised } => self.raise_hand(peer, raised),
-            Command::Subscription { peer, tracks } => self.subscription(peer, tracks),
-            Command::Host { peer, action } => self.host_action(peer, action),
-            Command::Offer { peer, sdp, tracks } => self.offer(peer, &sdp, tracks),
-            Command::Answer { peer, sdp } => self.answer(peer, &sdp),
-            Command::Candidate { peer, candidate } => self.candidate(peer, candidate),
-            Command::Mute {
+            ShardCmd::AddPeer(add) => self.add_peer(*add),
+            ShardCmd::RemovePeer { peer, reason } => self.to_remove.push((peer, reason)),
+            ShardCmd::SetPermissions {
                 peer,
-                track_id,
-                muted,
-            } => self.mute(peer, &track_id, muted),
-            Command::Data { peer, text } => self.data(peer, text),
-            Command::Leave { peer, reason } => self.to_remove.push((peer, reason)),
-            Command::Shutdown => {}
-        }
-    }
-
-    fn reply_join(
-        &mut self,
-        result: Result<JoinOutcome, JoinError>,
-        reply: tokio::sync::oneshot::Sender<Result<JoinOutcome, JoinError>>,
-    ) {
-        if let Err(e) = &result {
-            let reason = match e {
-                JoinError::RoomFull(_) => "room_full",
-                JoinError::ServerFull => "server_full",
-                JoinError::ShuttingDown => "shutting_down",
-                JoinError::Locked => "locked",
-                JoinError::Barred => "barred",
-                JoinError::ResumeFailed => "resume_failed",
-            };
-            self.metrics
-                .joins_refused
-                .with_label_values(&[reason])
-                .inc();
-        }
-        // The session went away while we were joining it.
-        if let Err(Ok(JoinOutcome::Joined(joined))) = reply.send(result) {
-            self.to_remove
-                .push((joined.peer, LeaveReason::Disconnected));
-        }
-    }
-
-    /// A join with a verified grant: refused, into the lobby, or into the room.
-    fn join(&mut self, req: JoinRequest) -> Result<JoinOutcome, JoinError> {
-        if self.shutting_down {
-            return Err(JoinError::ShuttingDown);
-        }
-        if let Some(&room) = self.room_index.get(&req.room) {
-            let entry = self.rooms[room].as_mut().expect("indexed rooms exist");
-            if entry.barred.contains(&req.info.identity) {
-                return Err(JoinError::Barred);
-            }
-            let host = req.permissions.is_host;
-            if entry.locked && !host {
-                return Err(JoinError::Locked);
-            }
-            if entry.lobby_on && !host {
-                // The same identity waiting twice: the newer request replaces the older.
-                let mut replaced = Vec::new();
-                entry.lobby.retain(|w| {
-                    let same = w.request.info.identity == req.info.identity;
-                    if same {
-                        replaced.push(w.request.events.clone());
-                    }
-                    !same
-                });
-                for events in replaced {
-                    let _ = events.try_send(SessionEvent::Close(LeaveReason::Replaced));
+                can_publish,
+                listener_mode,
+            } => {
+                if let Some(p) = self.peer_mut(peer) {
+                    p.can_publish = can_publish;
+                    p.listener_mode = listener_mode;
                 }
-                let lobby_id = format!("LB_{}", self.next_lobby);
-                self.next_lobby += 1;
-                let room_name = req.room.clone();
-                entry.lobby.push(Waiting {
-                    lobby_id,
-                    request: req,
-                    restore: None,
-                });
-                self.send_lobby_to_hosts(room);
-                return Ok(JoinOutcome::Waiting { room: room_name });
             }
+            ShardCmd::AddTrack { room, spec } => {
+                if let Some(slot) = self.room_slot(room) {
+                    self.add_track(slot, spec);
+                }
+            }
+            ShardCmd::RemoveTrack { room, track } => {
+                if let Some(slot) = self.room_slot(room) {
+                    self.remove_track(slot, track);
+                }
+            }
+            ShardCmd::MuteTrack { room, track, muted } => {
+                if let Some(entry) = self.room_slot(room).and_then(|s| self.room_mut(s)) {
+                    let _ = entry.core.handle_mute(track, muted);
+                    if let Some(t) = entry.tracks.iter_mut().find(|t| t.key == track) {
+                        t.info.muted = muted;
+                    }
+                }
+            }
+            ShardCmd::RoomShards { room, mask } => {
+                let me = 1u64 << self.index;
+                if let Some(entry) = self.room_slot(room).and_then(|s| self.room_mut(s)) {
+                    entry.relay_to = mask & !me;
+                }
+            }
+            ShardCmd::KeyframeRequest { track } => {
+                let Some(room) = self.track_index.get(&track).map(|r| r.room) else {
+                    return;
+                };
+                if let Some(entry) = self.room_mut(room) {
+                    let _ = entry
+                        .core
+                        .handle_remote_keyframe_request(Instant::now(), track);
+                }
+                self.handle_room_events(room);
+            }
+            ShardCmd::Offer { peer, sdp, tracks } => self.offer(peer, &sdp, tracks),
+            ShardCmd::Answer { peer, sdp } => self.answer(peer, &sdp),
+            ShardCmd::Candidate { peer, candidate } => self.candidate(peer, candidate),
+            ShardCmd::Subscription { peer, tracks } => self.subscription(peer, tracks),
+            ShardCmd::Shutdown => {}
         }
-        self.enter(req, None).map(JoinOutcome::Joined)
     }
 
-    /// Puts a participant into the room (after the lobby, or on resume).
-    fn enter(
-        &mut self,
-        req: JoinRequest,
-        restore: Option<&Resumable>,
-    ) -> Result<Joined, JoinError> {
+    /// Places a peer here, in its room's replica (made on first use, with every track the
+    /// room has).
+    fn add_peer(&mut self, add: AddPeer) {
         if self.shutting_down {
-            return Err(JoinError::ShuttingDown);
+            let _ = add
+                .events
+                .try_send(SessionEvent::Close(LeaveReason::ServerShutdown));
+            self.emit(ShardEvent::PeerLeft {
+                peer: add.id,
+                reason: LeaveReason::ServerShutdown,
+            });
+            return;
         }
-        // The same identity in the same room: the new session replaces the old one.
-        if let Some(&room) = self.room_index.get(&req.room) {
-            let old: Vec<PeerId> = self.rooms[room]
-                .as_ref()
-                .map(|e| {
-                    e.members
-                        .iter()
-                        .copied()
-                        .filter(|m| {
-                            self.peer(*m)
-                                .is_some_and(|p| p.info.identity == req.info.identity)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            for id in old {
-                self.remove_peer(id, LeaveReason::Replaced);
-            }
-        }
-        if self.demux.peer_count() >= self.settings.max_participants {
-            return Err(JoinError::ServerFull);
-        }
-        let room = match self.room_index.get(&req.room) {
-            Some(&r) => r,
+        let room = match self.room_slot(add.room) {
+            Some(r) => r,
             None => {
-                let entry = RoomEntry::new(req.room.clone());
+                let entry = LocalRoom {
+                    key: add.room,
+                    name: Arc::clone(&add.room_name),
+                    core: Room::new(RoomConfig::default()),
+                    members: Vec::new(),
+                    tracks: Vec::new(),
+                    relay_to: 0,
+                };
                 let slot = match self.rooms.iter().position(|r| r.is_none()) {
                     Some(i) => {
                         self.rooms[i] = Some(entry);
@@ -751,101 +1049,47 @@ impl Shard {
                         self.rooms.len() - 1
                     }
                 };
-                self.room_index.insert(req.room.clone(), slot);
+                self.room_index.insert(add.room, slot);
                 slot
             }
         };
-        let members = self.rooms[room].as_ref().map_or(0, |e| e.members.len());
-        if members >= self.settings.max_participants_per_room {
-            self.close_room_if_empty(room);
-            return Err(JoinError::RoomFull(self.settings.max_participants_per_room));
+        for spec in &add.tracks {
+            // Tracks of peers on this shard are known here first; one missing here was
+            // unpublished meanwhile.
+            if shard_of(spec.publisher) != self.index {
+                self.add_track(room, spec.clone());
+            }
         }
-        let (idx, id) = self.alloc_peer_id();
-        let mut info = req.info;
-        info.id = format!("PA_{:x}", id.0);
-        let mut peer = Peer::new(
-            id,
-            room,
-            JoinRequest {
-                info: info.clone(),
-                ..req
-            },
-            &self.cert,
-            &self.candidates,
-        );
-        if let Some(r) = restore {
-            peer.is_host = r.is_host;
-            peer.has_floor = r.has_floor;
+        let id = add.id;
+        let slot = slot_of(id);
+        if self.peers.len() <= slot {
+            self.peers.resize_with(slot + 1, || None);
         }
-        let resume_token = crate::membership::random_b64(32);
-        peer.resume_hash = crate::membership::store::hash_secret(&resume_token);
+        if let Some(old) = self.peers[slot].take() {
+            // The control loop reuses a slot only after this shard reported it gone.
+            tracing::warn!(peer = old.id.0, "slot reused before its peer was removed");
+        }
+        let peer = Peer::new(id, room, &add, &self.cert, &self.candidates);
         self.demux.add_peer(id, peer.ufrag.clone());
-        let can_subscribe = peer.permissions.can_subscribe;
-        self.peers[idx] = Some(peer);
-        let threshold = self.settings.listener_mode_above;
-        let entry = self.rooms[room].as_mut().expect("room exists");
-        let _ = entry.core.handle_join(id, can_subscribe);
-        entry.members.push(id);
-        entry.diff.joined.push(id);
-        let listener_mode_changed = !entry.listener_mode && entry.members.len() > threshold;
-        if listener_mode_changed {
-            entry.listener_mode = true;
-        }
-        let listener_mode = entry.listener_mode;
-        let participants: Vec<ParticipantInfo> = entry
-            .members
-            .iter()
-            .filter(|m| **m != id)
-            .filter_map(|m| {
-                let i = (m.0 & 0xffff_ffff) as usize;
-                self.peers
-                    .get(i)?
-                    .as_ref()
-                    .map(|p| p.public_info(listener_mode))
-            })
-            .collect();
-        let tracks: Vec<TrackInfo> = entry.tracks.iter().map(|(_, t)| t.clone()).collect();
-        let hand_queue = entry.hands.iter().map(|h| participant_id(*h)).collect();
-        let room_state = entry.state();
-        let room_name = entry.name.clone();
-        let me = self.peer(id).expect("just added");
-        let is_host = me.is_host;
-        let welcome = ServerMessage::Welcome {
-            protocol: PROTOCOL_VERSION,
-            room: room_name.clone(),
-            me: me.public_info(listener_mode),
-            participants,
-            tracks,
-            ice_servers: self.settings.ice_servers.clone(),
-            permissions: me.effective_permissions(listener_mode),
-            room_state,
-            hand_queue,
-            resume_token,
-        };
-        if listener_mode_changed {
-            self.room_state_changed(room);
-        }
-        if is_host {
-            self.send_lobby_to(room, id);
+        self.peers[slot] = Some(peer);
+        if let Some(entry) = self.room_mut(room) {
+            let _ = entry.core.handle_join(id, add.can_subscribe);
+            entry.members.push(id);
         }
         self.handle_room_events(room);
         self.mark_dirty(id);
-        tracing::info!(peer = id.0, room = %room_name, "joined");
-        Ok(Joined { peer: id, welcome })
+        tracing::info!(peer = id.0, shard = self.index, room = %add.room_name, "joined");
     }
 
     fn offer(&mut self, id: PeerId, sdp: &str, tracks: Vec<PublishedTrack>) {
-        let listener_mode = self
-            .peer(id)
-            .and_then(|p| self.rooms.get(p.room)?.as_ref())
-            .is_some_and(|e| e.listener_mode);
+        let index = self.index;
         let next_track = &mut self.next_track;
-        let Some(peer) = self.peers.get_mut((id.0 & 0xffff_ffff) as usize) else {
+        let Some(peer) = self.peers.get_mut(slot_of(id)).and_then(|p| p.as_mut()) else {
             return;
         };
-        let Some(peer) = peer.as_mut().filter(|p| p.id == id) else {
+        if peer.id != id {
             return;
-        };
+        }
         let answer = match peer.accept_offer(sdp) {
             Ok(a) => a,
             Err(message) => {
@@ -853,7 +1097,6 @@ impl Shard {
                 return;
             }
         };
-        let allowed = peer.effective_permissions(listener_mode);
         let mut errors = Vec::new();
         let mut new_tracks = Vec::new();
         let mut listed: Vec<Mid> = Vec::new();
@@ -877,12 +1120,16 @@ impl Shard {
             if kind != wanted {
                 errors.push((
                     ErrorCode::BadMessage,
-                    format!("mid {:?} carries {kind:?}, not {:?}", t.mid, t.source),
+                    format!(
+                        "mid {:?} carries {kind:?}, not {}",
+                        t.mid,
+                        t.source.as_str()
+                    ),
                 ));
                 continue;
             }
-            if !allowed.can_publish.contains(&t.source) {
-                let why = if listener_mode {
+            if !peer.can_publish.contains(&t.source) {
+                let why = if peer.listener_mode {
                     "the room is in listener mode: raise your hand and wait for a host to give you the floor"
                 } else {
                     "your grant does not allow it"
@@ -900,10 +1147,10 @@ impl Shard {
                 ));
                 continue;
             }
-            let key = TrackKey(*next_track);
+            let key = TrackKey(((index as u64) << 48) | *next_track);
             *next_track += 1;
             let info = TrackInfo {
-                id: format!("TR_{}", key.0),
+                id: format!("TR_{:x}", key.0),
                 participant_id: peer.info.id.clone(),
                 kind: t.source.kind(),
                 source: t.source,
@@ -917,7 +1164,12 @@ impl Shard {
                 source: t.source,
                 last_pt: None,
             });
-            new_tracks.push((key, info, media));
+            new_tracks.push(TrackSpec {
+                key,
+                publisher: id,
+                info,
+                media,
+            });
         }
         // Tracks the client no longer lists, or no longer sends, are unpublished.
         let gone: Vec<TrackKey> = peer
@@ -937,6 +1189,19 @@ impl Shard {
                 participant_id: peer.info.id.clone(),
             })
             .collect();
+        // The control loop hears of the tracks before the client hears the answer, so a
+        // `mute` the client sends on seeing its track ids finds them registered.
+        let room = peer.room;
+        for spec in &new_tracks {
+            self.outbox.push_back(ShardEvent::TrackPublished {
+                peer: id,
+                spec: spec.clone(),
+            });
+        }
+        self.send_events();
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
         peer.send(ServerMessage::Answer {
             sdp: answer,
             tracks: mappings,
@@ -944,40 +1209,18 @@ impl Shard {
         for (code, message) in errors {
             peer.send(ServerMessage::error(code, message));
         }
-        let room = peer.room;
         for key in gone {
-            self.unpublish(room, key);
-        }
-        for (key, info, media) in new_tracks {
-            if let Some(entry) = self.room_mut(room) {
-                entry.tracks.push((key, info.clone()));
-                let _ = entry.core.handle_publish(id, key, media);
+            if let Some(spec) = self.remove_track(room, key) {
+                self.emit(ShardEvent::TrackUnpublished {
+                    peer: id,
+                    track_id: spec.info.id,
+                });
             }
-            self.broadcast(
-                room,
-                Some(id),
-                &ServerMessage::TrackPublished { track: info },
-            );
         }
-        self.handle_room_events(room);
+        for spec in new_tracks {
+            self.add_track(room, spec);
+        }
         self.mark_dirty(id);
-    }
-
-    fn unpublish(&mut self, room: usize, key: TrackKey) {
-        let Some(entry) = self.room_mut(room) else {
-            return;
-        };
-        let _ = entry.core.handle_unpublish(key);
-        let Some(pos) = entry.tracks.iter().position(|(k, _)| *k == key) else {
-            return;
-        };
-        let (_, info) = entry.tracks.remove(pos);
-        self.broadcast(
-            room,
-            None,
-            &ServerMessage::TrackUnpublished { track_id: info.id },
-        );
-        self.handle_room_events(room);
     }
 
     fn answer(&mut self, id: PeerId, sdp: &str) {
@@ -1033,120 +1276,52 @@ impl Shard {
         self.mark_dirty(id);
     }
 
-    fn mute(&mut self, id: PeerId, track_id: &str, muted: bool) {
-        let Some(peer) = self.peer_mut(id) else {
+    /// Pauses or resumes forwarding remote tracks to one subscriber.
+    fn subscription(&mut self, id: PeerId, updates: Vec<SubscriptionUpdate>) {
+        let Some(room) = self.peer(id).map(|p| p.room) else {
             return;
         };
-        let Some(key) = peer
-            .in_tracks
-            .iter()
-            .find(|t| t.id == track_id)
-            .map(|t| t.key)
-        else {
-            peer.send(ServerMessage::error(
-                ErrorCode::BadMessage,
-                format!("you publish no track {track_id:?}"),
-            ));
-            return;
-        };
-        let room = peer.room;
         let Some(entry) = self.room_mut(room) else {
             return;
         };
-        let _ = entry.core.handle_mute(key, muted);
-        if let Some((_, info)) = entry.tracks.iter_mut().find(|(k, _)| *k == key) {
-            info.muted = muted;
+        for u in updates {
+            // Tracks that went away meanwhile are ignored.
+            if let Some(t) = entry.tracks.iter().find(|t| t.info.id == u.track_id) {
+                let _ = entry.core.set_paused(id, t.key, u.paused);
+            }
         }
-        self.broadcast(
-            room,
-            Some(id),
-            &ServerMessage::TrackMuted {
-                track_id: track_id.to_string(),
-                muted,
-            },
-        );
-    }
-
-    fn data(&mut self, id: PeerId, text: String) {
-        let Some(peer) = self.peer_mut(id) else {
-            return;
-        };
-        if !peer.permissions.can_publish_data {
-            peer.send(ServerMessage::error(
-                ErrorCode::PermissionDenied,
-                "your grant does not allow sending data messages",
-            ));
-            return;
-        }
-        if text.len() > MAX_DATA_TEXT {
-            peer.send(ServerMessage::error(
-                ErrorCode::BadMessage,
-                format!("data messages hold at most {MAX_DATA_TEXT} bytes"),
-            ));
-            return;
-        }
-        let msg = ServerMessage::Data {
-            participant_id: peer.info.id.clone(),
-            text,
-        };
-        let room = peer.room;
-        self.broadcast(room, Some(id), &msg);
+        self.handle_room_events(room);
     }
 
     // ---- leaving -----------------------------------------------------------------------
 
     fn remove_peer(&mut self, id: PeerId, reason: LeaveReason) {
-        let idx = (id.0 & 0xffff_ffff) as usize;
         let Some(peer) = self
             .peers
-            .get_mut(idx)
+            .get_mut(slot_of(id))
             .and_then(|p| p.take_if(|p| p.id == id))
         else {
             return;
         };
-        self.free.push(idx as u32);
         self.demux.remove_peer(id, &peer.ufrag);
         let _ = peer.events.try_send(SessionEvent::Close(reason));
-        let room = peer.room;
         tracing::info!(peer = id.0, ?reason, "left");
-        let Some(entry) = self.room_mut(room) else {
-            return;
-        };
-        if reason == LeaveReason::Disconnected && !peer.resume_hash.is_empty() {
-            let restore = Resumable {
-                room: entry.name.clone(),
-                info: peer.info.clone(),
-                permissions: peer.permissions.clone(),
-                is_host: peer.is_host,
-                has_floor: peer.has_floor,
-                expires: Instant::now() + meeting::RESUME_WINDOW,
-            };
-            self.resumable_insert(peer.resume_hash.clone(), restore);
-        }
+        self.emit(ShardEvent::PeerLeft { peer: id, reason });
+        let room = peer.room;
         let Some(entry) = self.room_mut(room) else {
             return;
         };
         entry.members.retain(|m| *m != id);
         let _ = entry.core.handle_leave(id);
-        let had_hand = entry.hands.contains(&id);
-        entry.hands.retain(|h| *h != id);
-        entry.diff.left.push(plenary_proto::LeftParticipant {
-            id: peer.info.id.clone(),
-            reason,
-        });
-        let mut gone = Vec::new();
-        entry.tracks.retain(|(_, t)| {
-            let mine = t.participant_id == peer.info.id;
-            if mine {
-                gone.push(t.id.clone());
-            }
-            !mine
-        });
-        for track_id in gone {
-            self.broadcast(room, None, &ServerMessage::TrackUnpublished { track_id });
-        }
-        if had_hand {
-            self.send_hand_queue(room);
+        let mine: Vec<TrackKey> = entry
+            .tracks
+            .iter()
+            .filter(|t| t.publisher == id)
+            .map(|t| t.key)
+            .collect();
+        entry.tracks.retain(|t| t.publisher != id);
+        for key in mine {
+            self.track_index.remove(&key);
         }
         self.handle_room_events(room);
         self.close_room_if_empty(room);
@@ -1156,11 +1331,15 @@ impl Shard {
         let empty = self.rooms[room]
             .as_ref()
             .is_some_and(|e| e.members.is_empty());
-        if empty {
-            if let Some(entry) = self.rooms[room].take() {
-                self.room_index.remove(&entry.name);
-                tracing::info!(room = %entry.name, "room closed");
+        if !empty {
+            return;
+        }
+        if let Some(entry) = self.rooms[room].take() {
+            self.room_index.remove(&entry.key);
+            for t in &entry.tracks {
+                self.track_index.remove(&t.key);
             }
+            tracing::debug!(room = %entry.name, shard = self.index, "room replica closed");
         }
     }
 
@@ -1196,58 +1375,53 @@ impl Shard {
     }
 
     fn housekeeping(&mut self, now: Instant, publish: bool) {
-        self.flush_participant_diffs();
-        if publish {
-            self.resumable.retain(|_, r| r.expires > now);
-            self.prune_lobbies();
-        }
-        for entry in self.rooms.iter_mut().flatten() {
-            if entry.core.poll_timeout().is_some_and(|t| t <= now) {
-                entry.core.handle_timeout(now);
+        for room in 0..self.rooms.len() {
+            let due = self.rooms[room]
+                .as_ref()
+                .is_some_and(|e| e.core.poll_timeout().is_some_and(|t| t <= now));
+            if due {
+                if let Some(entry) = self.room_mut(room) {
+                    entry.core.handle_timeout(now);
+                }
+                self.handle_room_events(room);
             }
         }
-        for room in 0..self.rooms.len() {
-            self.handle_room_events(room);
-        }
-        let timeout = self.settings.ice_timeout;
+        let timeout = self.ice_timeout;
         for peer in self.peers.iter().flatten() {
-            if peer
+            let ice_gone = peer
                 .disconnected_since
-                .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
-            {
+                .is_some_and(|t| now.saturating_duration_since(t) >= timeout);
+            let hung_up = peer
+                .closed_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= CLOSE_GRACE);
+            if ice_gone || hung_up {
                 self.to_remove.push((peer.id, LeaveReason::Disconnected));
             }
         }
         if publish {
+            self.counters.relayed = self.exchange.sent;
+            self.counters.relay_drops = self.exchange.dropped;
             self.counters.publish(&mut self.published, &self.metrics);
-            if let Some(drops) = self.local_port.and_then(super::udp::kernel_drops) {
-                self.metrics.kernel_drops.set(drops as i64);
-            }
-            let rooms = self.rooms.iter().flatten();
-            let (mut r, mut p, mut t, mut s) = (0, 0, 0, 0);
-            for e in rooms {
-                r += 1;
-                p += e.members.len();
-                t += e.core.track_count();
-                s += e.core.subscription_count();
-            }
-            self.metrics.rooms.set(r);
-            self.metrics.participants.set(p as i64);
-            self.metrics.published_tracks.set(t as i64);
-            self.metrics.subscriptions.set(s as i64);
+            let subscriptions: i64 = self
+                .rooms
+                .iter()
+                .flatten()
+                .map(|e| e.core.subscription_count() as i64)
+                .sum();
+            let drops = self
+                .local_port
+                .and_then(super::udp::kernel_drops)
+                .map(|d| d as i64)
+                .unwrap_or(0);
+            let (last_subs, last_drops) = self.gauges_published;
+            self.metrics.subscriptions.add(subscriptions - last_subs);
+            self.metrics.kernel_drops.add(drops - last_drops);
+            self.gauges_published = (subscriptions, drops);
         }
     }
 
     fn shutdown(&mut self) {
         self.shutting_down = true;
-        for entry in self.rooms.iter_mut().flatten() {
-            for w in entry.lobby.drain(..) {
-                let _ = w
-                    .request
-                    .events
-                    .try_send(SessionEvent::Close(LeaveReason::ServerShutdown));
-            }
-        }
         for peer in self.peers.iter_mut().flatten() {
             let _ = peer
                 .events
@@ -1255,8 +1429,24 @@ impl Shard {
             peer.rtc.disconnect();
         }
         self.counters.publish(&mut self.published, &self.metrics);
-        tracing::info!("media plane stopped");
+        let (subs, drops) = self.gauges_published;
+        self.metrics.subscriptions.sub(subs);
+        self.metrics.kernel_drops.sub(drops);
+        tracing::info!(shard = self.index, "media shard stopped");
     }
+}
+
+/// One packet on its way out to the subscribers the core chose.
+struct Egress<'a> {
+    pt: Pt,
+    params: PayloadParams,
+    marker: bool,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    video_orientation: Option<str0m::rtp::VideoOrientation>,
+    payload: &'a Arc<[u8]>,
+    at: Instant,
+    video: bool,
 }
 
 async fn readable(io: &Option<BatchSocket>) -> std::io::Result<()> {

@@ -14,7 +14,6 @@
 import { spawn, execFileSync } from "node:child_process";
 import { createServer, connect } from "node:net";
 import http from "node:http";
-import { createSocket } from "node:dgram";
 import { mkdirSync, createWriteStream, writeFileSync, readFileSync, existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -96,17 +95,6 @@ function freeTcpPort() {
   });
 }
 
-function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const sock = createSocket("udp4");
-    sock.once("error", reject);
-    sock.bind(0, "127.0.0.1", () => {
-      const { port } = sock.address();
-      sock.close(() => resolve(port));
-    });
-  });
-}
-
 /**
  * One test file's world: a server, browsers, pages. `name` prefixes the output files;
  * `env` adds PLENARY_* settings for the server (e.g. limits).
@@ -121,7 +109,6 @@ export class Harness {
     this.listenerBrowser = null;
     /** Every browser launched, for stop(). */
     this.extraBrowsers = [];
-    this.mediaPort = 0;
     this.baseUrl = "";
     /** name → {page, context, console: string[]} */
     this.pages = new Map();
@@ -181,8 +168,6 @@ export class Harness {
 
   async startServer() {
     const httpPort = await freeTcpPort();
-    const mediaPort = await freeUdpPort();
-    this.mediaPort = mediaPort;
     this.baseUrl = `http://127.0.0.1:${httpPort}`;
     const log = createWriteStream(this.logFile);
     // The server refuses unknown PLENARY_* variables (PLENARY_BIN and PLENARY_URL are ours).
@@ -193,7 +178,8 @@ export class Harness {
       env: {
         ...env,
         PLENARY_HTTP_ADDR: `127.0.0.1:${httpPort}`,
-        PLENARY_MEDIA_ADDR: `127.0.0.1:${mediaPort}`,
+        // Each media shard binds an ephemeral port of its own and announces it.
+        PLENARY_MEDIA_ADDR: "127.0.0.1:0",
         // The server's log filter (tracing EnvFilter syntax); RUST_LOG is accepted as an alias.
         PLENARY_LOG: process.env.PLENARY_LOG || process.env.RUST_LOG || "info",
         NO_COLOR: "1",
@@ -214,7 +200,7 @@ export class Harness {
       const res = await fetch(`${this.baseUrl}/healthz`);
       return res.status === 200;
     });
-    this.log(`server up at ${this.baseUrl} (media udp ${mediaPort})`);
+    this.log(`server up at ${this.baseUrl}`);
     if (process.env.WEB_FROM_DISK === "1") await this.startWebProxy();
   }
 
@@ -437,24 +423,27 @@ export class Harness {
    * restores it. Needs root (CI runs as root) and Debian's nftables.
    */
   async cutMedia(name) {
-    const port = await this.waitFor(`${name}'s selected candidate pair`, () =>
+    // The page's side and the server's side of the path (each media shard has a port).
+    const [port, serverPort] = await this.waitFor(`${name}'s selected candidate pair`, () =>
       this.page(name).evaluate(async () => {
         const report = await window.plenary.client.pc.getStats();
         let pair = null;
         report.forEach((s) => {
           if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
         });
-        return pair ? report.get(pair.localCandidateId)?.port : false;
+        const local = pair && report.get(pair.localCandidateId)?.port;
+        const remote = pair && report.get(pair.remoteCandidateId)?.port;
+        return local && remote ? [local, remote] : false;
       }));
     const table = `plenary_test_${process.pid}`;
     const rules = [
       `add table inet ${table}`,
       `add chain inet ${table} out { type filter hook output priority 0; policy accept; }`,
-      `add rule inet ${table} out udp sport ${port} udp dport ${this.mediaPort} drop`,
-      `add rule inet ${table} out udp sport ${this.mediaPort} udp dport ${port} drop`,
+      `add rule inet ${table} out udp sport ${port} udp dport ${serverPort} drop`,
+      `add rule inet ${table} out udp sport ${serverPort} udp dport ${port} drop`,
     ].join("\n");
     nft(rules);
-    this.log(`cut ${name}'s media path (udp ${port} <-> ${this.mediaPort})`);
+    this.log(`cut ${name}'s media path (udp ${port} <-> ${serverPort})`);
     let restored = false;
     const restore = () => {
       if (restored) return;

@@ -308,6 +308,43 @@ impl Room {
         Ok(())
     }
 
+    /// A track published by someone who is not in this room value: with the media plane
+    /// split over shards, each shard holds a replica of the room for its own subscribers,
+    /// and the publisher sits on another shard. Every participant here that may subscribe
+    /// gets a [`RoomEvent::Subscribe`]; keyframe requests name `publisher`.
+    pub fn handle_publish_remote(
+        &mut self,
+        publisher: ParticipantKey,
+        track: TrackKey,
+        media: Media,
+    ) -> Result<(), RoomError> {
+        if self.tracks.contains_key(&track) {
+            return Err(RoomError::DuplicateTrack);
+        }
+        self.tracks.insert(
+            track,
+            Track {
+                publisher,
+                media,
+                muted: false,
+                down: Vec::new(),
+                last_keyframe_request: None,
+                pending_keyframe_request: None,
+            },
+        );
+        let mut subscribers: Vec<ParticipantKey> = self
+            .participants
+            .iter()
+            .filter(|(k, v)| **k != publisher && v.can_subscribe)
+            .map(|(k, _)| *k)
+            .collect();
+        subscribers.sort();
+        for s in subscribers {
+            self.subscribe(s, track);
+        }
+        Ok(())
+    }
+
     /// A track goes away; each subscriber gets a [`RoomEvent::Unsubscribe`].
     pub fn handle_unpublish(&mut self, track: TrackKey) -> Result<(), RoomError> {
         let t = self.tracks.remove(&track).ok_or(RoomError::UnknownTrack)?;
@@ -445,6 +482,21 @@ impl Room {
         track: TrackKey,
     ) -> Result<(), RoomError> {
         self.down_mut(subscriber, track)?;
+        self.request_keyframe(track, now);
+        Ok(())
+    }
+
+    /// A keyframe request for `track` from elsewhere (another shard's subscribers, whose
+    /// own replica already rate-limited it): rate-limited here too, per track, so the
+    /// publisher sees at most one per interval whatever the number of shards.
+    pub fn handle_remote_keyframe_request(
+        &mut self,
+        now: Instant,
+        track: TrackKey,
+    ) -> Result<(), RoomError> {
+        if !self.tracks.contains_key(&track) {
+            return Err(RoomError::UnknownTrack);
+        }
         self.request_keyframe(track, now);
         Ok(())
     }

@@ -1,0 +1,56 @@
+//! Plenary's meeting rules: who is in a room and with which powers, raised hands and the
+//! floor, the lobby, locking, listener mode, chat, the published-track registry, and every
+//! host action — each checked here, so a client that ignores its UI cannot get round a rule.
+//!
+//! # Layout
+//! - [`meeting`]: one room's [`Meeting`] state machine (members, tracks, hands, lobby).
+//! - [`host`]: the host actions, one small function each (part of [`Meeting`]).
+//! - [`rights`]: what a grant allows ([`Rights`]) and what a member may do now.
+//! - [`output`]: what the driver must carry out ([`Output`]).
+//!
+//! # Contract
+//! Sans-IO, like `plenary-sfu`: no sockets, no threads, no async runtime, no clock. The
+//! driver (the server's control loop) feeds events in with `handle_*`/method calls, passing
+//! the time where it matters, and drains [`Output`]s with [`Meeting::poll_output`]: messages
+//! to send to one member or to everyone, permissions and unpublications for the media plane,
+//! removals, lobby decisions and audit events. Members are named by [`Pid`]s the driver
+//! assigns. Tests drive a meeting with fake participants in simulated time
+//! (`tests/meeting.rs`).
+
+pub mod host;
+pub mod meeting;
+pub mod output;
+pub mod rights;
+
+pub use meeting::{Entry, Meeting, MeetingConfig, Member, Refusal, Restore, Welcome};
+pub use output::{AuditEvent, Output};
+pub use rights::Rights;
+
+/// A participant session, as the driver names it (unique on the server while it lasts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(pub u64);
+
+/// The protocol id of a participant (`PA_<hex>`).
+pub fn participant_id(pid: Pid) -> String {
+    format!("PA_{:x}", pid.0)
+}
+
+/// The participant a protocol id names, if it parses.
+pub fn parse_participant_id(s: &str) -> Option<Pid> {
+    u64::from_str_radix(s.strip_prefix("PA_")?, 16)
+        .ok()
+        .map(Pid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participant_ids_round_trip() {
+        let id = Pid((3u64 << 32) | 17);
+        assert_eq!(parse_participant_id(&participant_id(id)), Some(id));
+        assert_eq!(parse_participant_id("PA_zz"), None);
+        assert_eq!(parse_participant_id("XX_1"), None);
+    }
+}
