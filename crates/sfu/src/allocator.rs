@@ -85,7 +85,7 @@ const BACKOFF_RESET: Duration = Duration::from_secs(30);
 pub enum TrackPriority {
     /// On stage: the floor holder's camera (or the floor holder's screen share).
     Stage,
-    /// The dominant speaker.
+    /// The dominant speaker (see [`crate::speakers`]).
     Speaker,
     /// Pinned by the subscriber.
     Pinned,

@@ -9,6 +9,8 @@
 //! - [`keyframe`]: codec peeks (VP8, VP9, H.264, AV1) that find where a decoder may start.
 //! - [`allocator`]: one subscriber's video allocation — which simulcast layer of each track
 //!   its downlink estimate carries, in priority order, with hysteresis and probe targets.
+//! - [`speakers`]: one room's loudest-K audio selection and dominant speaker, from the
+//!   RFC 6464 audio levels of the packets.
 //!
 //! # Contract
 //! Sans-IO: no sockets, no threads, no async runtime, no clock. Callers feed events in with
@@ -20,6 +22,7 @@ pub mod allocator;
 pub mod keyframe;
 pub mod munger;
 pub mod room;
+pub mod speakers;
 
 pub use allocator::{
     Allocator, AllocatorConfig, AllocatorError, AllocatorEvent, BitrateTarget, Decision,
@@ -30,3 +33,4 @@ pub use room::{
     Forward, Media, ParticipantKey, Room, RoomConfig, RoomError, RoomEvent, RoomStats, RtpIn,
     TrackKey,
 };
+pub use speakers::{SpeakerEvent, Speakers, SpeakersConfig, SpeakersError};
