@@ -821,9 +821,9 @@ impl Allocator {
         }
     }
 
-    /// Brings every track down to at most what `budget` plans for it; if the measured rates
-    /// still do not fit (they need not grow with the layer index), steps the least important
-    /// tracks down until they do.
+    /// Brings every track down to at most what `budget` plans for it. That fits, since [`plan`]
+    /// charges each track the most any layer on its way up costs; the loop after it is a
+    /// guard that steps the least important tracks down should it ever not.
     fn downgrade(&mut self, budget: u64) {
         plan(&mut self.tracks, budget);
         for t in &mut self.tracks {
@@ -851,8 +851,9 @@ impl Allocator {
         if now < since + self.hold || self.next_step_at.is_some_and(|at| now < at) {
             return;
         }
+        // Spaced even if the step were refused, so that poll_timeout never lies in the past.
+        self.next_step_at = Some(now + self.config.upgrade_step_interval);
         if self.step_up(i, layer, budget) {
-            self.next_step_at = Some(now + self.config.upgrade_step_interval);
             self.last_upgrade = Some(now);
         }
     }

@@ -116,6 +116,9 @@ impl Sim {
             }
         }
         self.check_budget();
+        if let Some(at) = self.alloc.poll_timeout() {
+            assert!(at > self.now, "a timeout in the past would spin the driver");
+        }
     }
 
     /// The promise: the video never needs more than the estimate less audio.
@@ -425,6 +428,17 @@ fn no_allocation_ever_exceeds_the_estimate_less_audio() {
             } else {
                 300_000.0
             };
+        }
+        if step % 29 == 0 {
+            // Measured rates need not grow with the layer index.
+            sim.layers(
+                SECOND,
+                &camera(
+                    rng.jitter(300_000, 50.0),
+                    rng.jitter(250_000, 50.0),
+                    900_000,
+                ),
+            );
         }
         if step % 13 == 0 {
             // Layer bitrates move too, and the top layer comes and goes.
