@@ -7,6 +7,10 @@
 //! - [`munger`]: rewriting of sequence numbers and timestamps so that each subscriber sees
 //!   one continuous stream across pauses, simulcast-layer and source switches.
 //! - [`keyframe`]: codec peeks (VP8, VP9, H.264, AV1) that find where a decoder may start.
+//! - [`allocator`]: one subscriber's video allocation — which simulcast layer of each track
+//!   its downlink estimate carries, in priority order, with hysteresis and probe targets.
+//! - [`speakers`]: one room's loudest-K audio selection and dominant speaker, from the
+//!   RFC 6464 audio levels of the packets.
 //!
 //! # Contract
 //! Sans-IO: no sockets, no threads, no async runtime, no clock. Callers feed events in with
@@ -14,12 +18,19 @@
 //! the `Forward` buffer they pass in. Tests drive it packet by packet in simulated time.
 //! Nothing here allocates per forwarded packet once buffers have grown.
 
+pub mod allocator;
 pub mod keyframe;
 pub mod munger;
 pub mod room;
+pub mod speakers;
 
+pub use allocator::{
+    Allocator, AllocatorConfig, AllocatorError, AllocatorEvent, BitrateTarget, Decision,
+    PauseReason, Tile, TrackPriority, VideoLayer,
+};
 pub use keyframe::VideoCodec;
 pub use room::{
     Forward, Media, ParticipantKey, Room, RoomConfig, RoomError, RoomEvent, RoomStats, RtpIn,
     TrackKey,
 };
+pub use speakers::{SpeakerEvent, Speakers, SpeakersConfig, SpeakersError};
