@@ -28,6 +28,8 @@ pub struct Relay {
     pub track: TrackKey,
     /// Its input stream (SSRC, or a simulcast layer's).
     pub stream: u64,
+    /// The simulcast layer of `stream` (0 without simulcast).
+    pub layer: u8,
     /// Extended input sequence number.
     pub seq: u64,
     /// Input RTP timestamp.
@@ -168,6 +170,7 @@ mod tests {
         Relay {
             track: TrackKey(1),
             stream: 7,
+            layer: 0,
             seq,
             ts: 0,
             marker: false,

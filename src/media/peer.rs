@@ -117,8 +117,9 @@ pub struct Peer {
     pub pending: Option<SdpPendingOffer>,
     /// Tracks it publishes.
     pub in_tracks: Vec<InTrack>,
-    /// SSRC → index in `in_tracks`, learned from the first packet of each SSRC.
-    pub ssrc_index: Vec<(Ssrc, usize)>,
+    /// SSRC → (index in `in_tracks`, simulcast layer), learned from the first packet of
+    /// each SSRC.
+    pub ssrc_index: Vec<(Ssrc, usize, u8)>,
     /// Tracks it receives; the index is the slot bound in the room.
     pub out: Vec<Option<OutTrack>>,
     /// Inactive m-lines waiting for a track of their kind.
@@ -393,18 +394,32 @@ impl Peer {
             .find(|t| matches!(t.state, OutState::Open(m) | OutState::Negotiating(m) if m == mid))
     }
 
-    /// The published track an incoming SSRC belongs to (cached after the first packet).
-    pub fn in_track_for(&mut self, ssrc: Ssrc) -> Option<usize> {
-        if let Some((_, i)) = self.ssrc_index.iter().find(|(s, _)| *s == ssrc) {
-            return Some(*i);
+    /// The published track an incoming SSRC belongs to, and the simulcast layer it carries
+    /// (cached after the first packet).
+    pub fn in_track_for(&mut self, ssrc: Ssrc) -> Option<(usize, u8)> {
+        if let Some((_, i, layer)) = self.ssrc_index.iter().find(|(s, _, _)| *s == ssrc) {
+            return Some((*i, *layer));
         }
-        let mid = self.rtc.direct_api().stream_rx(&ssrc)?.mid();
+        let mut api = self.rtc.direct_api();
+        let rx = api.stream_rx(&ssrc)?;
+        let mid = rx.mid();
+        let rid = rx.rid();
         let index = self.in_tracks.iter().position(|t| t.mid == mid)?;
+        let layer = match rid {
+            Some(rid) => {
+                let offered = match self.rtc.media(mid).map(|m| m.rids_rx()) {
+                    Some(str0m::media::Rids::Specific(list)) => list.clone(),
+                    _ => Vec::new(),
+                };
+                simulcast_layer(&rid, &offered)
+            }
+            None => 0,
+        };
         if self.ssrc_index.len() >= MAX_SSRCS {
             self.ssrc_index.clear();
         }
-        self.ssrc_index.push((ssrc, index));
-        Some(index)
+        self.ssrc_index.push((ssrc, index, layer));
+        Some((index, layer))
     }
 
     /// The codec parameters of payload type `pt` on published track `index`, and whether
@@ -439,6 +454,22 @@ impl Peer {
             t.pt_map = Some((in_pt, ours));
         }
         Some(ours)
+    }
+}
+
+/// The simulcast layer (0 = lowest) a RID names: `q`/`h`/`f` (quarter, half, full, as
+/// browsers and Plenary's client name them), `l`/`m` likewise, else its position among the
+/// RIDs the offer listed (low to high).
+pub fn simulcast_layer(rid: &str, offered: &[str0m::media::Rid]) -> u8 {
+    match rid {
+        "q" | "l" | "0" | "low" => 0,
+        "h" | "m" | "1" | "mid" => 1,
+        "f" | "2" | "high" | "full" => 2,
+        _ => offered
+            .iter()
+            .position(|r| &**r == rid)
+            .map(|p| p.min(plenary_sfu::MAX_LAYERS - 1) as u8)
+            .unwrap_or(0),
     }
 }
 

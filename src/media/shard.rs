@@ -149,6 +149,8 @@ pub enum ShardCmd {
     KeyframeRequest {
         /// The track.
         track: TrackKey,
+        /// The input stream (simulcast layer) that needs one; 0: the main stream.
+        stream: u64,
     },
     /// A client's SDP offer.
     Offer {
@@ -650,7 +652,7 @@ impl Shard {
         let Some(peer) = self.peer_mut(from) else {
             return;
         };
-        let Some(index) = peer.in_track_for(pkt.header.ssrc) else {
+        let Some((index, layer)) = peer.in_track_for(pkt.header.ssrc) else {
             return; // not a published track (e.g. a source the grant forbids)
         };
         let pt = pkt.header.payload_type;
@@ -674,6 +676,7 @@ impl Shard {
             track,
             &RtpIn {
                 stream: *pkt.header.ssrc as u64,
+                layer,
                 seq: *pkt.seq_no,
                 ts: pkt.header.timestamp,
                 payload: &pkt.payload,
@@ -687,6 +690,7 @@ impl Shard {
             let relay = Relay {
                 track,
                 stream: *pkt.header.ssrc as u64,
+                layer,
                 seq: *pkt.seq_no,
                 ts: pkt.header.timestamp,
                 marker: pkt.header.marker,
@@ -754,6 +758,7 @@ impl Shard {
             r.track,
             &RtpIn {
                 stream: r.stream,
+                layer: r.layer,
                 seq: r.seq,
                 ts: r.ts,
                 payload: &r.payload,
@@ -880,10 +885,14 @@ impl Shard {
                     }
                     self.mark_dirty(subscriber);
                 }
-                RoomEvent::RequestKeyframe { publisher, track } => {
+                RoomEvent::RequestKeyframe {
+                    publisher,
+                    track,
+                    stream,
+                } => {
                     if shard_of(publisher) != self.index {
                         if let Some(tx) = self.shards.get(shard_of(publisher)) {
-                            let _ = tx.try_send(ShardCmd::KeyframeRequest { track });
+                            let _ = tx.try_send(ShardCmd::KeyframeRequest { track, stream });
                         }
                         continue;
                     }
@@ -894,7 +903,14 @@ impl Shard {
                     else {
                         continue;
                     };
-                    if let Some(rx) = p.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                    // The layer's own stream when known, else the track's main stream.
+                    let mut api = p.rtc.direct_api();
+                    let ssrc = str0m::rtp::Ssrc::from(stream as u32);
+                    let rx = match stream {
+                        0 => api.stream_rx_by_mid(mid, None),
+                        _ => api.stream_rx(&ssrc),
+                    };
+                    if let Some(rx) = rx {
                         rx.request_keyframe(KeyframeRequestKind::Pli);
                         self.counters.keyframe_requests_sent += 1;
                     }
@@ -996,14 +1012,14 @@ impl Shard {
                     entry.relay_to = mask & !me;
                 }
             }
-            ShardCmd::KeyframeRequest { track } => {
+            ShardCmd::KeyframeRequest { track, stream } => {
                 let Some(room) = self.track_index.get(&track).map(|r| r.room) else {
                     return;
                 };
                 if let Some(entry) = self.room_mut(room) {
                     let _ = entry
                         .core
-                        .handle_remote_keyframe_request(Instant::now(), track);
+                        .handle_remote_keyframe_request(Instant::now(), track, stream);
                 }
                 self.handle_room_events(room);
             }

@@ -31,6 +31,6 @@ pub use allocator::{
 pub use keyframe::VideoCodec;
 pub use room::{
     Forward, Media, ParticipantKey, Room, RoomConfig, RoomError, RoomEvent, RoomStats, RtpIn,
-    TrackKey,
+    TrackKey, MAX_LAYERS,
 };
 pub use speakers::{SpeakerEvent, Speakers, SpeakersConfig, SpeakersError};

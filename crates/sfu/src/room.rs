@@ -56,14 +56,19 @@ impl Media {
 /// Room tuning.
 #[derive(Debug, Clone)]
 pub struct RoomConfig {
-    /// Least time between two keyframe requests sent to one publisher's track.
+    /// Least time between two keyframe requests sent to one publisher's stream (layer).
     pub keyframe_request_interval: Duration,
+    /// Least time between two keyframe requests one subscriber's losses may cause (its
+    /// PLI/FIR): a subscriber on a weak link cannot make every publisher send keyframes
+    /// to everyone.
+    pub subscriber_keyframe_interval: Duration,
 }
 
 impl Default for RoomConfig {
     fn default() -> Self {
         RoomConfig {
             keyframe_request_interval: Duration::from_millis(500),
+            subscriber_keyframe_interval: Duration::from_secs(2),
         }
     }
 }
@@ -73,6 +78,8 @@ impl Default for RoomConfig {
 pub struct RtpIn<'a> {
     /// The input stream (the publisher's SSRC, or a simulcast layer's).
     pub stream: u64,
+    /// The simulcast layer this stream carries (0 = lowest; 0 without simulcast).
+    pub layer: u8,
     /// Extended sequence number.
     pub seq: u64,
     /// RTP timestamp.
@@ -118,12 +125,15 @@ pub enum RoomEvent {
         /// Its binding, if it was bound.
         slot: Option<u32>,
     },
-    /// Ask the publisher of `track` for a keyframe (PLI).
+    /// Ask the publisher of `track` for a keyframe (PLI) on one of its streams.
     RequestKeyframe {
         /// The publisher.
         publisher: ParticipantKey,
         /// Their track.
         track: TrackKey,
+        /// The input stream (simulcast layer) that needs one; 0 when not known yet (ask for
+        /// the track's main stream).
+        stream: u64,
     },
 }
 
@@ -153,6 +163,9 @@ pub struct RoomStats {
     pub keyframe_requests: u64,
     /// Keyframe requests folded into an earlier one by the rate limit.
     pub keyframe_requests_limited: u64,
+    /// Subscriber keyframe requests (PLI/FIR) ignored because that subscriber asked too
+    /// recently.
+    pub subscriber_keyframe_requests_ignored: u64,
 }
 
 #[derive(Debug)]
@@ -161,15 +174,53 @@ struct Participant {
     published: Vec<TrackKey>,
 }
 
+/// Most simulcast layers of one track.
+pub const MAX_LAYERS: usize = 3;
+
 #[derive(Debug)]
 struct Track {
     publisher: ParticipantKey,
     media: Media,
     muted: bool,
+    /// Not among the audio tracks chosen to be heard (loudest speakers); like muted, kept
+    /// apart so that a host's mute and the selection do not undo each other.
+    deselected: bool,
     down: Vec<DownTrack>,
-    last_keyframe_request: Option<Instant>,
-    /// A request was held back by the rate limit; send it at this time.
-    pending_keyframe_request: Option<Instant>,
+    /// The input stream of each layer, once a packet of it arrived (0: not yet).
+    streams: [u64; MAX_LAYERS],
+    /// Payload bytes per layer since the last [`Room::layer_bitrates`].
+    layer_bytes: [u64; MAX_LAYERS],
+    /// When the layer bitrates were last read.
+    rates_since: Option<Instant>,
+    last_keyframe_request: [Option<Instant>; MAX_LAYERS],
+    /// A request was held back by the rate limit; send it at this time (per layer).
+    pending_keyframe_request: [Option<Instant>; MAX_LAYERS],
+}
+
+impl Track {
+    fn new(publisher: ParticipantKey, media: Media) -> Track {
+        Track {
+            publisher,
+            media,
+            muted: false,
+            deselected: false,
+            down: Vec::new(),
+            streams: [0; MAX_LAYERS],
+            layer_bytes: [0; MAX_LAYERS],
+            rates_since: None,
+            last_keyframe_request: [None; MAX_LAYERS],
+            pending_keyframe_request: [None; MAX_LAYERS],
+        }
+    }
+
+    /// The layer whose stream is `stream` (0 when unknown).
+    fn layer_of(&self, stream: u64) -> usize {
+        self.streams.iter().position(|s| *s == stream && stream != 0).unwrap_or(0)
+    }
+
+    fn simulcast(&self) -> bool {
+        self.streams[1..].iter().any(|s| *s != 0)
+    }
 }
 
 #[derive(Debug)]
@@ -177,6 +228,10 @@ struct DownTrack {
     subscriber: ParticipantKey,
     slot: Option<u32>,
     paused: bool,
+    /// The simulcast layer this subscriber should get (the allocator's choice).
+    layer: u8,
+    /// When this subscriber's losses last caused a keyframe request.
+    last_pli: Option<Instant>,
     munger: Munger,
 }
 
@@ -284,17 +339,7 @@ impl Room {
             .get_mut(&p)
             .ok_or(RoomError::UnknownParticipant)?;
         participant.published.push(track);
-        self.tracks.insert(
-            track,
-            Track {
-                publisher: p,
-                media,
-                muted: false,
-                down: Vec::new(),
-                last_keyframe_request: None,
-                pending_keyframe_request: None,
-            },
-        );
+        self.tracks.insert(track, Track::new(p, media));
         let mut subscribers: Vec<ParticipantKey> = self
             .participants
             .iter()
@@ -321,17 +366,7 @@ impl Room {
         if self.tracks.contains_key(&track) {
             return Err(RoomError::DuplicateTrack);
         }
-        self.tracks.insert(
-            track,
-            Track {
-                publisher,
-                media,
-                muted: false,
-                down: Vec::new(),
-                last_keyframe_request: None,
-                pending_keyframe_request: None,
-            },
-        );
+        self.tracks.insert(track, Track::new(publisher, media));
         let mut subscribers: Vec<ParticipantKey> = self
             .participants
             .iter()
@@ -367,6 +402,20 @@ impl Room {
         let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
         if t.muted != muted {
             t.muted = muted;
+            for d in &mut t.down {
+                d.munger.pause();
+            }
+        }
+        Ok(())
+    }
+
+    /// An audio track is (or is no longer) among those chosen to be heard (the loudest
+    /// speakers): like a mute, but kept apart from it. Deselected tracks are not forwarded;
+    /// on selection every subscriber continues without a sequence gap.
+    pub fn set_selected(&mut self, track: TrackKey, selected: bool) -> Result<(), RoomError> {
+        let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
+        if t.deselected == selected {
+            t.deselected = !selected;
             for d in &mut t.down {
                 d.munger.pause();
             }
@@ -424,13 +473,85 @@ impl Room {
         Ok(())
     }
 
+    /// The simulcast layer `subscriber` should receive of `track` (0 = lowest). The switch
+    /// happens at that layer's next keyframe, which is requested, so the picture never
+    /// freezes; until then the current layer keeps flowing.
+    pub fn set_layer(
+        &mut self,
+        now: Instant,
+        subscriber: ParticipantKey,
+        track: TrackKey,
+        layer: u8,
+    ) -> Result<(), RoomError> {
+        let layer = layer.min(MAX_LAYERS as u8 - 1);
+        let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
+        let stream = t.streams[layer as usize];
+        let d = t
+            .down
+            .iter_mut()
+            .find(|d| d.subscriber == subscriber)
+            .ok_or(RoomError::UnknownSubscription)?;
+        if d.layer == layer {
+            return Ok(());
+        }
+        d.layer = layer;
+        if stream != 0 {
+            d.munger.switch_to(stream);
+            if d.munger.is_waiting_for_keyframe() && !d.paused {
+                self.request_keyframe(track, layer as usize, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// The bits per second each simulcast layer of `track` carried since the last call
+    /// (0 for a layer that sent nothing: a publisher whose uplink cannot carry the top
+    /// layer stops sending it). The driver reads this about once a second for the
+    /// allocator.
+    pub fn layer_bitrates(&mut self, now: Instant, track: TrackKey) -> Option<[u64; MAX_LAYERS]> {
+        let t = self.tracks.get_mut(&track)?;
+        let since = t.rates_since.replace(now)?;
+        let secs = now.saturating_duration_since(since).as_secs_f64();
+        let bytes = std::mem::take(&mut t.layer_bytes);
+        if secs <= 0.0 {
+            return None;
+        }
+        Some(bytes.map(|b| (b as f64 * 8.0 / secs) as u64))
+    }
+
+    /// Whether `track` arrives in more than one simulcast layer.
+    pub fn is_simulcast(&self, track: TrackKey) -> bool {
+        self.tracks.get(&track).is_some_and(|t| t.simulcast())
+    }
+
     /// One RTP packet of `track` arrived: appends one [`Forward`] per subscriber that should
     /// get it to `out` (which the caller clears and reuses).
     pub fn handle_rtp(&mut self, track: TrackKey, pkt: &RtpIn<'_>, out: &mut Vec<Forward>) {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
-        if t.muted {
+        let layer = (pkt.layer as usize).min(MAX_LAYERS - 1);
+        t.layer_bytes[layer] += pkt.payload.len() as u64;
+        if t.streams[layer] != pkt.stream {
+            // A layer's first packet (or a new SSRC for it): subscribers waiting for this
+            // layer switch to it at its next keyframe.
+            t.streams[layer] = pkt.stream;
+            t.rates_since.get_or_insert(pkt.at);
+            let mut wanted = false;
+            for d in &mut t.down {
+                if d.layer as usize == layer {
+                    d.munger.switch_to(pkt.stream);
+                    wanted |= !d.paused;
+                }
+            }
+            if wanted && t.media.is_video() {
+                self.request_keyframe(track, layer, pkt.at);
+            }
+        }
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.muted || t.deselected {
             return;
         }
         let keyframe = match t.media {
@@ -444,11 +565,20 @@ impl Room {
             keyframe,
             at: pkt.at,
         };
+        let simulcast = t.simulcast();
         let mut want_keyframe = false;
         for d in &mut t.down {
             let Some(slot) = d.slot else { continue };
             if d.paused {
                 self.stats.dropped += 1;
+                continue;
+            }
+            // With simulcast, each subscriber takes one layer: others are not for it
+            // (except the current one until a pending switch happens).
+            if simulcast
+                && t.streams[d.layer as usize] != pkt.stream
+                && d.munger.current_stream() != Some(pkt.stream)
+            {
                 continue;
             }
             match d.munger.process(&input) {
@@ -468,12 +598,15 @@ impl Room {
             }
         }
         if want_keyframe {
-            self.request_keyframe(track, pkt.at);
+            self.request_keyframe(track, layer, pkt.at);
         }
     }
 
-    /// `subscriber` lost pictures of `track` (PLI/FIR): forwarded to the publisher, at most
-    /// once per [`RoomConfig::keyframe_request_interval`]; requests in between are folded
+    /// `subscriber` lost pictures of `track` (PLI/FIR): forwarded to the publisher for the
+    /// layer that subscriber receives, at most once per
+    /// [`RoomConfig::subscriber_keyframe_interval`] per subscriber (a weak link does not turn
+    /// into a keyframe storm for everyone), and at most once per
+    /// [`RoomConfig::keyframe_request_interval`] per layer; requests in between are folded
     /// into one sent when the interval ends.
     pub fn handle_keyframe_request(
         &mut self,
@@ -481,8 +614,24 @@ impl Room {
         subscriber: ParticipantKey,
         track: TrackKey,
     ) -> Result<(), RoomError> {
-        self.down_mut(subscriber, track)?;
-        self.request_keyframe(track, now);
+        let every = self.config.subscriber_keyframe_interval;
+        let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
+        let current = |d: &DownTrack| d.munger.current_stream();
+        let d = t
+            .down
+            .iter_mut()
+            .find(|d| d.subscriber == subscriber)
+            .ok_or(RoomError::UnknownSubscription)?;
+        if d.paused || d.last_pli.is_some_and(|at| now.saturating_duration_since(at) < every) {
+            self.stats.subscriber_keyframe_requests_ignored += 1;
+            return Ok(());
+        }
+        d.last_pli = Some(now);
+        let layer = match current(d) {
+            Some(stream) => t.layer_of(stream),
+            None => d.layer as usize,
+        };
+        self.request_keyframe(track, layer, now);
         Ok(())
     }
 
@@ -493,11 +642,13 @@ impl Room {
         &mut self,
         now: Instant,
         track: TrackKey,
+        stream: u64,
     ) -> Result<(), RoomError> {
-        if !self.tracks.contains_key(&track) {
+        let Some(t) = self.tracks.get(&track) else {
             return Err(RoomError::UnknownTrack);
-        }
-        self.request_keyframe(track, now);
+        };
+        let layer = t.layer_of(stream);
+        self.request_keyframe(track, layer, now);
         Ok(())
     }
 
@@ -505,17 +656,22 @@ impl Room {
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = Vec::new();
         for (key, t) in &mut self.tracks {
-            if t.pending_keyframe_request.is_some_and(|at| at <= now) {
-                t.pending_keyframe_request = None;
-                t.last_keyframe_request = Some(now);
-                due.push((t.publisher, *key));
+            for layer in 0..MAX_LAYERS {
+                if t.pending_keyframe_request[layer].is_some_and(|at| at <= now) {
+                    t.pending_keyframe_request[layer] = None;
+                    t.last_keyframe_request[layer] = Some(now);
+                    due.push((t.publisher, *key, t.streams[layer]));
+                }
             }
         }
         due.sort();
-        for (publisher, track) in due {
+        for (publisher, track, stream) in due {
             self.stats.keyframe_requests += 1;
-            self.events
-                .push_back(RoomEvent::RequestKeyframe { publisher, track });
+            self.events.push_back(RoomEvent::RequestKeyframe {
+                publisher,
+                track,
+                stream,
+            });
         }
     }
 
@@ -523,8 +679,9 @@ impl Room {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.tracks
             .values()
-            .filter_map(|t| t.pending_keyframe_request)
+            .flat_map(|t| t.pending_keyframe_request.iter().flatten())
             .min()
+            .copied()
     }
 
     /// The next event for the driver.
@@ -538,11 +695,18 @@ impl Room {
         };
         let first_out_seq =
             1 + (track.0.wrapping_mul(7919) ^ subscriber.0.wrapping_mul(104_729)) % 20_000;
+        let mut munger = Munger::new(t.media.clock_rate(), t.media.is_video(), first_out_seq);
+        // Simulcast: start on the lowest layer (the allocator raises it).
+        if t.streams[0] != 0 {
+            munger.switch_to(t.streams[0]);
+        }
         t.down.push(DownTrack {
             subscriber,
             slot: None,
             paused: false,
-            munger: Munger::new(t.media.clock_rate(), t.media.is_video(), first_out_seq),
+            layer: 0,
+            last_pli: None,
+            munger,
         });
         self.events.push_back(RoomEvent::Subscribe {
             subscriber,
@@ -563,28 +727,30 @@ impl Room {
             .ok_or(RoomError::UnknownSubscription)
     }
 
-    fn request_keyframe(&mut self, track: TrackKey, now: Instant) {
+    fn request_keyframe(&mut self, track: TrackKey, layer: usize, now: Instant) {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
         if !t.media.is_video() {
             return;
         }
+        let layer = layer.min(MAX_LAYERS - 1);
         let interval = self.config.keyframe_request_interval;
-        match t.last_keyframe_request {
+        match t.last_keyframe_request[layer] {
             Some(last) if now.saturating_duration_since(last) < interval => {
                 self.stats.keyframe_requests_limited += 1;
-                if t.pending_keyframe_request.is_none() {
-                    t.pending_keyframe_request = Some(last + interval);
+                if t.pending_keyframe_request[layer].is_none() {
+                    t.pending_keyframe_request[layer] = Some(last + interval);
                 }
             }
             _ => {
-                t.last_keyframe_request = Some(now);
-                t.pending_keyframe_request = None;
+                t.last_keyframe_request[layer] = Some(now);
+                t.pending_keyframe_request[layer] = None;
                 self.stats.keyframe_requests += 1;
                 self.events.push_back(RoomEvent::RequestKeyframe {
                     publisher: t.publisher,
                     track,
+                    stream: t.streams[layer],
                 });
             }
         }

@@ -35,6 +35,7 @@ fn slot(s: P, t: T) -> u32 {
 fn rtp<'a>(stream: u64, seq: u64, ts: u32, payload: &'a [u8], at: Instant) -> RtpIn<'a> {
     RtpIn {
         stream,
+        layer: 0,
         seq,
         ts,
         payload,
@@ -96,7 +97,8 @@ fn video_waits_for_keyframe_and_asks_for_one() {
         room.poll_event(),
         Some(RoomEvent::RequestKeyframe {
             publisher: P(1),
-            track: T(11)
+            track: T(11),
+            stream: 1,
         })
     );
     room.handle_rtp(T(11), &rtp(1, 6, 3000, VP8_KEY, t0), &mut out);
@@ -122,7 +124,8 @@ fn keyframe_requests_are_rate_limited_and_folded() {
                 e,
                 RoomEvent::RequestKeyframe {
                     publisher: P(1),
-                    track: T(11)
+                    track: T(11),
+                    ..
                 }
             ));
             n += 1;
@@ -145,7 +148,11 @@ fn keyframe_requests_are_rate_limited_and_folded() {
     assert_eq!(room.poll_timeout(), None);
     let stats = room.stats();
     assert_eq!(stats.keyframe_requests, 2);
-    assert_eq!(stats.keyframe_requests_limited, 2);
+    assert_eq!(stats.keyframe_requests_limited, 1);
+    assert_eq!(
+        stats.subscriber_keyframe_requests_ignored, 1,
+        "P(2) asked again within its own interval: ignored"
+    );
     // Audio never asks for keyframes; unknown subscriptions are refused.
     assert!(room.handle_keyframe_request(t0, P(1), T(11)).is_err());
 }
@@ -252,29 +259,73 @@ fn paused_and_muted_tracks_are_not_forwarded_and_resume_without_gaps() {
     assert!(out.is_empty());
 }
 
+fn layered<'a>(stream: u64, layer: u8, seq: u64, ts: u32, payload: &'a [u8], at: Instant) -> RtpIn<'a> {
+    RtpIn {
+        layer,
+        ..rtp(stream, seq, ts, payload, at)
+    }
+}
+
 #[test]
 fn simulcast_layer_switch_happens_at_a_keyframe() {
     let mut room = three_publishers();
     let t0 = Instant::now();
     let mut out = Vec::new();
-    // Layer "low" is stream 100, "high" is stream 200; subscriber 2 starts on low.
-    room.switch_stream(P(2), T(11), 100).unwrap();
-    room.switch_stream(P(3), T(11), 200).unwrap();
-    room.handle_rtp(T(11), &rtp(100, 1, 0, VP8_KEY, t0), &mut out);
-    room.handle_rtp(T(11), &rtp(200, 1, 0, VP8_KEY, t0), &mut out);
-    let seq2 = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
-    assert_eq!(out.len(), 2, "each subscriber gets only its layer");
-    room.switch_stream(P(2), T(11), 200).unwrap();
+    // Layer 0 is stream 100, layer 1 stream 200. Everyone starts on layer 0; subscriber 3
+    // is moved to layer 1.
+    room.handle_rtp(T(11), &layered(100, 0, 1, 0, VP8_KEY, t0), &mut out);
+    assert_eq!(out.len(), 2, "both subscribers start on the lowest layer");
+    room.set_layer(t0, P(3), T(11), 1).unwrap();
     out.clear();
-    room.handle_rtp(T(11), &rtp(200, 2, 3000, VP8_DELTA, t0), &mut out);
+    room.handle_rtp(T(11), &layered(200, 1, 1, 0, VP8_KEY, t0), &mut out);
+    room.handle_rtp(T(11), &layered(100, 0, 2, 3000, VP8_DELTA, t0), &mut out);
+    let subs = |out: &[Forward]| out.iter().map(|f| (f.subscriber, f.seq)).collect::<Vec<_>>();
+    let got = subs(&out);
+    assert_eq!(got.len(), 2, "each subscriber gets only its layer: {got:?}");
+    let seq2 = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
+    room.set_layer(t0, P(2), T(11), 1).unwrap();
+    out.clear();
+    room.handle_rtp(T(11), &layered(200, 1, 2, 3000, VP8_DELTA, t0), &mut out);
+    room.handle_rtp(T(11), &layered(100, 0, 3, 6000, VP8_DELTA, t0), &mut out);
     assert_eq!(
         out.iter().map(|f| f.subscriber).collect::<Vec<_>>(),
-        vec![P(3)]
+        vec![P(3), P(2)],
+        "until the new layer's keyframe, subscriber 2 keeps its old layer"
     );
     out.clear();
-    room.handle_rtp(T(11), &rtp(200, 3, 6000, VP8_KEY, t0), &mut out);
-    let f2 = out.iter().find(|f| f.subscriber == P(2)).unwrap();
-    assert_eq!(f2.seq, seq2 + 1, "switched without a sequence gap");
+    room.handle_rtp(T(11), &layered(200, 1, 3, 6000, VP8_KEY, t0), &mut out);
+    room.handle_rtp(T(11), &layered(100, 0, 4, 9000, VP8_DELTA, t0), &mut out);
+    let f2: Vec<_> = out.iter().filter(|f| f.subscriber == P(2)).collect();
+    assert_eq!(f2.len(), 1, "after the switch only the new layer reaches subscriber 2");
+    assert_eq!(f2[0].seq, seq2 + 2, "switched without a sequence gap");
+    // The layers' bitrates are measured for the allocator.
+    let rates = room.layer_bitrates(t0 + Duration::from_secs(1), T(11)).unwrap();
+    assert!(rates[0] > 0 && rates[1] > 0 && rates[2] == 0, "{rates:?}");
+}
+
+#[test]
+fn a_weak_subscriber_cannot_cause_a_keyframe_storm() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    room.handle_rtp(T(11), &rtp(1, 1, 0, VP8_KEY, t0), &mut out);
+    while room.poll_event().is_some() {}
+    // P(2) loses packets and asks for a keyframe 10 times a second for 10 s.
+    let mut reached = 0;
+    for i in 0..100u64 {
+        let now = t0 + Duration::from_millis(100 * i);
+        room.handle_keyframe_request(now, P(2), T(11)).unwrap();
+        room.handle_timeout(now);
+        while let Some(e) = room.poll_event() {
+            if matches!(e, RoomEvent::RequestKeyframe { .. }) {
+                reached += 1;
+            }
+        }
+    }
+    assert!(
+        reached <= 5,
+        "at most one keyframe request per 2 s reaches the publisher (got {reached})"
+    );
 }
 
 #[test]
