@@ -208,6 +208,12 @@ pub struct MediaConfig {
     /// Media shards: threads, each with its own UDP port (`addr`'s port + its index). 0:
     /// one per CPU core.
     pub shards: usize,
+    /// Estimate each attendee's downlink and send each the simulcast layers (and the video)
+    /// it can carry, audio first. Off: everyone gets everything they show.
+    pub allocate_bandwidth: bool,
+    /// In a room with more microphones than this, forward to each listener only this many
+    /// loudest (plus the floor holder's). 0: every microphone.
+    pub loudest_speakers: usize,
 }
 
 /// `[auth]`
@@ -278,6 +284,8 @@ impl Default for MediaConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 7882)),
             announce_ips: Vec::new(),
             shards: 0,
+            allocate_bandwidth: true,
+            loudest_speakers: 3,
         }
     }
 }
@@ -441,6 +449,8 @@ impl Config {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(2);
+        config.media.allocate_bandwidth =
+            std::env::var("PLENARY_TEST_ALLOCATE").map_or(true, |v| v != "0");
         config
     }
 

@@ -197,6 +197,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         ice_timeout: Duration::from_secs(config.limits.ice_timeout_secs),
         listener_mode_above: config.limits.listener_mode_above,
         audit,
+        allocate: config.media.allocate_bandwidth,
+        loudest_speakers: config.media.loudest_speakers,
     };
     let (media, media_threads) =
         media::spawn(sockets, settings, metrics.clone()).map_err(StartError::Media)?;

@@ -558,6 +558,9 @@ async fn a_paused_video_track_stops_and_resumes() {
             tracks: vec![plenary_proto::SubscriptionUpdate {
                 track_id: video_id.clone(),
                 paused,
+                width: None,
+                height: None,
+                priority: None,
             }],
         };
         viewer.send(&pause(true)).expect("send");

@@ -457,6 +457,8 @@ function wireClient(c) {
   on("host_muted", onHostMuted);
   on("asked_to_unmute", onAskedToUnmute);
   on("published", scheduleRender);
+  on("video_paused", scheduleRender);
+  on("dominant_speaker", scheduleRender);
   on("unpublished", onUnpublished);
   on("connection", (d) => {
     if (d.state === "connected") updateQuality();

@@ -25,6 +25,9 @@
 //   "unpublished"  {source, reason}   one of our tracks stopped: "revoked" | "refused" |
 //                                     "not_allowed" | "ended" (the device went away)
 //   "connection"   {state}            the peer connection's state
+//   "video_paused" {track_id, paused}  the server stopped (or resumed) a video for our
+//                                     connection's sake
+//   "dominant_speaker" {participant_id} who speaks now, as the server hears it
 //   "error"        {code, message}    an error message from the server
 //   "log"          {message}          human-readable trace
 
@@ -34,6 +37,12 @@ const PING_INTERVAL_MS = 10_000;
 const PONG_TIMEOUT_MS = 25_000;
 /** A resume token is good for a minute after the drop; we stop trying a little before. */
 const RESUME_WINDOW_MS = 55_000;
+/** Simulcast layers of a camera (low to high), as the server expects their RIDs. */
+export const CAMERA_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 120_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 350_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 900_000 },
+];
 /** Media "disconnected" for this long (no ICE answers): come back on a new connection. */
 const MEDIA_LOST_MS = 6_000;
 /** Leave reasons after which we do not try to come back. */
@@ -109,8 +118,14 @@ export class PlenaryClient extends EventTarget {
     this.ownTracks = new Map();
     /** track id → remote track @type {Map<string, RemoteTrack>} */
     this.remote = new Map();
-    /** remote track id → paused (what we asked the server) @type {Map<string, boolean>} */
+    /** remote track id → what we last told the server about it @type {Map<string, string>} */
     this.paused = new Map();
+    /** remote video track ids the server paused for our connection @type {Set<string>} */
+    this.bwPaused = new Set();
+    /** the participant the server hears speaking @type {string|null} */
+    this.dominantSpeaker = null;
+    /** publish cameras in three simulcast layers */
+    this.simulcast = true;
     /** @type {RTCIceServer[]} */
     this.iceServers = [];
     /** @type {WebSocket|null} */
@@ -290,13 +305,16 @@ export class PlenaryClient extends EventTarget {
   }
 
   /**
-   * Pauses or resumes forwarding of remote tracks. Only changes are sent.
-   * @param {{track_id: string, paused: boolean}[]} updates
+   * What we show of remote tracks: paused (not shown), or the size in device pixels and the
+   * importance of the tile, so the server sends a layer that fits. Only changes are sent.
+   * @param {{track_id: string, paused: boolean, width?: number, height?: number,
+   *   priority?: "stage"|"pinned"|"thumbnail"}[]} updates
    */
   setSubscription(updates) {
-    const changed = updates.filter((u) => (this.paused.get(u.track_id) ?? false) !== u.paused);
+    const key = (/** @type {any} */ u) => `${u.paused}/${u.width ?? ""}x${u.height ?? ""}/${u.priority ?? ""}`;
+    const changed = updates.filter((u) => this.paused.get(u.track_id) !== key(u));
     if (changed.length === 0) return;
-    for (const u of changed) this.paused.set(u.track_id, u.paused);
+    for (const u of changed) this.paused.set(u.track_id, key(u));
     this.send({ type: "subscription", tracks: changed });
   }
 
@@ -479,6 +497,7 @@ export class PlenaryClient extends EventTarget {
     this.midMap = new Map();
     this.ownTracks = new Map();
     this.paused = new Map();
+    this.bwPaused = new Set();
     this.makingOffer = false;
     this.offerWanted = false;
     this.offerSent = false;
@@ -553,6 +572,7 @@ export class PlenaryClient extends EventTarget {
       case "track_unpublished":
         this.roomTracks.delete(msg.track_id);
         this.paused.delete(msg.track_id);
+        this.bwPaused.delete(msg.track_id);
         if (this.remote.delete(msg.track_id)) this.emitTracks();
         this.emitParticipants();
         return;
@@ -566,6 +586,15 @@ export class PlenaryClient extends EventTarget {
       case "chat":
       case "asked_to_unmute":
         this.emit(msg.type, msg);
+        return;
+      case "video_paused":
+        if (msg.paused) this.bwPaused.add(msg.track_id);
+        else this.bwPaused.delete(msg.track_id);
+        this.emit("video_paused", msg);
+        return;
+      case "dominant_speaker":
+        this.dominantSpeaker = msg.participant_id;
+        this.emit("dominant_speaker", msg);
         return;
       case "hand_queue":
         this.handQueue = msg.queue || [];
@@ -685,10 +714,12 @@ export class PlenaryClient extends EventTarget {
     /** @type {Published} */
     const entry = { track, source, muted };
     if (this.pc) {
-      entry.transceiver = this.pc.addTransceiver(track, {
-        direction: "sendonly",
-        streams: [new MediaStream([track])],
-      });
+      /** @type {RTCRtpTransceiverInit} */
+      const init = { direction: "sendonly", streams: [new MediaStream([track])] };
+      // A camera goes out in three layers; the server sends each attendee the one that
+      // fits their tile and their connection.
+      if (source === "camera" && this.simulcast) init.sendEncodings = CAMERA_LAYERS.map((l) => ({ ...l }));
+      entry.transceiver = this.pc.addTransceiver(track, init);
     }
     this.publish.push(entry);
     this.watchEnded(entry);

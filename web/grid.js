@@ -38,11 +38,24 @@ export function sourcesOf(client) {
   return map;
 }
 
-/** Re-picks the active speaker; returns whether it changed. @param {AppState} S */
+/**
+ * Re-picks the active speaker: the one the server hears (it weighs every voice and holds a
+ * moment), else the loudest this page measures; returns whether it changed.
+ * @param {AppState} S
+ */
 export function updateActiveSpeaker(S) {
   const client = S.client;
   if (!client) return false;
   const before = S.view.activeSpeaker;
+  const heard = client.dominantSpeaker;
+  if (heard && client.participants.has(heard)) {
+    if (heard !== before) {
+      S.view.activeSpeaker = heard;
+      S.view.activeSince = Date.now();
+      return true;
+    }
+    return false;
+  }
   const next = pickActiveSpeaker(S.view, [...client.participants.values()], S.levels, sourcesOf(client), Date.now());
   S.view.activeSpeaker = next.activeSpeaker;
   S.view.activeSince = next.activeSince;
@@ -102,10 +115,32 @@ export function renderGrid(S) {
   drawSelf(S);
   drawAudioList(S, layout.audioOnly, layout.audioHidden, sources);
 
+  // What we show of each video, so the server sends a layer that fits the tile (and keeps
+  // the stage's video longest when bandwidth runs short).
+  const dpr = window.devicePixelRatio || 1;
+  /** @type {Map<string, {width: number, height: number, priority: "stage"|"pinned"|"thumbnail"}>} */
+  const shown = new Map();
+  for (const w of wanted) {
+    const slot = sources.get(w.pid) ?? {};
+    const src = w.screen ? slot.screen : slot.camera;
+    const tile = tiles.get(w.key);
+    if (!src || !tile) continue;
+    const q = (/** @type {number} */ n) => Math.max(32, Math.round((n * dpr) / 32) * 32);
+    shown.set(src.info.id, {
+      width: q(tile.clientWidth),
+      height: q(tile.clientHeight),
+      priority: w.stage ? (v.pinned === w.pid ? "pinned" : "stage") : "thumbnail",
+    });
+  }
   client.setSubscription(
     [...client.roomTracks.values()]
       .filter((t) => t.kind === "video" && t.participant_id !== client.me?.id)
-      .map((t) => ({ track_id: t.id, paused: layout.paused.includes(t.id) })),
+      .map((t) => {
+        const tile = shown.get(t.id);
+        return tile && !layout.paused.includes(t.id)
+          ? { track_id: t.id, paused: false, ...tile }
+          : { track_id: t.id, paused: true };
+      }),
   );
   renderAudio(S);
 
@@ -129,13 +164,16 @@ function drawTile(S, w, p, slot) {
     video.setAttribute("playsinline", "");
     video.setAttribute("autoplay", "");
     tile = el("figure", { class: "tile", "data-participant-id": p.id },
-      video, el("div", { class: "avatar", "aria-hidden": "true" }), el("figcaption"));
+      video, el("div", { class: "avatar", "aria-hidden": "true" }),
+      el("span", { class: "notice", text: "Video paused for your connection" }), el("figcaption"));
     tiles.set(w.key, tile);
   }
   const src = w.screen ? slot.screen : slot.camera;
   const track = src && showsVideo(src) ? src.track : null;
   attachVideo(/** @type {HTMLVideoElement} */ (tile.querySelector("video")), track);
   tile.classList.toggle("no-video", !track);
+  // The server stopped this video because our connection cannot carry it (audio goes on).
+  tile.classList.toggle("bw-paused", !!src && !!S.client?.bwPaused.has(src.info.id));
   tile.classList.toggle("stage", w.stage);
   tile.classList.toggle("screen", w.screen);
   tile.classList.toggle("speaking", !w.screen && (S.levels.get(p.id) ?? 0) > SPEAKING_LEVEL);

@@ -588,6 +588,13 @@ impl Control {
                     listener_mode,
                 } => {
                     let peer = plenary_sfu::ParticipantKey(pid.0);
+                    // Every shard's speaker selector hears the floor holder always.
+                    let floor = permissions.has_floor;
+                    self.to_room_shards(mask, |_| ShardCmd::Floor {
+                        room: key,
+                        peer,
+                        floor,
+                    });
                     self.to_shard(
                         shard_of(peer),
                         ShardCmd::SetPermissions {

@@ -274,6 +274,10 @@ pub struct MediaSettings {
     pub listener_mode_above: usize,
     /// Where host actions are recorded (the audit log), if anywhere.
     pub audit: Option<mpsc::Sender<AuditRecord>>,
+    /// Estimate each subscriber's bandwidth and choose its video layers.
+    pub allocate: bool,
+    /// Forward only this many loudest microphones in a room (0: all).
+    pub loudest_speakers: usize,
 }
 
 /// A host action (or other meeting event) for the audit log.
@@ -392,7 +396,11 @@ pub fn spawn(
             exchange: exchanges.pop().expect("one exchange per shard"),
         };
         let metrics = Arc::clone(&metrics);
-        let ice_timeout = settings.ice_timeout;
+        let shard_settings = shard::ShardSettings {
+            ice_timeout: settings.ice_timeout,
+            allocate: settings.allocate,
+            loudest_speakers: settings.loudest_speakers,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("plenary-media-{index}"))
             .spawn(move || {
@@ -407,7 +415,7 @@ pub fn spawn(
                     }
                 };
                 runtime.block_on(async move {
-                    match shard::Shard::new(socket, announce, ice_timeout, metrics, links) {
+                    match shard::Shard::new(socket, announce, shard_settings, metrics, links) {
                         Ok(shard) => shard.run().await,
                         Err(e) => tracing::error!("media shard {index}: cannot start: {e}"),
                     }

@@ -128,6 +128,12 @@ pub struct Peer {
     pub egress_seen: Vec<(Mid, u64, u64)>,
     /// Last cumulative NACKs sent per m-line.
     pub ingress_seen: Vec<(Mid, u64)>,
+    /// Its bandwidth allocator (when it subscribes and allocation is on).
+    pub alloc: Option<plenary_sfu::Allocator>,
+    /// Video tracks paused because its connection cannot carry them (it was told).
+    pub bw_paused: Vec<TrackKey>,
+    /// Audio tracks it receives (for the allocator's audio reserve).
+    pub audio_in: u32,
 }
 
 /// Most SSRCs remembered per peer (simulcast layers and RTX of a few tracks).
@@ -141,6 +147,7 @@ impl Peer {
         add: &super::shard::AddPeer,
         cert: &DtlsCert,
         candidates: &[Candidate],
+        initial_estimate: Option<u64>,
     ) -> Peer {
         let ufrag = random_token(8);
         let creds = IceCreds {
@@ -159,6 +166,7 @@ impl Peer {
             .enable_vp9(true)
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            .enable_bwe(initial_estimate.map(str0m::bwe::Bitrate::bps))
             .build(add.started);
         for c in candidates {
             rtc.add_local_candidate(c.clone());
@@ -187,6 +195,9 @@ impl Peer {
             free_mlines: Vec::new(),
             egress_seen: Vec::new(),
             ingress_seen: Vec::new(),
+            alloc: None,
+            bw_paused: Vec::new(),
+            audio_in: 0,
         }
     }
 

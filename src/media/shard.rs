@@ -23,7 +23,10 @@ use plenary_proto::{
     ErrorCode, IceCandidate, LeaveReason, ParticipantInfo, PublishedTrack, ServerMessage,
     SubscriptionUpdate, TrackInfo, TrackSource,
 };
-use plenary_sfu::{Forward, Media, Room, RoomConfig, RoomEvent, RtpIn, TrackKey};
+use plenary_sfu::{
+    AllocatorEvent, Forward, Media, Room, RoomConfig, RoomEvent, RtpIn, SpeakerEvent, Speakers,
+    TrackKey, MAX_LAYERS,
+};
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
@@ -38,6 +41,8 @@ use super::peer::{core_media, first_codec, InTrack, OutState, OutTrack, Peer};
 use super::udp::{BatchSocket, SendQueue};
 use super::{shard_of, slot_of, PeerId, SessionEvent};
 use crate::metrics::{MediaCounters, Metrics};
+
+mod adapt;
 
 /// Most tracks one participant may publish.
 const MAX_TRACKS_PER_PEER: usize = 8;
@@ -145,6 +150,15 @@ pub enum ShardCmd {
         /// The shards.
         mask: u64,
     },
+    /// A publisher got (or lost) the floor: their microphone is always heard.
+    Floor {
+        /// The room.
+        room: RoomKey,
+        /// The publisher.
+        peer: PeerId,
+        /// New state.
+        floor: bool,
+    },
     /// Subscribers on another shard need a keyframe of this (local) track.
     KeyframeRequest {
         /// The track.
@@ -212,6 +226,19 @@ pub enum ShardEvent {
     },
 }
 
+/// How a shard behaves (from the configuration).
+#[derive(Debug, Clone)]
+pub struct ShardSettings {
+    /// Remove a peer whose ICE stays disconnected this long.
+    pub ice_timeout: Duration,
+    /// Estimate each subscriber's bandwidth and choose its video layers and pauses
+    /// (`plenary_sfu::Allocator`).
+    pub allocate: bool,
+    /// In rooms with more microphones than this, forward only this many loudest (plus the
+    /// floor holder's); 0 forwards every microphone.
+    pub loudest_speakers: usize,
+}
+
 /// How a shard talks to the rest of the media plane.
 pub struct Links {
     /// This shard's index.
@@ -237,6 +264,14 @@ struct LocalRoom {
     tracks: Vec<TrackSpec>,
     /// Other shards with members of the room (one bit each).
     relay_to: u64,
+    /// The loudest-speakers selector, when on.
+    speakers: Option<Speakers>,
+    /// The room has more microphones than the selector forwards: it gates them.
+    gating: bool,
+    /// Publishers who have the floor (always heard).
+    floor: Vec<PeerId>,
+    /// Each video track's layer bitrates at the last reading (for the allocators).
+    rates: Vec<(TrackKey, [u64; MAX_LAYERS])>,
 }
 
 /// Where a relayed packet's track lives here.
@@ -257,7 +292,7 @@ pub struct Shard {
     local: SocketAddr,
     /// The port the media socket is bound to (for the kernel's drop counter).
     local_port: Option<u16>,
-    ice_timeout: Duration,
+    settings: ShardSettings,
     metrics: Arc<Metrics>,
     cert: DtlsCert,
     candidates: Vec<Candidate>,
@@ -283,6 +318,10 @@ pub struct Shard {
     exchange: Exchange,
     /// Relayed packets taken from the rings this turn (reused).
     relay_batch: Vec<Relay>,
+    /// Allocator decisions being carried out (reused).
+    alloc_events: Vec<AllocatorEvent>,
+    /// Speaker selector decisions being carried out (reused).
+    speaker_events: Vec<SpeakerEvent>,
     next_track: u64,
     shutting_down: bool,
 }
@@ -292,7 +331,7 @@ impl Shard {
     pub fn new(
         socket: std::net::UdpSocket,
         announce: Vec<SocketAddr>,
-        ice_timeout: Duration,
+        settings: ShardSettings,
         metrics: Arc<Metrics>,
         links: Links,
     ) -> Result<Shard, String> {
@@ -320,7 +359,7 @@ impl Shard {
             io: Some(BatchSocket::new(socket)),
             out: SendQueue::default(),
             local,
-            ice_timeout,
+            settings,
             metrics,
             cert,
             candidates,
@@ -342,6 +381,8 @@ impl Shard {
             shards,
             exchange,
             relay_batch: Vec::new(),
+            alloc_events: Vec::new(),
+            speaker_events: Vec::new(),
             next_track: 1,
             shutting_down: false,
         })
@@ -621,6 +662,13 @@ impl Shard {
                 }
                 self.handle_room_events(room);
             }
+            Event::EgressBitrateEstimate(kind) => {
+                let now = Instant::now();
+                self.allocation_estimate(now, id, kind);
+                if let Some(room) = self.peer(id).map(|p| p.room) {
+                    self.handle_room_events(room);
+                }
+            }
             Event::MediaEgressStats(s) => {
                 let Some(peer) = self.peer_mut(id) else {
                     return;
@@ -685,6 +733,16 @@ impl Shard {
             &mut forwards,
         );
         let ext = &pkt.header.ext_vals;
+        if !video {
+            if let (Some(sp), Some(level)) = (entry.speakers.as_mut(), ext.audio_level) {
+                sp.handle_level(
+                    pkt.timestamp,
+                    track,
+                    level.unsigned_abs(),
+                    ext.voice_activity,
+                );
+            }
+        }
         let relay_to = entry.relay_to;
         if relay_to != 0 {
             let relay = Relay {
@@ -753,6 +811,11 @@ impl Shard {
         if changed && video {
             let media = core_media(plenary_proto::TrackKind::Video, Some(r.params.spec().codec));
             let _ = entry.core.set_media(r.track, media);
+        }
+        if !video {
+            if let (Some(sp), Some(level)) = (entry.speakers.as_mut(), r.audio_level) {
+                sp.handle_level(r.at, r.track, level.unsigned_abs(), r.voice_activity);
+            }
         }
         entry.core.handle_rtp(
             r.track,
@@ -875,14 +938,22 @@ impl Shard {
                     if let Some(sub) = self.peer_mut(subscriber) {
                         sub.add_out(out);
                     }
+                    self.allocation_subscribe(Instant::now(), subscriber, room, track);
                     self.mark_dirty(subscriber);
                 }
                 RoomEvent::Unsubscribe {
                     subscriber, track, ..
                 } => {
+                    let mut video = false;
                     if let Some(sub) = self.peer_mut(subscriber) {
+                        video = sub
+                            .out
+                            .iter()
+                            .flatten()
+                            .any(|o| o.track == track && o.kind == MediaKind::Video);
                         sub.remove_out(track);
                     }
+                    self.allocation_unsubscribe(Instant::now(), subscriber, track, video);
                     self.mark_dirty(subscriber);
                 }
                 RoomEvent::RequestKeyframe {
@@ -945,6 +1016,8 @@ impl Shard {
             let _ = entry.core.handle_mute(spec.key, true);
         }
         let key = spec.key;
+        let audio = spec.info.kind == plenary_proto::TrackKind::Audio;
+        let publisher = spec.publisher;
         entry.tracks.push(spec);
         self.track_index.insert(
             key,
@@ -953,6 +1026,9 @@ impl Shard {
                 last_pt: None,
             },
         );
+        if audio {
+            self.speakers_add(Instant::now(), room, key, publisher);
+        }
         self.handle_room_events(room);
     }
 
@@ -964,6 +1040,9 @@ impl Shard {
         let spec = entry.tracks.remove(pos);
         let _ = entry.core.handle_unpublish(key);
         self.track_index.remove(&key);
+        if spec.info.kind == plenary_proto::TrackKind::Audio {
+            self.speakers_remove(room, key);
+        }
         if let Some(p) = self.peer_mut(spec.publisher) {
             p.in_tracks.retain(|t| t.key != key);
             p.ssrc_index.clear();
@@ -1012,21 +1091,29 @@ impl Shard {
                     entry.relay_to = mask & !me;
                 }
             }
+            ShardCmd::Floor { room, peer, floor } => {
+                if let Some(slot) = self.room_slot(room) {
+                    self.speakers_floor(Instant::now(), slot, peer, floor);
+                }
+            }
             ShardCmd::KeyframeRequest { track, stream } => {
                 let Some(room) = self.track_index.get(&track).map(|r| r.room) else {
                     return;
                 };
                 if let Some(entry) = self.room_mut(room) {
-                    let _ = entry
-                        .core
-                        .handle_remote_keyframe_request(Instant::now(), track, stream);
+                    let _ =
+                        entry
+                            .core
+                            .handle_remote_keyframe_request(Instant::now(), track, stream);
                 }
                 self.handle_room_events(room);
             }
             ShardCmd::Offer { peer, sdp, tracks } => self.offer(peer, &sdp, tracks),
             ShardCmd::Answer { peer, sdp } => self.answer(peer, &sdp),
             ShardCmd::Candidate { peer, candidate } => self.candidate(peer, candidate),
-            ShardCmd::Subscription { peer, tracks } => self.subscription(peer, tracks),
+            ShardCmd::Subscription { peer, tracks } => {
+                self.client_subscription(Instant::now(), peer, tracks)
+            }
             ShardCmd::Shutdown => {}
         }
     }
@@ -1054,6 +1141,10 @@ impl Shard {
                     members: Vec::new(),
                     tracks: Vec::new(),
                     relay_to: 0,
+                    speakers: self.new_speakers(),
+                    gating: false,
+                    floor: Vec::new(),
+                    rates: Vec::new(),
                 };
                 let slot = match self.rooms.iter().position(|r| r.is_none()) {
                     Some(i) => {
@@ -1085,7 +1176,16 @@ impl Shard {
             // The control loop reuses a slot only after this shard reported it gone.
             tracing::warn!(peer = old.id.0, "slot reused before its peer was removed");
         }
-        let peer = Peer::new(id, room, &add, &self.cert, &self.candidates);
+        let peer = Peer::new(
+            id,
+            room,
+            &add,
+            &self.cert,
+            &self.candidates,
+            self.settings
+                .allocate
+                .then_some(adapt::INITIAL_ESTIMATE_BPS),
+        );
         self.demux.add_peer(id, peer.ufrag.clone());
         self.peers[slot] = Some(peer);
         if let Some(entry) = self.room_mut(room) {
@@ -1106,6 +1206,9 @@ impl Shard {
         if peer.id != id {
             return;
         }
+        // Its first offer tells whether its bandwidth can be estimated (see start_allocation).
+        let first_offer = !peer.offered;
+        let feedback = sdp.contains("transport-wide-cc");
         let answer = match peer.accept_offer(sdp) {
             Ok(a) => a,
             Err(message) => {
@@ -1113,6 +1216,7 @@ impl Shard {
                 return;
             }
         };
+
         let mut errors = Vec::new();
         let mut new_tracks = Vec::new();
         let mut listed: Vec<Mid> = Vec::new();
@@ -1236,6 +1340,9 @@ impl Shard {
         for spec in new_tracks {
             self.add_track(room, spec);
         }
+        if first_offer {
+            self.start_allocation(Instant::now(), id, feedback);
+        }
         self.mark_dirty(id);
     }
 
@@ -1292,23 +1399,6 @@ impl Shard {
         self.mark_dirty(id);
     }
 
-    /// Pauses or resumes forwarding remote tracks to one subscriber.
-    fn subscription(&mut self, id: PeerId, updates: Vec<SubscriptionUpdate>) {
-        let Some(room) = self.peer(id).map(|p| p.room) else {
-            return;
-        };
-        let Some(entry) = self.room_mut(room) else {
-            return;
-        };
-        for u in updates {
-            // Tracks that went away meanwhile are ignored.
-            if let Some(t) = entry.tracks.iter().find(|t| t.info.id == u.track_id) {
-                let _ = entry.core.set_paused(id, t.key, u.paused);
-            }
-        }
-        self.handle_room_events(room);
-    }
-
     // ---- leaving -----------------------------------------------------------------------
 
     fn remove_peer(&mut self, id: PeerId, reason: LeaveReason) {
@@ -1329,15 +1419,19 @@ impl Shard {
         };
         entry.members.retain(|m| *m != id);
         let _ = entry.core.handle_leave(id);
-        let mine: Vec<TrackKey> = entry
+        let mine: Vec<(TrackKey, bool)> = entry
             .tracks
             .iter()
             .filter(|t| t.publisher == id)
-            .map(|t| t.key)
+            .map(|t| (t.key, t.info.kind == plenary_proto::TrackKind::Audio))
             .collect();
         entry.tracks.retain(|t| t.publisher != id);
-        for key in mine {
+        entry.floor.retain(|p| *p != id);
+        for (key, audio) in mine {
             self.track_index.remove(&key);
+            if audio {
+                self.speakers_remove(room, key);
+            }
         }
         self.handle_room_events(room);
         self.close_room_if_empty(room);
@@ -1391,6 +1485,11 @@ impl Shard {
     }
 
     fn housekeeping(&mut self, now: Instant, publish: bool) {
+        self.speaker_timers(now);
+        self.allocation_timers(now);
+        if publish {
+            self.refresh_layers(now);
+        }
         for room in 0..self.rooms.len() {
             let due = self.rooms[room]
                 .as_ref()
@@ -1402,7 +1501,7 @@ impl Shard {
                 self.handle_room_events(room);
             }
         }
-        let timeout = self.ice_timeout;
+        let timeout = self.settings.ice_timeout;
         for peer in self.peers.iter().flatten() {
             let ice_gone = peer
                 .disconnected_since

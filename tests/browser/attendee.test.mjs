@@ -241,9 +241,12 @@ step("a page whose media path breaks comes back by itself", async () => {
   await tess.evaluate(() => {
     window.__marker = "same page";
   });
+  await h.recordStates("tess");
   const restore = await h.cutMedia("tess");
   try {
-    await tess.getByRole("alert").getByText("reconnecting").waitFor();
+    await h.waitFor("tess to show it is reconnecting", () =>
+    tess.evaluate(() => window.__seen.includes("reconnecting") &&
+      window.__seen.some((x) => /Connection lost: reconnecting/.test(x))));
     ids.tess = await h.waitFor("tess to be back", () =>
       tess.evaluate((old) => window.plenary.client.state === "joined" && window.__marker === "same page" &&
         window.plenary.client.me.id !== old && window.plenary.client.me.id, ids.tess));

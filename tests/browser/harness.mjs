@@ -407,6 +407,22 @@ export class Harness {
     await this.waitFor(`${name}'s audio from ${id} to keep coming`, async () => (await pkts()) > first, WAIT_MS, 700);
   }
 
+  /**
+   * Starts recording, in page `name`, the client's states and the banner's texts
+   * (`window.__seen`), so a passing state (a reconnection may take 100 ms) can be checked
+   * afterwards.
+   */
+  recordStates(name) {
+    return this.page(name).evaluate(() => {
+      window.__seen = [];
+      window.plenary.client.addEventListener("state", (e) => window.__seen.push(e.detail.state));
+      const banner = document.getElementById("banner");
+      new MutationObserver(() => {
+        if (!banner.hidden) window.__seen.push(`banner: ${banner.textContent}`);
+      }).observe(banner, { attributes: true, childList: true, subtree: true, characterData: true });
+    });
+  }
+
   /** Opens the tab `tab` ("People", "Chat", "Host") of page `name`'s side panel. */
   async openTab(name, tab) {
     await this.page(name).getByRole("tab", { name: new RegExp(`^${tab}`) }).click();

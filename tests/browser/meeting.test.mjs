@@ -305,11 +305,14 @@ step("a cut WebSocket reconnects with the resume token, without a reload", async
   // Ben was muted with everyone else; he unmutes (with the keyboard shortcut) to be heard.
   await ben.locator("body").press("m");
   await button("ben", "Mute microphone", true).waitFor();
+  await h.recordStates("ben");
   await ben.evaluate(() => {
     window.__marker = "same page";
     window.plenary.client.ws.close();
   });
-  await ben.getByRole("alert").getByText("reconnecting").waitFor();
+  await h.waitFor("ben to show it is reconnecting", () =>
+    ben.evaluate(() => window.__seen.includes("reconnecting") &&
+      window.__seen.some((x) => /Connection lost: reconnecting/.test(x))));
   ids.ben = await h.waitFor("ben to be back", () =>
     ben.evaluate(() => window.plenary.client.state === "joined" && window.__marker === "same page" &&
       window.plenary.client.me.id));

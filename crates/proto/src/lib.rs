@@ -146,8 +146,30 @@ pub struct RoomState {
 pub struct SubscriptionUpdate {
     /// The remote track.
     pub track_id: String,
-    /// `true`: the server stops forwarding it to this client.
+    /// `true`: the client does not show it; the server stops forwarding it.
     pub paused: bool,
+    /// The width, in device pixels, of the tile the client shows this video in (the server
+    /// sends no simulcast layer larger than the tile needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    /// The tile's height in device pixels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    /// How the client shows it, which decides who keeps video when bandwidth runs short.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<TilePriority>,
+}
+
+/// How a client shows a video track, most important first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TilePriority {
+    /// The main view (the active speaker, a screen share, the floor holder).
+    Stage,
+    /// Pinned by the person (e.g. a sign-language interpreter).
+    Pinned,
+    /// A tile of the grid.
+    Thumbnail,
 }
 
 /// What a host asks for. Every action is checked by the server: a non-host gets
@@ -563,6 +585,19 @@ pub enum ServerMessage {
     AskedToUnmute {
         /// The host's participant id.
         by: String,
+    },
+    /// The server stopped (or resumed) sending a video track because this client's
+    /// connection cannot carry it; audio keeps flowing.
+    VideoPaused {
+        /// The track.
+        track_id: String,
+        /// `true`: paused for the connection; `false`: flowing again.
+        paused: bool,
+    },
+    /// Who speaks now (the loudest voice, held a moment so it does not flap).
+    DominantSpeaker {
+        /// Their participant id.
+        participant_id: String,
     },
     /// A track was published.
     TrackPublished {

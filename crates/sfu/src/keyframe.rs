@@ -27,6 +27,48 @@ pub fn is_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
     }
 }
 
+/// VP8: the offset of the VP8 frame header after the payload descriptor, when `payload`
+/// starts partition 0 of a frame.
+fn vp8_header_offset(payload: &[u8]) -> Option<usize> {
+    let first = *payload.first()?;
+    let extended = first & 0x80 != 0;
+    let start = first & 0x10 != 0;
+    let partition = first & 0x07;
+    if !start || partition != 0 {
+        return None;
+    }
+    let mut i = 1;
+    if extended {
+        let x = *payload.get(i)?;
+        i += 1;
+        if x & 0x80 != 0 {
+            // PictureID: 7 or 15 bits.
+            let pid = *payload.get(i)?;
+            i += if pid & 0x80 != 0 { 2 } else { 1 };
+        }
+        if x & 0x40 != 0 {
+            i += 1; // TL0PICIDX
+        }
+        if x & 0x30 != 0 {
+            i += 1; // TID/Y/KEYIDX
+        }
+    }
+    Some(i)
+}
+
+/// VP8: the picture size a keyframe announces (its frame header: 3-byte tag, start code
+/// `9d 01 2a`, then 14-bit width and height), for telling simulcast layers apart.
+pub fn vp8_dimensions(payload: &[u8]) -> Option<(u16, u16)> {
+    let i = vp8_header_offset(payload)?;
+    let h = payload.get(i..i + 10)?;
+    if h[0] & 0x01 != 0 || h[3..6] != [0x9d, 0x01, 0x2a] {
+        return None;
+    }
+    let width = u16::from_le_bytes([h[6], h[7]]) & 0x3fff;
+    let height = u16::from_le_bytes([h[8], h[9]]) & 0x3fff;
+    (width > 0 && height > 0).then_some((width, height))
+}
+
 /// VP8: start of partition 0 and the frame header's P bit clear.
 pub fn vp8_is_keyframe(payload: &[u8]) -> bool {
     let Some(&first) = payload.first() else {
@@ -102,6 +144,21 @@ pub fn av1_is_keyframe(payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vp8_keyframes_tell_their_size() {
+        // Descriptor (S, partition 0), tag with P clear, start code, 640 x 360.
+        let key = [
+            0x10, 0x50, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_dimensions(&key), Some((640, 360)));
+        let delta = [
+            0x10, 0x51, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0x68, 0x01,
+        ];
+        assert_eq!(vp8_dimensions(&delta), None);
+        assert_eq!(vp8_dimensions(&key[..6]), None, "too short");
+        assert_eq!(vp8_dimensions(&[]), None);
+    }
 
     #[test]
     fn vp8_plain_and_extended_descriptors() {

@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::keyframe::{is_keyframe, VideoCodec};
+use crate::keyframe::{is_keyframe, vp8_dimensions, VideoCodec};
 use crate::munger::{InPacket, Munged, Munger};
 
 /// A participant in the room (assigned by the caller, unique per session).
@@ -192,6 +192,8 @@ struct Track {
     layer_bytes: [u64; MAX_LAYERS],
     /// When the layer bitrates were last read.
     rates_since: Option<Instant>,
+    /// Each layer's picture size, when its keyframes tell it (VP8).
+    dims: [(u16, u16); MAX_LAYERS],
     last_keyframe_request: [Option<Instant>; MAX_LAYERS],
     /// A request was held back by the rate limit; send it at this time (per layer).
     pending_keyframe_request: [Option<Instant>; MAX_LAYERS],
@@ -208,6 +210,7 @@ impl Track {
             streams: [0; MAX_LAYERS],
             layer_bytes: [0; MAX_LAYERS],
             rates_since: None,
+            dims: [(0, 0); MAX_LAYERS],
             last_keyframe_request: [None; MAX_LAYERS],
             pending_keyframe_request: [None; MAX_LAYERS],
         }
@@ -215,7 +218,10 @@ impl Track {
 
     /// The layer whose stream is `stream` (0 when unknown).
     fn layer_of(&self, stream: u64) -> usize {
-        self.streams.iter().position(|s| *s == stream && stream != 0).unwrap_or(0)
+        self.streams
+            .iter()
+            .position(|s| *s == stream && stream != 0)
+            .unwrap_or(0)
     }
 
     fn simulcast(&self) -> bool {
@@ -519,6 +525,16 @@ impl Room {
         Some(bytes.map(|b| (b as f64 * 8.0 / secs) as u64))
     }
 
+    /// Each layer's picture size as its keyframes announced it ((0, 0) when not known).
+    pub fn layer_sizes(&self, track: TrackKey) -> Option<[(u16, u16); MAX_LAYERS]> {
+        self.tracks.get(&track).map(|t| t.dims)
+    }
+
+    /// Whether `track` is video.
+    pub fn is_video(&self, track: TrackKey) -> bool {
+        self.tracks.get(&track).is_some_and(|t| t.media.is_video())
+    }
+
     /// Whether `track` arrives in more than one simulcast layer.
     pub fn is_simulcast(&self, track: TrackKey) -> bool {
         self.tracks.get(&track).is_some_and(|t| t.simulcast())
@@ -558,6 +574,11 @@ impl Room {
             Media::Audio { .. } => true,
             Media::Video(codec) => is_keyframe(codec, pkt.payload),
         };
+        if keyframe && t.media == Media::Video(VideoCodec::Vp8) {
+            if let Some(d) = vp8_dimensions(pkt.payload) {
+                t.dims[layer] = d;
+            }
+        }
         let input = InPacket {
             stream: pkt.stream,
             seq: pkt.seq,
@@ -622,7 +643,10 @@ impl Room {
             .iter_mut()
             .find(|d| d.subscriber == subscriber)
             .ok_or(RoomError::UnknownSubscription)?;
-        if d.paused || d.last_pli.is_some_and(|at| now.saturating_duration_since(at) < every) {
+        if d.paused
+            || d.last_pli
+                .is_some_and(|at| now.saturating_duration_since(at) < every)
+        {
             self.stats.subscriber_keyframe_requests_ignored += 1;
             return Ok(());
         }

@@ -259,7 +259,14 @@ fn paused_and_muted_tracks_are_not_forwarded_and_resume_without_gaps() {
     assert!(out.is_empty());
 }
 
-fn layered<'a>(stream: u64, layer: u8, seq: u64, ts: u32, payload: &'a [u8], at: Instant) -> RtpIn<'a> {
+fn layered<'a>(
+    stream: u64,
+    layer: u8,
+    seq: u64,
+    ts: u32,
+    payload: &'a [u8],
+    at: Instant,
+) -> RtpIn<'a> {
     RtpIn {
         layer,
         ..rtp(stream, seq, ts, payload, at)
@@ -279,7 +286,11 @@ fn simulcast_layer_switch_happens_at_a_keyframe() {
     out.clear();
     room.handle_rtp(T(11), &layered(200, 1, 1, 0, VP8_KEY, t0), &mut out);
     room.handle_rtp(T(11), &layered(100, 0, 2, 3000, VP8_DELTA, t0), &mut out);
-    let subs = |out: &[Forward]| out.iter().map(|f| (f.subscriber, f.seq)).collect::<Vec<_>>();
+    let subs = |out: &[Forward]| {
+        out.iter()
+            .map(|f| (f.subscriber, f.seq))
+            .collect::<Vec<_>>()
+    };
     let got = subs(&out);
     assert_eq!(got.len(), 2, "each subscriber gets only its layer: {got:?}");
     let seq2 = out.iter().find(|f| f.subscriber == P(2)).unwrap().seq;
@@ -296,10 +307,16 @@ fn simulcast_layer_switch_happens_at_a_keyframe() {
     room.handle_rtp(T(11), &layered(200, 1, 3, 6000, VP8_KEY, t0), &mut out);
     room.handle_rtp(T(11), &layered(100, 0, 4, 9000, VP8_DELTA, t0), &mut out);
     let f2: Vec<_> = out.iter().filter(|f| f.subscriber == P(2)).collect();
-    assert_eq!(f2.len(), 1, "after the switch only the new layer reaches subscriber 2");
+    assert_eq!(
+        f2.len(),
+        1,
+        "after the switch only the new layer reaches subscriber 2"
+    );
     assert_eq!(f2[0].seq, seq2 + 2, "switched without a sequence gap");
     // The layers' bitrates are measured for the allocator.
-    let rates = room.layer_bitrates(t0 + Duration::from_secs(1), T(11)).unwrap();
+    let rates = room
+        .layer_bitrates(t0 + Duration::from_secs(1), T(11))
+        .unwrap();
     assert!(rates[0] > 0 && rates[1] > 0 && rates[2] == 0, "{rates:?}");
 }
 
