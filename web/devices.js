@@ -58,11 +58,15 @@ export function audioConstraints(id) {
   return id ? { deviceId: { exact: id } } : true;
 }
 
-/** @param {string} [id] */
+/**
+ * The camera's capture: 960×540, the smallest size at which browsers send all three
+ * simulcast layers (240×135, 480×270, 960×540); at 640×360 they send only two.
+ * @param {string} [id]
+ */
 export function videoConstraints(id) {
   return {
-    width: { ideal: 640 },
-    height: { ideal: 360 },
+    width: { ideal: 960 },
+    height: { ideal: 540 },
     frameRate: { ideal: 20 },
     ...(id ? { deviceId: { exact: id } } : {}),
   };

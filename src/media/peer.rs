@@ -128,12 +128,30 @@ pub struct Peer {
     pub egress_seen: Vec<(Mid, u64, u64)>,
     /// Last cumulative NACKs sent per m-line.
     pub ingress_seen: Vec<(Mid, u64)>,
+    /// Last cumulative packets sent per m-line (to weigh reported loss).
+    pub egress_packets: Vec<(Mid, u64)>,
+    /// Reported loss this second: (loss × packets, packets, since).
+    pub loss_window: (f64, u64, Instant),
     /// Its bandwidth allocator (when it subscribes and allocation is on).
     pub alloc: Option<plenary_sfu::Allocator>,
     /// Video tracks paused because its connection cannot carry them (it was told).
     pub bw_paused: Vec<TrackKey>,
     /// Audio tracks it receives (for the allocator's audio reserve).
     pub audio_in: u32,
+    /// Whether it gets an allocator has been decided (from its first SDP with media).
+    pub allocation_decided: bool,
+    /// The estimator's last estimate (bits/s) and whether it could probe.
+    pub last_estimate: u64,
+    /// See `last_estimate`.
+    pub can_probe: bool,
+    /// A cap on its estimate from heavy receiver-reported loss.
+    pub loss_cap: plenary_sfu::LossCap,
+    /// How the client shows each video track it receives (for its allocator).
+    pub tiles: Vec<(
+        TrackKey,
+        plenary_sfu::Tile,
+        Option<plenary_proto::TilePriority>,
+    )>,
 }
 
 /// Most SSRCs remembered per peer (simulcast layers and RTX of a few tracks).
@@ -195,9 +213,16 @@ impl Peer {
             free_mlines: Vec::new(),
             egress_seen: Vec::new(),
             ingress_seen: Vec::new(),
+            egress_packets: Vec::new(),
+            loss_window: (0.0, 0, add.started),
             alloc: None,
             bw_paused: Vec::new(),
             audio_in: 0,
+            allocation_decided: false,
+            last_estimate: initial_estimate.unwrap_or(u64::MAX),
+            can_probe: false,
+            loss_cap: plenary_sfu::LossCap::default(),
+            tiles: Vec::new(),
         }
     }
 

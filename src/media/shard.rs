@@ -674,7 +674,26 @@ impl Shard {
                     return;
                 };
                 let (nacks, _plis) = delta3(&mut peer.egress_seen, s.mid, s.nacks, s.plis + s.firs);
+                let sent = delta2(&mut peer.egress_packets, s.mid, s.packets);
+                // Loss over every stream it receives, weighted by packets, once a second: a
+                // single thin stream's fraction lost is too noisy to act on.
+                let now = Instant::now();
+                if let Some(loss) = s.loss {
+                    peer.loss_window.0 += f64::from(loss) * sent as f64;
+                    peer.loss_window.1 += sent;
+                }
+                let (lost, packets, since) = peer.loss_window;
+                let window_done = now.saturating_duration_since(since) >= Duration::from_secs(1);
+                if window_done {
+                    peer.loss_window = (0.0, 0, now);
+                }
                 self.counters.nacks_received += nacks;
+                if window_done && packets >= 50 {
+                    self.allocation_loss(now, id, (lost / packets as f64) as f32);
+                    if let Some(room) = self.peer(id).map(|p| p.room) {
+                        self.handle_room_events(room);
+                    }
+                }
             }
             Event::MediaIngressStats(s) => {
                 let Some(peer) = self.peer_mut(id) else {
@@ -1206,9 +1225,6 @@ impl Shard {
         if peer.id != id {
             return;
         }
-        // Its first offer tells whether its bandwidth can be estimated (see start_allocation).
-        let first_offer = !peer.offered;
-        let feedback = sdp.contains("transport-wide-cc");
         let answer = match peer.accept_offer(sdp) {
             Ok(a) => a,
             Err(message) => {
@@ -1340,9 +1356,7 @@ impl Shard {
         for spec in new_tracks {
             self.add_track(room, spec);
         }
-        if first_offer {
-            self.start_allocation(Instant::now(), id, feedback);
-        }
+        self.decide_allocation(id, sdp);
         self.mark_dirty(id);
     }
 
@@ -1351,7 +1365,10 @@ impl Shard {
             return;
         };
         match peer.accept_answer(sdp) {
-            Ok(opened) => self.bind_opened(id, opened),
+            Ok(opened) => {
+                self.bind_opened(id, opened);
+                self.decide_allocation(id, sdp);
+            }
             Err(message) => {
                 let code = if peer.pending.is_none() && message.starts_with("there is no") {
                     ErrorCode::OutOfOrder

@@ -12,6 +12,7 @@
 // Output (screenshots, server log, browser consoles): <repo>/test-output/browser/.
 
 import { spawn, execFileSync } from "node:child_process";
+import { createHmac, randomBytes } from "node:crypto";
 import { createServer, connect } from "node:net";
 import http from "node:http";
 import { mkdirSync, createWriteStream, writeFileSync, readFileSync, existsSync } from "node:fs";
@@ -84,11 +85,11 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** A timer that does not keep node alive: for bounding cleanup steps. */
 export const bound = (ms) => new Promise((r) => setTimeout(r, ms).unref());
 
-function freeTcpPort() {
+function freeTcpPort(host = "127.0.0.1") {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
+    srv.listen(0, host, () => {
       const { port } = srv.address();
       srv.close(() => resolve(port));
     });
@@ -100,9 +101,16 @@ function freeTcpPort() {
  * `env` adds PLENARY_* settings for the server (e.g. limits).
  */
 export class Harness {
-  constructor({ name, env = {} }) {
+  /**
+   * `host`: the address the server listens on (default 127.0.0.1, dev mode). Any other
+   * address turns dev mode off: the server gets an API key and pages join with grants
+   * the test mints (`grant()`).
+   */
+  constructor({ name, env = {}, host = "127.0.0.1" }) {
     this.name = name;
     this.env = env;
+    this.host = host;
+    this.apiSecret = "browser-test-secret-that-is-long-enough-1234";
     this.server = null;
     this.serverExited = null;
     this.browser = null;
@@ -159,16 +167,27 @@ export class Harness {
     this.log(`chromium ${this.browser.version()} launched`);
   }
 
-  /** Launches one more Chromium with the devices of `kind` (see BROWSERS); closed by stop(). */
-  async launch(kind) {
-    const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: BROWSERS[kind], timeout: WAIT_MS });
+  /**
+   * Launches one more Chromium with the devices of `kind` (see BROWSERS); closed by stop().
+   * `executablePath` may be a wrapper (e.g. one that starts it in a network namespace).
+   */
+  async launch(kind, { executablePath = CHROMIUM } = {}) {
+    // Cameras and microphones need a secure origin: loopback is one; the test's own
+    // non-loopback server is declared one.
+    const args = this.host === "127.0.0.1"
+      ? BROWSERS[kind]
+      : [...BROWSERS[kind], `--unsafely-treat-insecure-origin-as-secure=${this.baseUrl}`];
+    const browser = await chromium.launch({ executablePath, headless: true, args, timeout: WAIT_MS });
     this.extraBrowsers.push(browser);
     return browser;
   }
 
   async startServer() {
-    const httpPort = await freeTcpPort();
-    this.baseUrl = `http://127.0.0.1:${httpPort}`;
+    const httpPort = await freeTcpPort(this.host);
+    this.baseUrl = `http://${this.host}:${httpPort}`;
+    const auth = this.host === "127.0.0.1"
+      ? {}
+      : { PLENARY_AUTH_API_KEYS: `{ test = "${this.apiSecret}" }` };
     const log = createWriteStream(this.logFile);
     // The server refuses unknown PLENARY_* variables (PLENARY_BIN and PLENARY_URL are ours).
     const env = Object.fromEntries(
@@ -177,9 +196,10 @@ export class Harness {
     const server = spawn(BIN, [], {
       env: {
         ...env,
-        PLENARY_HTTP_ADDR: `127.0.0.1:${httpPort}`,
+        PLENARY_HTTP_ADDR: `${this.host}:${httpPort}`,
         // Each media shard binds an ephemeral port of its own and announces it.
-        PLENARY_MEDIA_ADDR: "127.0.0.1:0",
+        PLENARY_MEDIA_ADDR: `${this.host}:0`,
+        ...auth,
         // The server's log filter (tracing EnvFilter syntax); RUST_LOG is accepted as an alias.
         PLENARY_LOG: process.env.PLENARY_LOG || process.env.RUST_LOG || "info",
         NO_COLOR: "1",
@@ -332,6 +352,27 @@ export class Harness {
 
   page(name) {
     return this.pages.get(name).page;
+  }
+
+  /**
+   * A room grant signed with the test's API key (HS256), as a backend would mint it.
+   * `publish`: camera and microphone allowed.
+   */
+  grant(room, identity, { publish = false, host = false } = {}) {
+    const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+    const now = Math.floor(Date.now() / 1000);
+    const claims = {
+      iss: "test", aud: "plenary", sub: identity, name: identity, room,
+      role: host ? "host" : "member",
+      permissions: {
+        can_publish: publish, can_publish_sources: [], can_subscribe: true,
+        can_publish_data: true, is_host: host,
+      },
+      nbf: now - 5, exp: now + 300, jti: randomBytes(12).toString("hex"),
+    };
+    const head = `${b64({ alg: "HS256", typ: "JWT", kid: "test" })}.${b64(claims)}`;
+    const sig = createHmac("sha256", this.apiSecret).update(head).digest("base64url");
+    return `${head}.${sig}`;
   }
 
   /** Closes page `name` (its console stays for the output files). */

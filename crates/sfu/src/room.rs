@@ -68,7 +68,7 @@ impl Default for RoomConfig {
     fn default() -> Self {
         RoomConfig {
             keyframe_request_interval: Duration::from_millis(500),
-            subscriber_keyframe_interval: Duration::from_secs(2),
+            subscriber_keyframe_interval: Duration::from_secs(1),
         }
     }
 }

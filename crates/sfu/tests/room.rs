@@ -327,7 +327,8 @@ fn a_weak_subscriber_cannot_cause_a_keyframe_storm() {
     let mut out = Vec::new();
     room.handle_rtp(T(11), &rtp(1, 1, 0, VP8_KEY, t0), &mut out);
     while room.poll_event().is_some() {}
-    // P(2) loses packets and asks for a keyframe 10 times a second for 10 s.
+    // P(2) loses packets and asks for a keyframe 10 times a second for 10 s: at most one
+    // request a second reaches the publisher.
     let mut reached = 0;
     for i in 0..100u64 {
         let now = t0 + Duration::from_millis(100 * i);
@@ -340,8 +341,8 @@ fn a_weak_subscriber_cannot_cause_a_keyframe_storm() {
         }
     }
     assert!(
-        reached <= 5,
-        "at most one keyframe request per 2 s reaches the publisher (got {reached})"
+        reached <= 10,
+        "at most one keyframe request a second reaches the publisher (got {reached})"
     );
 }
 

@@ -40,6 +40,19 @@ pub(super) const UNCONSTRAINED_BPS: u64 = 50_000_000;
 /// measured at 0, which is how a layer the publisher stopped sending is recognised).
 const UNMEASURED_BPS: u64 = 300_000;
 
+/// Most tiles remembered per subscriber (a bound on what a client can make us keep).
+const MAX_TILES: usize = 256;
+
+/// The allocator's priority for a track the client shows with `priority`.
+fn track_priority(priority: Option<TilePriority>, screen: bool) -> TrackPriority {
+    match priority {
+        Some(TilePriority::Stage) => TrackPriority::Stage,
+        Some(TilePriority::Pinned) => TrackPriority::Pinned,
+        _ if screen => TrackPriority::ScreenShare,
+        _ => TrackPriority::Thumbnail,
+    }
+}
+
 /// The nominal size of `layer` of `count` layers whose top layer is `top` (each layer half
 /// the size of the next), when keyframes have not told it.
 fn nominal_size(top: (u32, u32), layer: usize, count: usize) -> (u32, u32) {
@@ -48,7 +61,21 @@ fn nominal_size(top: (u32, u32), layer: usize, count: usize) -> (u32, u32) {
 }
 
 impl Shard {
-    /// After a subscriber's first offer: with transport-wide congestion control offered
+    /// The first SDP a client sends with media in it (its offer, or its answer to ours for a
+    /// listener who publishes nothing) tells whether it gives transport-wide feedback.
+    pub(super) fn decide_allocation(&mut self, id: PeerId, sdp: &str) {
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
+        if peer.allocation_decided || !(sdp.contains("m=audio") || sdp.contains("m=video")) {
+            return;
+        }
+        peer.allocation_decided = true;
+        let feedback = sdp.contains("transport-wide-cc");
+        self.start_allocation(Instant::now(), id, feedback);
+    }
+
+    /// Once a subscriber's feedback is known: with transport-wide congestion control offered
     /// (browsers do), it gets an allocator, fed every subscription it has so far; without,
     /// nothing can estimate its bandwidth, so it gets no allocator (only its own pauses)
     /// and its pacer is not held to the starting estimate.
@@ -138,18 +165,15 @@ impl Shard {
             return;
         };
         if video {
-            let priority = if screen {
-                TrackPriority::ScreenShare
-            } else {
-                TrackPriority::Thumbnail
-            };
-            let _ = alloc.add_track(
-                now,
-                track,
-                priority,
-                Tile::shown(DEFAULT_TILE.0, DEFAULT_TILE.1),
-                &layers,
-            );
+            // What the client said of this track, if it spoke before the allocator existed
+            // (or before the subscription opened).
+            let (tile, priority) = peer
+                .tiles
+                .iter()
+                .find(|(k, _, _)| *k == track)
+                .map(|(_, t, p)| (*t, *p))
+                .unwrap_or((Tile::shown(DEFAULT_TILE.0, DEFAULT_TILE.1), None));
+            let _ = alloc.add_track(now, track, track_priority(priority, screen), tile, &layers);
         } else {
             peer.audio_in += 1;
             let reserve = u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
@@ -173,6 +197,7 @@ impl Shard {
         };
         if video {
             peer.bw_paused.retain(|t| *t != track);
+            peer.tiles.retain(|(k, _, _)| *k != track);
             if let Some(alloc) = peer.alloc.as_mut() {
                 let _ = alloc.remove_track(now, track);
             }
@@ -186,19 +211,57 @@ impl Shard {
         self.apply_allocation(now, sub);
     }
 
-    /// The subscriber's bandwidth estimate changed.
-    pub(super) fn allocation_estimate(&mut self, now: Instant, id: PeerId, kind: BweKind) {
-        let Some(alloc) = self.peer_mut(id).and_then(|p| p.alloc.as_mut()) else {
+    /// A second of the subscriber's receiver reports: how much of what it was sent it lost.
+    /// Heavy loss caps its estimate (`plenary_sfu::LossCap`: a policer shows no delay, so
+    /// the estimate alone would climb back into it), and no probing goes above the cap.
+    pub(super) fn allocation_loss(&mut self, now: Instant, id: PeerId, loss: f32) {
+        let Some(peer) = self.peer_mut(id) else {
             return;
         };
-        match kind {
+        let Some(alloc) = peer.alloc.as_mut() else {
+            return;
+        };
+        let audio = u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
+        let sent = alloc.video_rate() + audio;
+        peer.loss_cap
+            .handle_report(now, f64::from(loss), sent, audio);
+        let estimate = peer.last_estimate.min(peer.loss_cap.cap(now));
+        let can_probe = peer.can_probe;
+        if let Some(alloc) = peer.alloc.as_mut() {
+            alloc.handle_estimate(now, estimate, can_probe);
+        }
+        self.apply_allocation(now, id);
+    }
+
+    /// The subscriber's bandwidth estimate changed.
+    pub(super) fn allocation_estimate(&mut self, now: Instant, id: PeerId, kind: BweKind) {
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
+        let (estimate, can_probe) = match kind {
             BweKind::Twcc {
                 estimate,
                 can_probe,
-            } => alloc.handle_estimate(now, estimate.as_u64(), can_probe),
-            BweKind::Remb { estimate, .. } => alloc.handle_estimate(now, estimate.as_u64(), false),
+            } => (estimate.as_u64(), can_probe),
+            BweKind::Remb { estimate, .. } => (estimate.as_u64(), false),
             _ => return,
-        }
+        };
+        peer.last_estimate = estimate;
+        peer.can_probe = can_probe;
+        let capped = estimate.min(peer.loss_cap.cap(now));
+        let Some(alloc) = peer.alloc.as_mut() else {
+            return;
+        };
+        tracing::debug!(
+            target: "plenary::bwe",
+            peer = id.0,
+            estimate,
+            capped,
+            can_probe,
+            video = alloc.video_rate(),
+            "estimate"
+        );
+        alloc.handle_estimate(now, capped, can_probe);
         self.apply_allocation(now, id);
     }
 
@@ -213,7 +276,6 @@ impl Shard {
         let Some(room) = self.peer(id).map(|p| p.room) else {
             return;
         };
-        let has_alloc = self.peer(id).is_some_and(|p| p.alloc.is_some());
         for u in updates {
             let Some(entry) = self.room_mut(room) else {
                 return;
@@ -225,13 +287,6 @@ impl Shard {
             let key = spec.key;
             let screen = matches!(spec.info.source, TrackSource::Screen);
             let video = entry.core.is_video(key);
-            if !(video && has_alloc) {
-                let _ = entry.core.set_paused(id, key, u.paused);
-                continue;
-            }
-            let Some(alloc) = self.peer_mut(id).and_then(|p| p.alloc.as_mut()) else {
-                continue;
-            };
             let tile = if u.paused {
                 Tile::hidden()
             } else {
@@ -241,14 +296,31 @@ impl Shard {
                 };
                 Tile::shown(w, h)
             };
-            let _ = alloc.set_tile(now, key, tile);
-            let priority = match u.priority {
-                Some(TilePriority::Stage) => TrackPriority::Stage,
-                Some(TilePriority::Pinned) => TrackPriority::Pinned,
-                _ if screen => TrackPriority::ScreenShare,
-                _ => TrackPriority::Thumbnail,
+            let Some(peer) = self.peer_mut(id) else {
+                return;
             };
-            let _ = alloc.set_priority(now, key, priority);
+            if video {
+                // Remembered for an allocator that starts later (see allocation_subscribe).
+                let known = peer.tiles.iter().position(|(k, _, _)| *k == key);
+                match known {
+                    Some(i) => peer.tiles[i] = (key, tile, u.priority),
+                    None if peer.tiles.len() < MAX_TILES => {
+                        peer.tiles.push((key, tile, u.priority))
+                    }
+                    None => {}
+                }
+            }
+            match peer.alloc.as_mut() {
+                Some(alloc) if video => {
+                    let _ = alloc.set_tile(now, key, tile);
+                    let _ = alloc.set_priority(now, key, track_priority(u.priority, screen));
+                }
+                _ => {
+                    if let Some(entry) = self.room_mut(room) {
+                        let _ = entry.core.set_paused(id, key, u.paused);
+                    }
+                }
+            }
         }
         self.apply_allocation(now, id);
         self.handle_room_events(room);
@@ -274,6 +346,7 @@ impl Shard {
         for e in events.drain(..) {
             match e {
                 AllocatorEvent::Track { track, decision } => {
+                    tracing::debug!(target: "plenary::alloc", peer = id.0, track = track.0, ?decision, "decision");
                     let Some(entry) = self.room_mut(room) else {
                         continue;
                     };
@@ -306,14 +379,24 @@ impl Shard {
                         }
                     }
                 }
-                AllocatorEvent::Bitrate(target) => {
+                AllocatorEvent::Bitrate(mut target) => {
                     if let Some(peer) = self.peer_mut(id) {
+                        // No probing above what a lossy link let through.
+                        let ceiling = peer.loss_cap.cap(now);
+                        target.desired = target.desired.min(ceiling);
+                        target.minimum = target.minimum.min(target.desired);
                         peer.rtc.bwe().set_bitrate(
                             Bitrate::bps(target.minimum),
                             Bitrate::bps(target.desired),
                         );
                     }
                 }
+            }
+        }
+        if let Some(peer) = self.peer_mut(id) {
+            if let Some(alloc) = peer.alloc.as_ref() {
+                let sent = alloc.video_rate() + u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
+                peer.loss_cap.note_sent(now, sent);
             }
         }
         self.alloc_events = events;
