@@ -67,7 +67,7 @@ impl LossCap {
             Some((bps, at)) if now.saturating_duration_since(at) < REPORT_SPAN => sent_bps.max(bps),
             _ => sent_bps,
         };
-        self.note_sent(now, sent_bps.min(u64::MAX));
+        self.note_sent(now, sent_bps);
         let video_flows = sent_bps > floor_bps;
         // Reports lag: the loss of the seconds just after a cut describes what was sent
         // before it, and must not cut again.
