@@ -26,6 +26,7 @@ pub mod floor;
 pub mod grant;
 pub mod group;
 pub mod keyframe_tap;
+pub mod keys;
 pub mod peer;
 pub mod report;
 pub mod run;
