@@ -29,6 +29,7 @@ pub mod keyframe_tap;
 pub mod keys;
 pub mod peer;
 pub mod report;
+pub mod rtprx;
 pub mod run;
 pub mod server;
 pub mod signal;
