@@ -118,6 +118,14 @@ pub struct RunArgs {
     /// The server's process id, if it runs on this machine (CPU and memory from /proc).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Decrypt every received packet with webrtc-rs (the old, costly receive path) instead of
+    /// accounting from RTP headers and decrypting a sample.
+    #[arg(long)]
+    pub full_decrypt: bool,
+    /// Simulate only slice I of N of the participants (`0/2`, `1/2`: two processes share one
+    /// run); the report says it is partial.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard_of: Option<(usize, usize)>,
     /// Fail (exit 2) if packet loss exceeds this (e.g. 1%).
     #[arg(long, value_parser = parse_percent)]
     pub max_loss: Option<f64>,
@@ -160,6 +168,8 @@ impl RunArgs {
         c.progress = !self.quiet;
         c.scrape_metrics = !self.no_metrics;
         c.server_pid = self.server_pid;
+        c.full_decrypt = self.full_decrypt;
+        c.shard = self.shard_of.unwrap_or((0, 1));
         c.thresholds = Thresholds {
             max_loss_pct: self.max_loss,
             max_join_p95: self.max_join_p95,
@@ -226,6 +236,18 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
     Ok(n)
 }
 
+/// `I/N` with `0 <= I < N <= 64`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?} is not a shard: use I/N with 0 <= I < N, e.g. 0/2");
+    let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+    let i: usize = i.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 || i >= n || n > 64 {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 fn parse_profile(s: &str) -> Result<VideoProfile, String> {
     VideoProfile::by_name(s).ok_or_else(|| {
         let names: Vec<_> = VideoProfile::ALL.iter().map(|p| p.name).collect();
@@ -258,6 +280,11 @@ mod tests {
         assert_eq!(parse_percent("1%"), Ok(1.0));
         assert_eq!(parse_percent("0.5 %"), Ok(0.5));
         assert!(parse_percent("150%").is_err());
+        assert_eq!(parse_shard("1/3"), Ok((1, 3)));
+        assert!(parse_shard("3/3").is_err());
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("1").is_err());
+        assert!(parse_shard("a/2").is_err());
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub struct RunConfig {
     /// The server's process id, when it runs on this machine: its CPU and memory are then
     /// read from `/proc` (finer than its metrics).
     pub server_pid: Option<u32>,
+    /// Give every received packet to webrtc-rs (full SRTP decryption and its interceptors)
+    /// instead of accounting from RTP headers and decrypting a sample.
+    pub full_decrypt: bool,
+    /// This process simulates participant `pid` only if `pid % n == i` (`(i, n)`); several
+    /// processes with `0/n` … `n-1/n` share one run.
+    pub shard: (usize, usize),
     /// Pass/fail limits.
     pub thresholds: Thresholds,
 }
@@ -105,6 +111,8 @@ impl RunConfig {
             progress: false,
             scrape_metrics: true,
             server_pid: None,
+            full_decrypt: false,
+            shard: (0, 1),
             thresholds: Thresholds::default(),
         }
     }
@@ -114,9 +122,19 @@ impl RunConfig {
         self.publishers + self.audio_publishers + self.video_publishers + self.subscribers
     }
 
-    /// Participants in all.
+    /// Participants in all (every shard).
     pub fn total(&self) -> usize {
         self.per_room() * self.rooms
+    }
+
+    /// Whether this process simulates participant `pid`.
+    pub fn simulates(&self, pid: usize) -> bool {
+        pid % self.shard.1.max(1) == self.shard.0
+    }
+
+    /// Participants this process simulates.
+    pub fn local_total(&self) -> usize {
+        (0..self.total()).filter(|p| self.simulates(*p)).count()
     }
 
     /// Checks the bounds.
@@ -144,6 +162,10 @@ impl RunConfig {
             }
         };
         bound(self.rooms >= 1, "--rooms must be at least 1")?;
+        bound(
+            self.shard.1 >= 1 && self.shard.0 < self.shard.1,
+            "--shard-of i/n needs 0 <= i < n",
+        )?;
         bound(
             self.total() <= MAX_PARTICIPANTS,
             &format!("at most {MAX_PARTICIPANTS} participants in one run"),

@@ -14,7 +14,11 @@ use std::time::Instant;
 use plenary_proto::{PublishedTrack, TrackKind, TrackSource};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
 };
@@ -92,6 +96,8 @@ pub struct Peer {
     pub tracks: Vec<TrackOut>,
     /// Keyframe requests (PLI/FIR) received so far.
     pub keyframe_requests: Arc<AtomicU64>,
+    /// The crypto provider that captures the SRTP keys (fast receive path only).
+    pub capture: Option<Arc<crate::keys::KeyCapture>>,
 }
 
 fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
@@ -161,12 +167,18 @@ fn vp8() -> RTCRtpCodec {
 impl Peer {
     /// Binds a socket on `ip`, builds the connection with the data channel and the tracks
     /// to publish (SSRCs `ssrc_base` and `ssrc_base + 1`), and adds the host candidate.
+    ///
+    /// `fast`: received RTP will not be given to webrtc-rs (see `group::fast`), so the
+    /// receive-side interceptors (receiver reports, NACK generator, TWCC feedback) are left
+    /// out — the group sends that RTCP itself — and the SRTP keys are captured. The SDP is
+    /// the same either way.
     pub fn new(
         ip: IpAddr,
         audio: bool,
         video: bool,
         ssrc_base: u32,
         name: &str,
+        fast: bool,
     ) -> Result<Peer, PeerError> {
         let std_socket = std::net::UdpSocket::bind((ip, 0))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
@@ -184,17 +196,40 @@ impl Peer {
                 .map_err(rtc_err("register codec"))?;
         }
         let keyframe_requests = Arc::new(AtomicU64::new(0));
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-            .map_err(rtc_err("interceptors"))?
-            .with(
-                Slot::from(crate::keyframe_tap::SLOT),
-                crate::keyframe_tap::KeyframeTap::new(Arc::clone(&keyframe_requests)),
-            );
+        let tap = crate::keyframe_tap::KeyframeTap::new(Arc::clone(&keyframe_requests));
+        let registry = if fast {
+            // The same capabilities as the default registry (so the same SDP), with only the
+            // send-side interceptors.
+            let _ = configure_nack(Registry::new(), &mut media_engine);
+            configure_simulcast_extension_headers(&mut media_engine)
+                .map_err(rtc_err("interceptors"))?;
+            let _ = configure_twcc_receiver_only(Registry::new(), &mut media_engine)
+                .map_err(rtc_err("interceptors"))?;
+            Registry::new()
+                .with(Slot::NackResponder, NackResponderBuilder::new().build())
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                .with(Slot::from(crate::keyframe_tap::SLOT), tap)
+        } else {
+            register_default_interceptors(Registry::new(), &mut media_engine)
+                .map_err(rtc_err("interceptors"))?
+                .with(Slot::from(crate::keyframe_tap::SLOT), tap)
+        };
+        let capture = if fast {
+            Some(crate::keys::KeyCapture::new().map_err(|e| PeerError::Rtc {
+                what: "crypto provider",
+                detail: e.to_string(),
+            })?)
+        } else {
+            None
+        };
         // ICE checks every 50 ms as browsers pace them (webrtc-rs defaults to 200 ms, which
         // alone adds ~400 ms to every join), for as long in all as its default (1.4 s).
-        let settings = SettingEngineBuilder::new()
-            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
-            .build();
+        let mut settings =
+            SettingEngineBuilder::new().with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28));
+        if let Some(c) = &capture {
+            settings = settings.with_crypto_provider(Arc::clone(c) as Arc<dyn rtc::crypto::RTCCryptoProvider>);
+        }
+        let settings = settings.build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(settings)
@@ -271,6 +306,7 @@ impl Peer {
             local_addr,
             tracks,
             keyframe_requests,
+            capture,
         })
     }
 

@@ -83,9 +83,33 @@ pub struct Verdict {
     pub passed: bool,
 }
 
+/// Video frames over every received video stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VideoFrames {
+    /// Frames complete.
+    pub complete: u64,
+    /// Frames never completed.
+    pub incomplete: u64,
+    /// Gaps of more than 200 ms without a complete frame.
+    pub freezes: u64,
+    /// Their total, seconds (summed over receivers).
+    pub frozen_secs: f64,
+    /// Packets recovered after a NACK.
+    pub recovered: u64,
+}
+
 /// The report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// `(i, n)` when this process simulated only slice i of n of the participants.
+    pub shard: Option<(usize, usize)>,
+    /// Whether every packet was decrypted by webrtc-rs (else: headers counted, a sample
+    /// decrypted and verified).
+    pub full_decrypt: bool,
+    /// What the fast receive path verified and counted.
+    pub checks: crate::group::RxChecks,
+    /// Video frames (fast path only).
+    pub frames: VideoFrames,
     /// Seconds from first join to the end.
     pub wall_secs: f64,
     /// Joins.
@@ -215,6 +239,16 @@ impl Report {
                 active = active.max(s.active_secs);
             }
             r.packets.unrecognised += p.unknown_packets;
+            if let Some(c) = &p.checks {
+                r.checks.merge(c);
+            }
+            r.frames.recovered += p.recovered;
+            for s in p.streams.iter().filter(|s| s.kind == plenary_proto::TrackKind::Video) {
+                r.frames.complete += s.frames_complete;
+                r.frames.incomplete += s.frames_incomplete;
+                r.frames.freezes += s.freezes;
+                r.frames.frozen_secs += s.frozen_secs;
+            }
             r.packets.datagrams_in += p.datagrams_in;
             r.packets.sent += p.sent_packets;
             r.nacks_sent += p.nacks_sent;
@@ -302,6 +336,12 @@ impl Report {
             "== Plenary load test report ({:.0} s) ==",
             self.wall_secs
         );
+        if let Some((i, n)) = self.shard {
+            let _ = writeln!(
+                o,
+                "PARTIAL REPORT: shard {i}/{n} (participants with index % {n} == {i}); server figures are the whole server's"
+            );
+        }
         let _ = writeln!(
             o,
             "joins            attempted {}  succeeded {}  failed {}",
@@ -328,6 +368,40 @@ impl Report {
             "packets          sent {}  received {}  lost {} ({:.3} %, worst stream {:.2} %)  dup {}  unrecognised {}  datagrams in {}",
             p.sent, p.received, p.lost, p.loss_pct, p.worst_stream_loss_pct, p.duplicates, p.unrecognised, p.datagrams_in
         );
+        let c = &self.checks;
+        if self.full_decrypt {
+            let _ = writeln!(
+                o,
+                "receive path     full decrypt: every packet decrypted by webrtc-rs, loss from payload stamps"
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "receive path     {} RTP packets counted from clear headers (loss, jitter, bitrate, frames); {} decrypted ({:.1} %), {} verified (SRTP tag + payload stamp of a stream of the room), {} keyframe starts verified; failures: {} tag, {} no stamp, {} foreign; {} RTX, {} before keys, {} unparsable",
+                c.counted,
+                c.decrypted,
+                percent(c.decrypted, c.counted),
+                c.verified,
+                c.keyframes_verified,
+                c.auth_failed,
+                c.no_stamp,
+                c.foreign,
+                c.rtx,
+                c.before_keys,
+                c.unparsable
+            );
+            let f = &self.frames;
+            let _ = writeln!(
+                o,
+                "video frames     complete {}  incomplete {}  freezes {} ({:.1} s frozen in all)  recovered after NACK {}",
+                f.complete, f.incomplete, f.freezes, f.frozen_secs, f.recovered
+            );
+            let _ = writeln!(
+                o,
+                "RTCP sent        RR {}  TWCC {}  NACK {}  PLI {}",
+                c.rr_sent, c.twcc_sent, c.nack_packets_sent, c.plis_sent
+            );
+        }
         let _ = writeln!(o, "jitter ms        {}", s(&self.jitter_ms));
         let _ = writeln!(o, "latency ms audio {}", s(&self.latency_audio_ms));
         let _ = writeln!(o, "latency ms video {}", s(&self.latency_video_ms));
@@ -410,6 +484,8 @@ mod tests {
             first_video: None,
             dropped: None,
             streams,
+            checks: None,
+            recovered: 0,
             unknown_packets: 0,
             nacks_sent: 1,
             plis_sent: 0,
@@ -431,6 +507,7 @@ mod tests {
             bytes: received * 100,
             jitter_ms: 1.0,
             active_secs: 10.0,
+            ..StreamOutcome::default()
         }
     }
 

@@ -62,7 +62,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let ttl = (cfg.join_timeout + Duration::from_secs(120)).min(Duration::from_secs(540));
     let minter = Minter::new(&cfg.api_key, &cfg.api_secret, &cfg.audience, ttl)?;
     let plan = plan(cfg);
-    let total = plan.len();
+    let total = cfg.local_total();
+    let shard_n = cfg.shard.1.max(1);
     let epoch = Instant::now();
     let shared = Arc::new(GroupShared {
         plan,
@@ -71,6 +72,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         video: cfg.video,
         pacing: !cfg.no_pacing,
         join_timeout: cfg.join_timeout,
+        full_decrypt: cfg.full_decrypt,
+        shard: cfg.shard,
         live: Live::default(),
     });
 
@@ -117,7 +120,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let ws_url = url.ws_url();
     let start = Instant::now();
     let mut sessions = Vec::with_capacity(total);
-    for p in &shared.plan {
+    for p in shared.plan.iter().filter(|p| cfg.simulates(p.pid)) {
+        // The global schedule: processes sharing a run by --shard-of interleave their joins.
         let at = start + Duration::from_secs_f64(p.pid as f64 / cfg.ramp_per_sec);
         tokio::time::sleep_until(at.into()).await;
         let room = cfg.room_name(p.room);
@@ -127,7 +131,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             ws_url.clone(),
             grant,
             room,
-            group_tx[p.pid % n_groups].clone(),
+            group_tx[(p.pid / shard_n) % n_groups].clone(),
             cfg.join_timeout,
             stop_rx.clone(),
         )));
@@ -204,6 +208,10 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     }
 
     let mut report = Report::build(&shared.plan, results);
+    if cfg.shard.1 > 1 {
+        report.shard = Some(cfg.shard);
+    }
+    report.full_decrypt = cfg.full_decrypt;
     report.wall_secs = start.elapsed().as_secs_f64();
     if let Some((secs, pct)) = cpu_used {
         report.loadtest_cpu_secs = secs;

@@ -60,4 +60,19 @@ async fn twenty_subscribers_receive_two_publishers() {
         "server metrics were read: {text}"
     );
     assert!(report.server.peak_participants >= 22.0, "{text}");
+
+    // The fast receive path: every packet counted from its header, a sample decrypted and
+    // verified, and the RTCP a browser sends went out.
+    let c = &report.checks;
+    assert!(!report.full_decrypt);
+    assert_eq!(c.counted, report.packets.received, "{text}");
+    assert!(
+        c.verified >= 22 * 4 * 4,
+        "the first 4 packets of every stream at least: {text}"
+    );
+    assert!(c.decrypted < c.counted / 4, "only a sample: {text}");
+    assert_eq!(c.failures(), 0, "{text}");
+    assert!(c.keyframes_verified > 0, "{text}");
+    assert!(c.rr_sent > 0 && c.twcc_sent > 0, "{text}");
+    assert!(report.frames.complete > 0, "{text}");
 }

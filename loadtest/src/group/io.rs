@@ -14,7 +14,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{GroupCmd, Latencies, Live, RxStream, Slot};
+use super::{GroupCmd, GroupShared, Latencies, Live, RxStream, Slot};
 use crate::stats::StreamRx;
 use crate::synth;
 
@@ -28,6 +28,8 @@ pub(super) fn read_inputs(
     slots: &mut [Option<Slot>],
     arena: &mut BytesMut,
     cmds: &mut Vec<GroupCmd>,
+    shared: &GroupShared,
+    latency: &mut Latencies,
 ) -> bool {
     let mut progressed = false;
     while cmds.len() < 256 {
@@ -54,9 +56,23 @@ pub(super) fn read_inputs(
             }
             match slot.peer.socket.try_recv_buf_from(arena) {
                 Ok((_, from)) => {
+                    let now = Instant::now();
+                    slot.datagrams_in += 1;
+                    progressed = true;
+                    budget -= 1;
+                    if budget == 0 {
+                        cx.waker().wake_by_ref();
+                    }
+                    if fast_path(slot, arena, now, shared, latency) {
+                        arena.clear();
+                        if budget == 0 {
+                            break;
+                        }
+                        continue;
+                    }
                     let message = arena.split();
                     let msg = TaggedBytesMut {
-                        now: Instant::now(),
+                        now,
                         transport: TransportContext {
                             local_addr: slot.peer.local_addr,
                             peer_addr: from,
@@ -66,12 +82,8 @@ pub(super) fn read_inputs(
                         message,
                     };
                     let _ = slot.peer.pc.handle_read(msg);
-                    slot.datagrams_in += 1;
                     slot.dirty = true;
-                    progressed = true;
-                    budget -= 1;
                     if budget == 0 {
-                        cx.waker().wake_by_ref();
                         break;
                     }
                 }
@@ -81,6 +93,47 @@ pub(super) fn read_inputs(
         }
     }
     progressed
+}
+
+/// The fast receive path (see `fast`): RTP is accounted here and never reaches webrtc-rs;
+/// RTCP is read for sender reports and then given to webrtc-rs like everything else. Returns
+/// whether the datagram was consumed.
+fn fast_path(
+    slot: &mut Slot,
+    datagram: &mut [u8],
+    now: Instant,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+) -> bool {
+    let Some(fast) = slot.fast.as_mut() else {
+        return false;
+    };
+    if !crate::rtprx::is_rtp_or_rtcp(datagram) {
+        return false;
+    }
+    let at_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+    if let Some(capture) = slot.peer.capture.as_deref() {
+        fast.ensure_keys(&mut slot.peer.pc, capture);
+    }
+    if crate::rtprx::is_rtcp(datagram) {
+        fast.on_rtcp(datagram, at_us);
+        return false;
+    }
+    let room = shared.plan[slot.pid].room;
+    let seen = fast.on_rtp(datagram, at_us, &shared.plan, room);
+    match seen.first_of {
+        Some(TrackKind::Audio) => {
+            slot.first_audio.get_or_insert(now);
+        }
+        Some(TrackKind::Video) => {
+            slot.first_video.get_or_insert(now);
+        }
+        None => {}
+    }
+    if let Some(stamp) = seen.stamp {
+        latency.record(stamp.kind, at_us.saturating_sub(stamp.sent_us));
+    }
+    true
 }
 
 /// Handles everything the peer connection has for us and sends what it wants sent.

@@ -11,6 +11,7 @@
 //! - `media`: the simulated microphone and camera of a publishing peer (with the pacer).
 //! - `io`: reading sockets and draining peer connections.
 
+mod fast;
 mod io;
 mod media;
 pub mod outcome;
@@ -39,6 +40,7 @@ use crate::synth::{AudioSource, Rng, VideoProfile, VideoSource};
 use io::{drain, read_inputs};
 pub use media::{pacing_interval, PACING_FACTOR};
 use media::{send_media, AudioTx, Sent, VideoTx};
+pub use fast::{vp8_keyframe_start, RxChecks};
 pub use outcome::{GroupResult, Latencies, Live, PeerOutcome, StreamOutcome};
 
 /// A message to a group.
@@ -92,6 +94,10 @@ pub struct GroupShared {
     pub pacing: bool,
     /// Join deadline.
     pub join_timeout: Duration,
+    /// Give every received packet to webrtc-rs (decrypt all) instead of the fast path.
+    pub full_decrypt: bool,
+    /// `(i, n)`: this process simulates participants with `pid % n == i`.
+    pub shard: (usize, usize),
     /// Progress counters.
     pub live: Live,
 }
@@ -120,6 +126,8 @@ struct Slot {
     receivers: Vec<(String, RTCRtpReceiverId)>,
     audio: Option<AudioTx>,
     video: Option<VideoTx>,
+    /// The fast receive path (`None` with `--full-decrypt`).
+    fast: Option<Box<fast::FastRx>>,
     rng: Rng,
     timeout: Option<Instant>,
     dirty: bool,
@@ -140,6 +148,8 @@ struct Slot {
 const MIN_TIMER: Duration = Duration::from_millis(1);
 /// How often a group checks join deadlines, sends PLIs and updates the progress counters.
 const TICK: Duration = Duration::from_millis(250);
+/// How often the fast path's RTCP (NACK, PLI, TWCC, RR) is considered.
+const FEEDBACK_TICK: Duration = Duration::from_millis(20);
 
 /// One task's worth of peers.
 pub struct Group {
@@ -155,6 +165,8 @@ pub struct Group {
     sending: bool,
     cmds: Vec<GroupCmd>,
     longest_turn: Duration,
+    rtcp_out: Vec<Box<dyn rtc::rtcp::Packet>>,
+    media_stopped_us: Option<u64>,
 }
 
 impl Group {
@@ -165,7 +177,7 @@ impl Group {
         shared: Arc<GroupShared>,
         cmd_rx: mpsc::Receiver<GroupCmd>,
     ) -> Group {
-        let n = shared.plan.len().div_ceil(groups);
+        let n = shared.plan.len().div_ceil(shared.shard.1.max(1)).div_ceil(groups) + 1;
         Group {
             index,
             groups,
@@ -179,14 +191,17 @@ impl Group {
             sending: true,
             cmds: Vec::with_capacity(64),
             longest_turn: Duration::ZERO,
+            rtcp_out: Vec::with_capacity(16),
+            media_stopped_us: None,
         }
     }
 
     /// Runs until [`GroupCmd::Finish`] (or every sender is gone).
     pub async fn run(mut self) {
         let mut next_tick = Instant::now() + TICK;
+        let mut next_feedback = Instant::now() + FEEDBACK_TICK;
         loop {
-            let deadline = self.next_deadline().min(next_tick);
+            let deadline = self.next_deadline().min(next_tick).min(next_feedback);
             self.wait(deadline).await;
             let turn = Instant::now();
             let mut cmds = std::mem::take(&mut self.cmds);
@@ -205,6 +220,10 @@ impl Group {
             if now >= next_tick {
                 self.tick(now);
                 next_tick = now + TICK;
+            }
+            if now >= next_feedback {
+                self.feedback(now);
+                next_feedback = now + FEEDBACK_TICK;
             }
             self.service(now);
             self.longest_turn = self.longest_turn.max(turn.elapsed());
@@ -250,10 +269,12 @@ impl Group {
             slots,
             rx_arena,
             cmds,
+            shared,
+            latency,
             ..
         } = self;
         poll_fn(|cx| {
-            let mut progressed = read_inputs(cx, cmd_rx, slots, rx_arena, cmds);
+            let mut progressed = read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency);
             if sleep.as_mut().poll(cx).is_ready() {
                 progressed = true;
             }
@@ -272,17 +293,24 @@ impl Group {
             slots,
             rx_arena,
             cmds,
+            shared,
+            latency,
             ..
         } = self;
         poll_fn(|cx| {
-            read_inputs(cx, cmd_rx, slots, rx_arena, cmds);
+            read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency);
             Poll::Ready(())
         })
         .await;
     }
 
     fn slot_index(&self, pid: usize) -> Option<usize> {
-        (pid % self.groups == self.index).then_some(pid / self.groups)
+        let (i, n) = self.shared.shard;
+        if pid % n.max(1) != i {
+            return None;
+        }
+        let local = pid / n.max(1);
+        (local % self.groups == self.index).then_some(local / self.groups)
     }
 
     fn on_cmd(&mut self, cmd: GroupCmd) {
@@ -308,7 +336,11 @@ impl Group {
                 }
             }
             GroupCmd::Steady => self.latency.steady = true,
-            GroupCmd::StopMedia => self.sending = false,
+            GroupCmd::StopMedia => {
+                self.sending = false;
+                self.media_stopped_us =
+                    Some(self.shared.epoch.elapsed().as_micros() as u64);
+            }
             GroupCmd::Finish(_) => {}
         }
     }
@@ -329,6 +361,7 @@ impl Group {
             video,
             0x4000_0000 | (pid as u32 * 2),
             &name,
+            !self.shared.full_decrypt,
         )
         .and_then(|mut peer| peer.create_offer().map(|offer| (peer, offer)));
         let (peer, (sdp, tracks)) = match built {
@@ -379,6 +412,13 @@ impl Group {
             receivers: Vec::new(),
             audio: audio_tx,
             video: video_tx,
+            fast: (!self.shared.full_decrypt).then(|| {
+                // Listeners' RTCP goes out as an SSRC of their own, like a browser's.
+                Box::new(fast::FastRx::new(
+                    0x4000_0000 | (pid as u32 * 2),
+                    (pid as u64).wrapping_mul(7_919_000),
+                ))
+            }),
             rng: Rng::new(pid as u64 + 17),
             timeout: Some(now),
             dirty: true,
@@ -430,6 +470,11 @@ impl Group {
             _ => Ok(()),
         };
         slot.dirty = true;
+        if let Some(f) = slot.fast.as_mut() {
+            if let Some(d) = slot.peer.pc.remote_description() {
+                f.sdp = crate::rtprx::RemoteSdp::parse(&d.sdp);
+            }
+        }
         if let Err(reason) = result {
             if slot.connected.is_some() {
                 slot.dropped.get_or_insert(reason);
@@ -462,6 +507,13 @@ impl Group {
         let live = &self.shared.live;
         for slot in self.slots.iter_mut().flatten() {
             let (mut bytes, mut packets, mut lost) = (0, 0, 0);
+            if let Some(f) = &slot.fast {
+                for s in &f.ssrcs {
+                    bytes += s.rx.bytes;
+                    packets += s.rx.seq.received;
+                    lost += s.rx.seq.lost();
+                }
+            }
             for s in &mut slot.streams {
                 bytes += s.rx.bytes;
                 packets += s.rx.received;
@@ -505,6 +557,34 @@ impl Group {
             slot.live_rx_packets = packets;
             slot.live_tx_bytes = slot.sent.bytes;
             slot.live_lost = lost;
+        }
+    }
+
+    /// The fast path's RTCP: NACKs, PLIs, TWCC feedback and receiver reports, handed to
+    /// webrtc-rs (which protects them with SRTCP and sends them when the peer is drained).
+    fn feedback(&mut self, now: Instant) {
+        let now_us = now.saturating_duration_since(self.shared.epoch).as_micros() as u64;
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.closed || slot.connected.is_none() {
+                continue;
+            }
+            let Some(f) = slot.fast.as_mut() else {
+                continue;
+            };
+            f.feedback(now_us, &mut self.rtcp_out);
+            if self.rtcp_out.is_empty() {
+                continue;
+            }
+            let packets = std::mem::replace(&mut self.rtcp_out, Vec::with_capacity(16));
+            let msg = rtc::peer_connection::message::TaggedRTCMessage {
+                now,
+                message: rtc::peer_connection::message::RTCMessage::RtcpPacket(
+                    String::new(),
+                    packets,
+                ),
+            };
+            let _ = slot.peer.pc.handle_write(msg);
+            slot.dirty = true;
         }
     }
 
@@ -571,6 +651,62 @@ impl Group {
                     .try_send_to(&out.message, out.transport.peer_addr);
             }
             let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
+            let end_us = self
+                .media_stopped_us
+                .unwrap_or_else(|| now.saturating_duration_since(self.shared.epoch).as_micros() as u64);
+            let mut streams: Vec<StreamOutcome> = slot
+                .streams
+                .iter()
+                .map(|s| StreamOutcome {
+                    stream: s.rx.stream,
+                    kind: s.rx.kind,
+                    received: s.rx.received,
+                    lost: s.rx.lost(),
+                    duplicates: s.rx.duplicates,
+                    bytes: s.rx.bytes,
+                    jitter_ms: s.rx.jitter_ms(),
+                    active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
+                        / 1e6,
+                    ..StreamOutcome::default()
+                })
+                .collect();
+            let mut checks = None;
+            let mut recovered = 0;
+            if let Some(f) = slot.fast.as_mut() {
+                let (nacked, rec, plis) = f.totals();
+                nacks = nacked;
+                recovered = rec;
+                slot.plis_sent += plis;
+                for s in &mut f.ssrcs {
+                    s.rx.frames.finish(end_us);
+                    let r = &s.rx;
+                    streams.push(StreamOutcome {
+                        stream: s.streams().first().copied().unwrap_or(u32::MAX),
+                        streams_seen: s.streams().len() as u32,
+                        kind: r.kind,
+                        received: r.seq.received,
+                        lost: r.seq.lost(),
+                        duplicates: r.seq.duplicates,
+                        reordered: r.seq.reordered,
+                        bytes: r.bytes,
+                        jitter_ms: r.jitter.ms(r.clock_hz),
+                        active_secs: r.last_at_us.saturating_sub(r.first_at_us) as f64 / 1e6,
+                        nacked: r.nack.nacked,
+                        recovered: r.nack.recovered,
+                        frames_complete: r.frames.complete,
+                        frames_incomplete: r.frames.incomplete,
+                        freezes: r.frames.freezes,
+                        frozen_secs: r.frames.frozen_us as f64 / 1e6,
+                        padding_packets: r.padding_packets,
+                    });
+                }
+                let mut c = f.checks;
+                if let Some(e) = &f.key_error {
+                    slot.errors.push(format!("SRTP keys: {e}"));
+                    c.before_keys += 1;
+                }
+                checks = Some(c);
+            }
             peers.push(PeerOutcome {
                 pid: slot.pid,
                 join: match slot.connected {
@@ -580,21 +716,9 @@ impl Group {
                 first_audio: since(slot.first_audio),
                 first_video: since(slot.first_video),
                 dropped: slot.dropped.take(),
-                streams: slot
-                    .streams
-                    .iter()
-                    .map(|s| StreamOutcome {
-                        stream: s.rx.stream,
-                        kind: s.rx.kind,
-                        received: s.rx.received,
-                        lost: s.rx.lost(),
-                        duplicates: s.rx.duplicates,
-                        bytes: s.rx.bytes,
-                        jitter_ms: s.rx.jitter_ms(),
-                        active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
-                            / 1e6,
-                    })
-                    .collect(),
+                streams,
+                checks,
+                recovered,
                 unknown_packets: slot.unknown_packets,
                 nacks_sent: nacks,
                 plis_sent: slot.plis_sent,
