@@ -118,6 +118,15 @@ pub struct RunArgs {
     /// The server's process id, if it runs on this machine (CPU and memory from /proc).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Network classes applied to each attendee's downlink, in userspace: e.g.
+    /// `70%:good,20%:cap=1500kbps,loss=1%,10%:cap=400kbps,loss=3%,delay=80ms`
+    /// (parameters: good, cap, loss, delay, jitter, buffer).
+    #[arg(long, value_parser = crate::netem::NetMix::parse)]
+    pub network: Option<crate::netem::NetMix>,
+    /// Speakers take turns of this length, one talking at a time (e.g. 4s); default: each
+    /// talks about 60 % of the time.
+    #[arg(long, value_parser = parse_duration)]
+    pub turns: Option<Duration>,
     /// Decrypt every received packet with webrtc-rs (the old, costly receive path) instead of
     /// accounting from RTP headers and decrypting a sample.
     #[arg(long)]
@@ -169,6 +178,8 @@ impl RunArgs {
         c.scrape_metrics = !self.no_metrics;
         c.server_pid = self.server_pid;
         c.full_decrypt = self.full_decrypt;
+        c.turn = self.turns.filter(|t| !t.is_zero());
+        c.network = self.network.clone();
         c.shard = self.shard_of.unwrap_or((0, 1));
         c.thresholds = Thresholds {
             max_loss_pct: self.max_loss,

@@ -79,6 +79,11 @@ pub struct RunConfig {
     /// Give every received packet to webrtc-rs (full SRTP decryption and its interceptors)
     /// instead of accounting from RTP headers and decrypting a sample.
     pub full_decrypt: bool,
+    /// Network classes of the attendees' downlinks.
+    pub network: Option<crate::netem::NetMix>,
+    /// Microphone speakers take turns of this length, one at a time (`None`: each talks
+    /// ~60 % of the time on its own pattern).
+    pub turn: Option<Duration>,
     /// This process simulates participant `pid` only if `pid % n == i` (`(i, n)`); several
     /// processes with `0/n` … `n-1/n` share one run.
     pub shard: (usize, usize),
@@ -112,6 +117,8 @@ impl RunConfig {
             scrape_metrics: true,
             server_pid: None,
             full_decrypt: false,
+            turn: None,
+            network: None,
             shard: (0, 1),
             thresholds: Thresholds::default(),
         }

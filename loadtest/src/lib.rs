@@ -27,6 +27,7 @@ pub mod grant;
 pub mod group;
 pub mod keyframe_tap;
 pub mod keys;
+pub mod netem;
 pub mod peer;
 pub mod report;
 pub mod rtprx;

@@ -98,9 +98,43 @@ pub struct VideoFrames {
     pub recovered: u64,
 }
 
+/// Results of the attendees of one network class.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClassReport {
+    /// The class as written.
+    pub name: String,
+    /// Attendees of the class that joined.
+    pub attendees: u64,
+    /// Audio loss, percent of expected.
+    pub audio_loss_pct: f64,
+    /// Video loss, percent of expected (before NACK recovery is counted as arrival).
+    pub video_loss_pct: f64,
+    /// Incomplete video frames per video stream received.
+    pub frames_incomplete_per_stream: f64,
+    /// Frozen seconds per video stream received.
+    pub frozen_secs_per_stream: f64,
+    /// Received kbps per attendee.
+    pub kbps: Summary,
+    /// Sequence numbers NACKed.
+    pub nacked: u64,
+    /// Packets recovered after a NACK.
+    pub recovered: u64,
+    /// Datagrams the shaper dropped: random loss, over the cap (queue full), line overflow.
+    pub shaper_drops: (u64, u64, u64),
+    /// Seconds after the ramp until the received rate fit the cap with loss settled.
+    pub adapt_secs: Summary,
+    /// Attendees that never adapted.
+    pub never_adapted: u64,
+    /// Layers ended on: the stream ids last received carry no layer until simulcast is
+    /// negotiated, so every attendee ends on the one layer sent.
+    pub layers: String,
+}
+
 /// The report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Per network class (with `--network`).
+    pub classes: Vec<ClassReport>,
     /// `(i, n)` when this process simulated only slice i of n of the participants.
     pub shard: Option<(usize, usize)>,
     /// Whether every packet was decrypted by webrtc-rs (else: headers counted, a sample
@@ -269,6 +303,7 @@ impl Report {
                 }
             }
         }
+        r.classes = class_reports(&peers);
         r.packets.loss_pct = percent(r.packets.lost, expected_total);
         r.packets.worst_stream_loss_pct = worst;
         r.join_ms = Summary::of(&join);
@@ -402,6 +437,27 @@ impl Report {
                 c.rr_sent, c.twcc_sent, c.nack_packets_sent, c.plis_sent
             );
         }
+        for c in &self.classes {
+            let _ = writeln!(
+                o,
+                "network class    {} ({} attendees): audio loss {:.2} %, video loss {:.2} %, incomplete frames {:.1} and frozen {:.1} s per video stream, kbps p50 {:.0}, NACKed {} recovered {}, shaper drops {} random / {} over cap / {} overflow, adapted after p50 {:.1} s ({} never), layer {}",
+                c.name,
+                c.attendees,
+                c.audio_loss_pct,
+                c.video_loss_pct,
+                c.frames_incomplete_per_stream,
+                c.frozen_secs_per_stream,
+                c.kbps.p50,
+                c.nacked,
+                c.recovered,
+                c.shaper_drops.0,
+                c.shaper_drops.1,
+                c.shaper_drops.2,
+                c.adapt_secs.p50,
+                c.never_adapted,
+                c.layers
+            );
+        }
         let _ = writeln!(o, "jitter ms        {}", s(&self.jitter_ms));
         let _ = writeln!(o, "latency ms audio {}", s(&self.latency_audio_ms));
         let _ = writeln!(o, "latency ms video {}", s(&self.latency_video_ms));
@@ -457,6 +513,65 @@ impl Report {
     }
 }
 
+fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
+    let n = peers.iter().filter_map(|p| p.class).max().map_or(0, |m| m + 1);
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let mut c = ClassReport {
+            layers: "single (no simulcast)".into(),
+            ..ClassReport::default()
+        };
+        let (mut al, mut ae, mut vl, mut ve) = (0u64, 0u64, 0u64, 0u64);
+        let (mut incomplete, mut frozen, mut vstreams) = (0u64, 0.0f64, 0u64);
+        let mut kbps = Vec::new();
+        let mut adapt = Vec::new();
+        for p in peers.iter().filter(|p| p.class == Some(k) && p.join.is_ok()) {
+            c.attendees += 1;
+            let mut bytes = 0;
+            let mut active = 0.0f64;
+            for s in &p.streams {
+                match s.kind {
+                    plenary_proto::TrackKind::Audio => {
+                        al += s.lost;
+                        ae += s.lost + s.received;
+                    }
+                    plenary_proto::TrackKind::Video => {
+                        vl += s.lost;
+                        ve += s.lost + s.received;
+                        incomplete += s.frames_incomplete;
+                        frozen += s.frozen_secs;
+                        vstreams += 1;
+                    }
+                }
+                c.nacked += s.nacked;
+                c.recovered += s.recovered;
+                bytes += s.bytes;
+                active = active.max(s.active_secs);
+            }
+            if active > 0.0 {
+                kbps.push(bytes as f64 * 8.0 / active / 1000.0);
+            }
+            if let Some(sh) = p.shaper {
+                c.shaper_drops.0 += sh.lost;
+                c.shaper_drops.1 += sh.queue_drops;
+                c.shaper_drops.2 += sh.overflow;
+            }
+            match p.adapted {
+                Some(d) => adapt.push(d.as_secs_f64()),
+                None => c.never_adapted += 1,
+            }
+        }
+        c.audio_loss_pct = percent(al, ae);
+        c.video_loss_pct = percent(vl, ve);
+        c.frames_incomplete_per_stream = incomplete as f64 / vstreams.max(1) as f64;
+        c.frozen_secs_per_stream = frozen / vstreams.max(1) as f64;
+        c.kbps = Summary::of(&kbps);
+        c.adapt_secs = Summary::of(&adapt);
+        out.push(c);
+    }
+    out
+}
+
 fn verdict(name: &str, limit: f64, actual: f64) -> Verdict {
     Verdict {
         name: name.to_owned(),
@@ -486,6 +601,9 @@ mod tests {
             streams,
             checks: None,
             recovered: 0,
+            class: None,
+            shaper: None,
+            adapted: None,
             unknown_packets: 0,
             nacks_sent: 1,
             plis_sent: 0,

@@ -74,6 +74,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         join_timeout: cfg.join_timeout,
         full_decrypt: cfg.full_decrypt,
         shard: cfg.shard,
+        turn: cfg.turn,
+        network: cfg.network.clone(),
         live: Live::default(),
     });
 
@@ -212,6 +214,13 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         report.shard = Some(cfg.shard);
     }
     report.full_decrypt = cfg.full_decrypt;
+    if let Some(mix) = &cfg.network {
+        for (k, c) in report.classes.iter_mut().enumerate() {
+            if let Some(m) = mix.classes.get(k) {
+                c.name = m.name.clone();
+            }
+        }
+    }
     report.wall_secs = start.elapsed().as_secs_f64();
     if let Some((secs, pct)) = cpu_used {
         report.loadtest_cpu_secs = secs;

@@ -189,8 +189,18 @@ impl AudioSource {
 
     /// Advances one 20 ms slot; returns the packet to send in it, if any.
     pub fn tick(&mut self) -> Option<AudioPacket> {
+        self.tick_with(None)
+    }
+
+    /// As [`AudioSource::tick`], but `Some(talking)` decides whether this slot is speech
+    /// (a speaker who holds the floor) instead of the speaker's own talk pattern.
+    pub fn tick_with(&mut self, floor: Option<bool>) -> Option<AudioPacket> {
         let mut marker = false;
-        if self.slots_left == 0 {
+        if let Some(talking) = floor {
+            marker = talking && !self.talking;
+            self.talking = talking;
+            self.slots_left = u32::MAX;
+        } else if self.slots_left == 0 {
             self.talking = !self.talking;
             // Talk spurts of 1–6 s, silences of 0.5–3 s.
             self.slots_left = if self.talking {
@@ -200,7 +210,7 @@ impl AudioSource {
             };
             marker = self.talking;
         }
-        self.slots_left -= 1;
+        self.slots_left = self.slots_left.saturating_sub(1);
         let rtp_ts = self.rtp_ts;
         self.rtp_ts = self.rtp_ts.wrapping_add(AUDIO_TS_STEP);
         self.slot += 1;
@@ -221,6 +231,12 @@ impl AudioSource {
             None
         }
     }
+}
+
+/// Whether speaker `k` of `n` holds the floor at `unix_ms` with turns of `turn_ms`: turns go
+/// round in order. Wall-clock time, so that processes sharing a run (`--shard-of`) agree.
+pub fn holds_floor(k: usize, n: usize, unix_ms: u64, turn_ms: u64) -> bool {
+    n > 0 && turn_ms > 0 && (unix_ms / turn_ms) % n as u64 == k as u64
 }
 
 /// Appends an audio payload of `size` bytes (at least TOC + stamp) carrying `stamp`.
@@ -509,6 +525,35 @@ mod tests {
         assert!(packets < slots, "silence sends fewer packets");
         let avg_kbps = bytes as f64 * 8.0 / (slots as f64 * 0.02) / 1000.0;
         assert!((10.0..32.0).contains(&avg_kbps), "{avg_kbps}");
+    }
+
+    #[test]
+    fn speakers_take_turns_and_only_the_floor_holder_talks() {
+        let n = 5;
+        for t in (0..60_000u64).step_by(250) {
+            let holders = (0..n).filter(|k| holds_floor(*k, n, t, 4000)).count();
+            assert_eq!(holders, 1, "exactly one speaker at {t} ms");
+        }
+        assert!(holds_floor(0, 5, 0, 4000) && holds_floor(1, 5, 4000, 4000));
+        assert!(holds_floor(0, 5, 20_000, 4000), "round again");
+        let mut src = AudioSource::new(1);
+        let (mut talk, mut quiet) = (0, 0);
+        for slot in 0..500 {
+            let on = slot < 250;
+            match src.tick_with(Some(on)) {
+                Some(p) if p.size > DTX_SIZE => {
+                    assert!(on);
+                    talk += 1;
+                }
+                Some(_) => {
+                    assert!(!on);
+                    quiet += 1;
+                }
+                None => assert!(!on),
+            }
+        }
+        assert_eq!(talk, 250, "one packet per 20 ms while holding the floor");
+        assert!((10..=15).contains(&quiet), "DTX only while silent: {quiet}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{GroupCmd, GroupShared, Latencies, Live, RxStream, Slot};
+use crate::netem::Verdict;
 use crate::stats::StreamRx;
 use crate::synth;
 
@@ -58,31 +59,30 @@ pub(super) fn read_inputs(
                 Ok((_, from)) => {
                     let now = Instant::now();
                     slot.datagrams_in += 1;
+                    slot.remote = Some(from);
                     progressed = true;
                     budget -= 1;
                     if budget == 0 {
                         cx.waker().wake_by_ref();
                     }
-                    if fast_path(slot, arena, now, shared, latency) {
-                        arena.clear();
-                        if budget == 0 {
-                            break;
+                    if let Some(shaper) = slot.shaper.as_mut() {
+                        let now_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+                        match shaper.admit(arena.len(), now_us) {
+                            Verdict::Now => {}
+                            Verdict::Later(due) => {
+                                shaper.push(due, arena);
+                                arena.clear();
+                            }
+                            Verdict::Lost | Verdict::QueueFull => arena.clear(),
                         }
-                        continue;
                     }
-                    let message = arena.split();
-                    let msg = TaggedBytesMut {
-                        now,
-                        transport: TransportContext {
-                            local_addr: slot.peer.local_addr,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message,
-                    };
-                    let _ = slot.peer.pc.handle_read(msg);
-                    slot.dirty = true;
+                    if !arena.is_empty() {
+                        if fast_path(slot, arena, now, shared, latency) {
+                            arena.clear();
+                        } else {
+                            to_rtc(slot, arena.split(), from, now);
+                        }
+                    }
                     if budget == 0 {
                         break;
                     }
@@ -95,10 +95,51 @@ pub(super) fn read_inputs(
     progressed
 }
 
+/// Hands a datagram to webrtc-rs.
+pub(super) fn to_rtc(slot: &mut Slot, message: BytesMut, from: std::net::SocketAddr, now: Instant) {
+    let msg = TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: slot.peer.local_addr,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        },
+        message,
+    };
+    let _ = slot.peer.pc.handle_read(msg);
+    slot.dirty = true;
+}
+
+/// Delivers the datagrams a shaped downlink has due (see `netem`).
+pub(super) fn release_shaped(
+    slot: &mut Slot,
+    now: Instant,
+    buf: &mut Vec<u8>,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+) {
+    let now_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+    let Some(from) = slot.remote else {
+        return;
+    };
+    loop {
+        let Some(shaper) = slot.shaper.as_mut() else {
+            return;
+        };
+        if !shaper.pop_due(now_us, buf) {
+            return;
+        }
+        if !fast_path(slot, buf, now, shared, latency) {
+            to_rtc(slot, BytesMut::from(&buf[..]), from, now);
+        }
+    }
+}
+
 /// The fast receive path (see `fast`): RTP is accounted here and never reaches webrtc-rs;
 /// RTCP is read for sender reports and then given to webrtc-rs like everything else. Returns
 /// whether the datagram was consumed.
-fn fast_path(
+pub(super) fn fast_path(
     slot: &mut Slot,
     datagram: &mut [u8],
     now: Instant,

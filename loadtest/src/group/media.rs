@@ -20,6 +20,8 @@ const MAX_LAG: Duration = Duration::from_millis(200);
 
 pub(super) struct AudioTx {
     pub(super) src: AudioSource,
+    /// Speaker `k` of `n` taking turns of this many ms (`None`: its own talk pattern).
+    pub(super) turn: Option<(usize, usize, u64)>,
     pub(super) stream: u32,
     pub(super) seq: u32,
     pub(super) due: Instant,
@@ -76,7 +78,13 @@ pub(super) fn send_media(
         }
         while a.due <= now {
             a.due += Duration::from_millis(synth::AUDIO_FRAME_MS);
-            let Some(p) = a.src.tick() else {
+            let floor = a.turn.map(|(k, n, turn_ms)| {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                synth::holds_floor(k, n, unix_ms, turn_ms)
+            });
+            let Some(p) = a.src.tick_with(floor) else {
                 continue;
             };
             let stamp = Stamp {

@@ -98,6 +98,11 @@ pub struct GroupShared {
     pub full_decrypt: bool,
     /// `(i, n)`: this process simulates participants with `pid % n == i`.
     pub shard: (usize, usize),
+    /// Network classes of the attendees' downlinks (`None`: as the machine's network is).
+    pub network: Option<crate::netem::NetMix>,
+    /// Speakers take turns of this length, one talking at a time (`None`: each talks on its
+    /// own pattern).
+    pub turn: Option<Duration>,
     /// Progress counters.
     pub live: Live,
 }
@@ -128,6 +133,15 @@ struct Slot {
     video: Option<VideoTx>,
     /// The fast receive path (`None` with `--full-decrypt`).
     fast: Option<Box<fast::FastRx>>,
+    /// Network class (index into the mix) and its downlink shaper (`None` for a good link).
+    class: Option<usize>,
+    shaper: Option<Box<crate::netem::Shaper>>,
+    /// The server's media address, once a datagram came from it.
+    remote: Option<std::net::SocketAddr>,
+    /// Adaptation: bytes, received and lost at the last one-second window, the window's
+    /// start, and when the received rate first fit the cap with loss settled.
+    window: (u64, u64, u64, Option<Instant>),
+    adapted: Option<Duration>,
     rng: Rng,
     timeout: Option<Instant>,
     dirty: bool,
@@ -167,6 +181,44 @@ pub struct Group {
     longest_turn: Duration,
     rtcp_out: Vec<Box<dyn rtc::rtcp::Packet>>,
     media_stopped_us: Option<u64>,
+    steady_at: Option<Instant>,
+    release_buf: Vec<u8>,
+}
+
+/// One-second windows after the ramp: the first in which the attendee's received rate fits
+/// its class's cap and its loss is no more than the class's random loss + 1 point marks the
+/// time it adapted.
+#[allow(clippy::too_many_arguments)]
+fn adapt_window(
+    slot: &mut Slot,
+    bytes: u64,
+    packets: u64,
+    lost: u64,
+    now: Instant,
+    steady: Instant,
+    class: usize,
+    shared: &GroupShared,
+) {
+    let Some(c) = shared.network.as_ref().map(|m| &m.classes[class]) else {
+        return;
+    };
+    let (b0, p0, l0, start) = slot.window;
+    let Some(start) = start else {
+        slot.window = (bytes, packets, lost, Some(now.max(steady)));
+        return;
+    };
+    let secs = now.saturating_duration_since(start).as_secs_f64();
+    if secs < 1.0 {
+        return;
+    }
+    let kbps = bytes.saturating_sub(b0) as f64 * 8.0 / secs / 1000.0;
+    let (got, lost_w) = (packets.saturating_sub(p0), lost.saturating_sub(l0));
+    let loss_pct = crate::stats::percent(lost_w, got + lost_w);
+    let fits = c.cap_bps.is_none_or(|cap| kbps * 1000.0 <= cap as f64);
+    if fits && got > 0 && loss_pct <= c.loss * 100.0 + 1.0 {
+        slot.adapted = Some(now.saturating_duration_since(steady));
+    }
+    slot.window = (bytes, packets, lost, Some(now));
 }
 
 impl Group {
@@ -193,6 +245,8 @@ impl Group {
             longest_turn: Duration::ZERO,
             rtcp_out: Vec::with_capacity(16),
             media_stopped_us: None,
+            steady_at: None,
+            release_buf: Vec::with_capacity(2048),
         }
     }
 
@@ -235,6 +289,9 @@ impl Group {
         for s in self.slots.iter().flatten().filter(|s| !s.closed) {
             if let Some(t) = s.timeout {
                 d = d.min(t);
+            }
+            if let Some(due) = s.shaper.as_ref().and_then(|sh| sh.next_due()) {
+                d = d.min(self.shared.epoch + Duration::from_micros(due));
             }
             // The same condition as `service` uses to send, or a stale due time would spin.
             if self.sending && s.connected.is_some() && s.dropped.is_none() {
@@ -335,7 +392,10 @@ impl Group {
                     }
                 }
             }
-            GroupCmd::Steady => self.latency.steady = true,
+            GroupCmd::Steady => {
+                self.latency.steady = true;
+                self.steady_at = Some(Instant::now());
+            }
             GroupCmd::StopMedia => {
                 self.sending = false;
                 self.media_stopped_us =
@@ -377,7 +437,27 @@ impl Group {
         let stream = participant.audio_stream();
         let now = Instant::now();
         let track_of = |kind: TrackKind| peer.tracks.iter().position(|t| t.kind == kind);
+        let class = self.shared.network.as_ref().map(|m| m.class_of(pid));
+        let shaper = class.and_then(|k| {
+            let c = &self.shared.network.as_ref()?.classes[k];
+            (!c.is_good()).then(|| {
+                Box::new(crate::netem::Shaper::new(
+                    c.clone(),
+                    (pid as u64) ^ 0x6e65_7465,
+                ))
+            })
+        });
+        let turn = self.shared.turn.and_then(|turn| {
+            let speaker = |p: &Participant| {
+                p.room == participant.room
+                    && matches!(p.role, Role::Publisher { audio: true, .. })
+            };
+            let n = self.shared.plan.iter().filter(|p| speaker(p)).count();
+            let k = self.shared.plan[..pid].iter().filter(|p| speaker(p)).count();
+            Some((k, n, turn.as_millis() as u64))
+        });
         let audio_tx = track_of(TrackKind::Audio).map(|track| AudioTx {
+            turn,
             src: AudioSource::new(pid as u64),
             stream,
             seq: 0,
@@ -419,6 +499,11 @@ impl Group {
                     (pid as u64).wrapping_mul(7_919_000),
                 ))
             }),
+            class,
+            shaper,
+            remote: None,
+            window: (0, 0, 0, None),
+            adapted: None,
             rng: Rng::new(pid as u64 + 17),
             timeout: Some(now),
             dirty: true,
@@ -553,6 +638,9 @@ impl Group {
                 live.lost
                     .fetch_sub(slot.live_lost - lost, Ordering::Relaxed);
             }
+            if let (Some(steady), Some(k), None) = (self.steady_at, slot.class, slot.adapted) {
+                adapt_window(slot, bytes, packets, lost, now, steady, k, &self.shared);
+            }
             slot.live_rx_bytes = bytes;
             slot.live_rx_packets = packets;
             slot.live_tx_bytes = slot.sent.bytes;
@@ -612,6 +700,15 @@ impl Group {
                 slot.closed = true;
                 slot.timeout = None;
                 continue;
+            }
+            if slot.shaper.is_some() {
+                io::release_shaped(
+                    slot,
+                    now,
+                    &mut self.release_buf,
+                    &self.shared,
+                    &mut self.latency,
+                );
             }
             if slot.timeout.is_some_and(|t| t <= now) {
                 let _ = slot.peer.pc.handle_timeout(now);
@@ -719,6 +816,9 @@ impl Group {
                 streams,
                 checks,
                 recovered,
+                class: slot.class,
+                shaper: slot.shaper.as_ref().map(|s| s.stats),
+                adapted: slot.adapted,
                 unknown_packets: slot.unknown_packets,
                 nacks_sent: nacks,
                 plis_sent: slot.plis_sent,

@@ -109,6 +109,12 @@ pub struct PeerOutcome {
     pub checks: Option<super::RxChecks>,
     /// Packets recovered after a NACK.
     pub recovered: u64,
+    /// Network class (index into the mix).
+    pub class: Option<usize>,
+    /// What its shaped downlink did.
+    pub shaper: Option<crate::netem::ShaperStats>,
+    /// Time after the ramp until its received rate fit its cap with loss settled.
+    pub adapted: Option<Duration>,
     /// Packets whose payload had no stamp.
     pub unknown_packets: u64,
     /// NACKs this peer's receivers sent (webrtc-rs stats).
@@ -138,6 +144,9 @@ impl PeerOutcome {
             streams: Vec::new(),
             checks: None,
             recovered: 0,
+            class: None,
+            shaper: None,
+            adapted: None,
             unknown_packets: 0,
             nacks_sent: 0,
             plis_sent: 0,
