@@ -371,7 +371,7 @@ pub fn render(b: &BenchResult) -> String {
     );
     let _ = writeln!(
         o,
-        "| scenario | peers | fwd pkt/s | SFU CPU | µs/fwd pkt | × floor | fwd pkt/s per core | dgrams/send call | KB/participant | loss % | latency p50/p95 ms | join p95 ms | loadtest CPU | loadtest µs/dgram |"
+        "| scenario | peers | fwd pkt/s | SFU CPU | µs/fwd pkt | × floor | fwd pkt/s per core | dgrams/send call | KB/participant | loss % | latency p50/p95 ms | join p95 ms | loadtest CPU | loadtest µs/dgram (steady) |"
     );
     let _ = writeln!(
         o,
@@ -402,7 +402,7 @@ pub fn render(b: &BenchResult) -> String {
             rep.latency_ms.p95,
             rep.join_ms.p95,
             rep.loadtest_cpu_pct,
-            rep.loadtest_us_per_datagram,
+            rep.loadtest_steady_us_per_datagram,
         );
     }
     let d: Vec<&Row> = b.rows.iter().filter(|r| r.scenario.starts_with("d)")).collect();

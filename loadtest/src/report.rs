@@ -190,6 +190,13 @@ pub struct Report {
     pub loadtest_cpu_wait_secs: f64,
     /// The load tester's CPU microseconds per datagram received.
     pub loadtest_us_per_datagram: f64,
+    /// CPU seconds of the load tester in the steady phase (no joins, no handshakes).
+    pub loadtest_steady_cpu_secs: f64,
+    /// Datagrams its peers received in the steady phase.
+    pub loadtest_steady_datagrams: u64,
+    /// Its CPU microseconds per received datagram in the steady phase: everything it does
+    /// (receiving, sending the publishers' media and everyone's RTCP) over what it receives.
+    pub loadtest_steady_us_per_datagram: f64,
     /// The longest one group took to handle one wake-up, ms.
     pub loadtest_longest_turn_ms: f64,
     /// Threshold verdicts.
@@ -498,6 +505,13 @@ impl Report {
             self.loadtest_us_per_datagram,
             self.loadtest_cpu_wait_secs,
             self.loadtest_longest_turn_ms
+        );
+        let _ = writeln!(
+            o,
+            "load tester (steady) CPU {:.2} s for {} datagrams received: {:.2} µs per datagram",
+            self.loadtest_steady_cpu_secs,
+            self.loadtest_steady_datagrams,
+            self.loadtest_steady_us_per_datagram
         );
         for v in &self.thresholds {
             let _ = writeln!(

@@ -153,9 +153,22 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     for tx in &group_tx {
         let _ = tx.send(GroupCmd::Steady).await;
     }
+    // Let the groups' counters catch up (they publish every 250 ms), then read CPU and
+    // datagrams at both ends of the steady phase.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let steady_start = Instant::now();
+    let steady_cpu = crate::cpu::process_cpu();
+    let steady_dgrams = shared.live.datagrams.load(Ordering::Relaxed);
     tokio::time::sleep(cfg.duration).await;
     let steady_end = Instant::now();
+    let steady_cpu_used = crate::cpu::process_cpu()
+        .zip(steady_cpu)
+        .and_then(|(b, a)| b.checked_sub(a));
+    let steady_dgrams = shared
+        .live
+        .datagrams
+        .load(Ordering::Relaxed)
+        .saturating_sub(steady_dgrams);
 
     // Stop: media first, then let packets in flight arrive, then collect.
     // Every step is bounded: a group that does not answer is left out of the report.
@@ -227,6 +240,14 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         report.loadtest_cpu_pct = pct;
     }
     report.loadtest_cpu_wait_secs = cpu_waited.unwrap_or(0.0);
+    if let Some(used) = steady_cpu_used {
+        report.loadtest_steady_cpu_secs = used.as_secs_f64();
+        if steady_dgrams > 0 {
+            report.loadtest_steady_us_per_datagram =
+                used.as_secs_f64() * 1e6 / steady_dgrams as f64;
+        }
+        report.loadtest_steady_datagrams = steady_dgrams;
+    }
     if report.packets.datagrams_in > 0 {
         report.loadtest_us_per_datagram =
             report.loadtest_cpu_secs * 1e6 / report.packets.datagrams_in as f64;

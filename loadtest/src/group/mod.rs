@@ -156,6 +156,7 @@ struct Slot {
     live_rx_packets: u64,
     live_lost: u64,
     live_tx_bytes: u64,
+    live_datagrams: u64,
 }
 
 /// Shortest wait the group accepts from a peer connection's timer.
@@ -517,6 +518,7 @@ impl Group {
             live_rx_packets: 0,
             live_lost: 0,
             live_tx_bytes: 0,
+            live_datagrams: 0,
         });
     }
 
@@ -641,6 +643,9 @@ impl Group {
             if let (Some(steady), Some(k), None) = (self.steady_at, slot.class, slot.adapted) {
                 adapt_window(slot, bytes, packets, lost, now, steady, k, &self.shared);
             }
+            live.datagrams
+                .fetch_add(slot.datagrams_in - slot.live_datagrams, Ordering::Relaxed);
+            slot.live_datagrams = slot.datagrams_in;
             slot.live_rx_bytes = bytes;
             slot.live_rx_packets = packets;
             slot.live_tx_bytes = slot.sent.bytes;

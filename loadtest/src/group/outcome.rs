@@ -23,6 +23,8 @@ pub struct Live {
     pub rx_packets: AtomicU64,
     /// Packets lost so far.
     pub lost: AtomicU64,
+    /// UDP datagrams received by the peers' sockets.
+    pub datagrams: AtomicU64,
 }
 
 /// What one stream looked like to one receiver. With `--full-decrypt` a stream is a sending
