@@ -10,9 +10,10 @@
 //! RFC 5764 does — exactly what webrtc-rs does when the handshake completes. Nothing about the
 //! handshake changes.
 //!
-//! [`SrtpRx`] then decrypts a received SRTP packet in place (AEAD AES-128-GCM, RFC 7714, the
-//! profile browsers and Plenary prefer), allocating nothing; other profiles fall back to
-//! webrtc-rs's own SRTP context (which allocates, acceptable for a sample). [`SrtcpRx`]
+//! [`SrtpRx`] then decrypts a received SRTP packet in place (AEAD AES-128-GCM, RFC 7714, or
+//! AES-128-CM with HMAC-SHA1, RFC 3711 — what Plenary's str0m picks today), allocating
+//! nothing; the 256-bit profiles fall back to webrtc-rs's own SRTP context (which allocates,
+//! acceptable for a sample). [`SrtcpRx`]
 //! decrypts received RTCP (sender reports, for the LSR/DLSR of our receiver reports).
 
 use std::sync::{Arc, Mutex};
@@ -341,6 +342,12 @@ enum RxCipher {
         cipher: Box<dyn AeadCipher>,
         salt: [u8; 12],
     },
+    /// AES-128-CM with an HMAC-SHA1 tag (RFC 3711), decrypted in place.
+    CmSha1 {
+        cipher: Box<dyn StreamCipher>,
+        mac: Box<dyn Mac>,
+        salt: [u8; 14],
+    },
     /// Any other profile: webrtc-rs's context.
     Other(Box<Context>),
 }
@@ -375,6 +382,27 @@ impl SrtpRx {
             return Ok(SrtpRx {
                 cipher: RxCipher::Gcm { cipher, salt },
                 tag_len: GCM_TAG,
+            });
+        }
+        if matches!(
+            profile,
+            ProtectionProfile::Aes128CmHmacSha1_80 | ProtectionProfile::Aes128CmHmacSha1_32
+        ) {
+            let mut key = [0u8; 16];
+            let mut auth = [0u8; 20];
+            let mut salt = [0u8; 14];
+            aes_cm_kdf(crypto, 0x00, master_key, master_salt, &mut key)?;
+            aes_cm_kdf(crypto, 0x01, master_key, master_salt, &mut auth)?;
+            aes_cm_kdf(crypto, 0x02, master_key, master_salt, &mut salt)?;
+            let cipher = crypto
+                .new_stream_cipher(StreamCipherAlgorithm::Aes128Ctr, &key)
+                .map_err(crypto_err)?;
+            let mac = crypto
+                .new_hmac(HmacAlgorithm::Sha1, &auth)
+                .map_err(crypto_err)?;
+            return Ok(SrtpRx {
+                cipher: RxCipher::CmSha1 { cipher, mac, salt },
+                tag_len: profile.rtp_auth_tag_len(),
             });
         }
         let ctx = Context::new(master_key, master_salt, profile, None, None, crypto)
@@ -418,6 +446,26 @@ impl SrtpRx {
                 let (body, tag) = rest.split_at_mut(end - header_len);
                 cipher
                     .open_in_place(&iv, head, body, tag)
+                    .map_err(|_| KeyError::Auth)?;
+                Ok(&packet[header_len..end])
+            }
+            RxCipher::CmSha1 { cipher, mac, salt } => {
+                let end = packet.len() - self.tag_len;
+                let mut full = [0u8; 20];
+                mac.sign(&[&packet[..end], &roc.to_be_bytes()], &mut full)
+                    .map_err(|_| KeyError::Auth)?;
+                if !rtc::crypto::constant_time_eq(&full[..self.tag_len], &packet[end..]) {
+                    return Err(KeyError::Auth);
+                }
+                let mut counter = [0u8; 16];
+                counter[4..8].copy_from_slice(&packet[8..12]);
+                counter[8..12].copy_from_slice(&roc.to_be_bytes());
+                counter[12..14].copy_from_slice(&packet[2..4]);
+                for (c, s) in counter.iter_mut().zip(salt.iter()) {
+                    *c ^= s;
+                }
+                cipher
+                    .apply_keystream(&counter, &mut packet[header_len..end])
                     .map_err(|_| KeyError::Auth)?;
                 Ok(&packet[header_len..end])
             }
@@ -504,14 +552,43 @@ mod tests {
     }
 
     #[test]
+    fn aes_cm_hmac_sha1_decrypts_in_place_across_a_rollover() {
+        let p = provider();
+        for profile in [
+            ProtectionProfile::Aes128CmHmacSha1_80,
+            ProtectionProfile::Aes128CmHmacSha1_32,
+        ] {
+            let key: Vec<u8> = (20..36).collect();
+            let salt: Vec<u8> = (50..64).collect();
+            let mut tx = Context::new(&key, &salt, profile, None, None, p.crypto()).unwrap();
+            let mut rx = SrtpRx::with_key(p.crypto(), profile, &key, &salt).unwrap();
+            let mut scratch = Vec::new();
+            for i in 0..10u32 {
+                let seq = (65532 + i) as u16;
+                let payload: Vec<u8> = (0..77).map(|b| (b as u8).wrapping_mul(i as u8)).collect();
+                let mut enc = tx.encrypt_rtp(&rtp(seq, 9, &payload)).unwrap().to_vec();
+                let got = rx
+                    .decrypt(&mut enc, 12, (65532 + i) >> 16, &mut scratch)
+                    .unwrap();
+                assert_eq!(got, &payload[..]);
+            }
+            let mut enc = tx.encrypt_rtp(&rtp(3, 9, b"x")).unwrap().to_vec();
+            let mut wrong_roc = enc.clone();
+            assert!(rx.decrypt(&mut wrong_roc, 12, 0, &mut scratch).is_err());
+            enc[12] ^= 0x40;
+            assert!(rx.decrypt(&mut enc, 12, 1, &mut scratch).is_err());
+        }
+    }
+
+    #[test]
     fn other_profiles_fall_back_to_webrtc_rs() {
         let p = provider();
-        let profile = ProtectionProfile::Aes128CmHmacSha1_80;
-        let key = vec![3u8; 16];
-        let salt = vec![4u8; 14];
+        let profile = ProtectionProfile::AeadAes256Gcm;
+        let key = vec![3u8; 32];
+        let salt = vec![4u8; 12];
         let mut tx = Context::new(&key, &salt, profile, None, None, p.crypto()).unwrap();
         let mut rx = SrtpRx::with_key(p.crypto(), profile, &key, &salt).unwrap();
-        assert_eq!(rx.tag_len(), 10);
+        assert_eq!(rx.tag_len(), 16);
         let mut enc = tx.encrypt_rtp(&rtp(7, 9, b"payload!")).unwrap().to_vec();
         let mut scratch = Vec::new();
         assert_eq!(

@@ -183,6 +183,9 @@ impl Peer {
         let std_socket = std::net::UdpSocket::bind((ip, 0))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .map_err(|source| PeerError::Bind { ip, source })?;
+        if fast {
+            crate::group::enable_timestamps(&std_socket);
+        }
         let local_addr = std_socket
             .local_addr()
             .map_err(|source| PeerError::Bind { ip, source })?;

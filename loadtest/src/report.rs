@@ -440,8 +440,8 @@ impl Report {
             );
             let _ = writeln!(
                 o,
-                "RTCP sent        RR {}  TWCC {}  NACK {}  PLI {}",
-                c.rr_sent, c.twcc_sent, c.nack_packets_sent, c.plis_sent
+                "RTCP sent        RR {}  TWCC {}  NACK {}  PLI {}  (SRTP: {} peers decrypted in place, {} through webrtc-rs)",
+                c.rr_sent, c.twcc_sent, c.nack_packets_sent, c.plis_sent, c.gcm_peers, c.other_profile_peers
             );
         }
         for c in &self.classes {

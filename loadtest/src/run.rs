@@ -65,9 +65,15 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let total = cfg.local_total();
     let shard_n = cfg.shard.1.max(1);
     let epoch = Instant::now();
+    let epoch_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+        - epoch.elapsed().as_micros() as u64;
     let shared = Arc::new(GroupShared {
         plan,
         epoch,
+        epoch_unix_us,
         local_ip,
         video: cfg.video,
         pacing: !cfg.no_pacing,

@@ -72,6 +72,10 @@ pub struct RxChecks {
     pub before_keys: u64,
     /// Packets that are not RTP version 2, or of an unknown SSRC and payload type.
     pub unparsable: u64,
+    /// Peers whose SRTP profile is decrypted in place (AES-128-GCM or AES-128-CM-HMAC-SHA1).
+    pub gcm_peers: u64,
+    /// Peers with a 256-bit profile (sampled decryption through webrtc-rs's context).
+    pub other_profile_peers: u64,
     /// RTCP sent: receiver reports, TWCC feedback, NACK packets, PLIs.
     pub rr_sent: u64,
     /// TWCC feedback packets sent.
@@ -97,6 +101,8 @@ impl RxChecks {
         self.before_keys += o.before_keys;
         self.unparsable += o.unparsable;
         self.rr_sent += o.rr_sent;
+        self.gcm_peers += o.gcm_peers;
+        self.other_profile_peers += o.other_profile_peers;
         self.twcc_sent += o.twcc_sent;
         self.nack_packets_sent += o.nack_packets_sent;
         self.plis_sent += o.plis_sent;
@@ -297,6 +303,11 @@ impl FastRx {
             });
         match made {
             Ok(k) => {
+                if t.srtp_cipher.starts_with("SRTP_AEAD_AES_128") || t.srtp_cipher.starts_with("SRTP_AES128_CM") {
+                    self.checks.gcm_peers += 1;
+                } else {
+                    self.checks.other_profile_peers += 1;
+                }
                 self.keys = Some(k);
                 true
             }

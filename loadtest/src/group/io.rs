@@ -15,6 +15,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{GroupCmd, GroupShared, Latencies, Live, RxStream, Slot};
+use super::batch::{recv_batch, Batch};
 use crate::netem::Verdict;
 use crate::stats::StreamRx;
 use crate::synth;
@@ -31,6 +32,8 @@ pub(super) fn read_inputs(
     cmds: &mut Vec<GroupCmd>,
     shared: &GroupShared,
     latency: &mut Latencies,
+    batch: &mut Batch,
+    read: &mut u64,
 ) -> bool {
     let mut progressed = false;
     while cmds.len() < 256 {
@@ -50,6 +53,12 @@ pub(super) fn read_inputs(
         }
     }
     for slot in slots.iter_mut().flatten() {
+        if slot.fast.is_some() {
+            if read_batches(cx, slot, shared, latency, batch, read) {
+                progressed = true;
+            }
+            continue;
+        }
         let mut budget = READ_BUDGET;
         while let Poll::Ready(Ok(())) = slot.peer.socket.poll_recv_ready(cx) {
             if arena.capacity() - arena.len() < 2048 {
@@ -90,6 +99,61 @@ pub(super) fn read_inputs(
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => break,
             }
+        }
+    }
+    progressed
+}
+
+/// The fast path's reading: whole batches per system call, kernel arrival times.
+fn read_batches(
+    cx: &mut std::task::Context<'_>,
+    slot: &mut Slot,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+    batch: &mut Batch,
+    read: &mut u64,
+) -> bool {
+    let mut progressed = false;
+    let mut budget = READ_BUDGET;
+    while let Poll::Ready(Ok(())) = slot.peer.socket.poll_recv_ready(cx) {
+        let n = match recv_batch(&slot.peer.socket, batch) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        let now = Instant::now();
+        for i in 0..n {
+            let len = batch.lens[i];
+            let Some(from) = batch.from[i] else {
+                continue;
+            };
+            // The kernel's receive time (it may be earlier than now: the group woke late).
+            let at = batch.at_ns[i]
+                .and_then(|ns| (ns / 1000).checked_sub(shared.epoch_unix_us))
+                .map_or(now, |us| (shared.epoch + std::time::Duration::from_micros(us)).min(now));
+            slot.datagrams_in += 1;
+            slot.remote = Some(from);
+            *read += 1;
+            progressed = true;
+            let datagram = &mut batch.bufs[i][..len];
+            if let Some(shaper) = slot.shaper.as_mut() {
+                let at_us = at.saturating_duration_since(shared.epoch).as_micros() as u64;
+                match shaper.admit(len, at_us) {
+                    Verdict::Now => {}
+                    Verdict::Later(due) => {
+                        shaper.push(due, datagram);
+                        continue;
+                    }
+                    Verdict::Lost | Verdict::QueueFull => continue,
+                }
+            }
+            if !fast_path(slot, datagram, at, shared, latency) {
+                to_rtc(slot, BytesMut::from(&datagram[..]), from, at);
+            }
+        }
+        budget = budget.saturating_sub(n.max(1));
+        if budget == 0 {
+            cx.waker().wake_by_ref();
+            break;
         }
     }
     progressed

@@ -11,6 +11,7 @@
 //! - `media`: the simulated microphone and camera of a publishing peer (with the pacer).
 //! - `io`: reading sockets and draining peer connections.
 
+mod batch;
 mod fast;
 mod io;
 mod media;
@@ -40,6 +41,7 @@ use crate::synth::{AudioSource, Rng, VideoProfile, VideoSource};
 use io::{drain, read_inputs};
 pub use media::{pacing_interval, PACING_FACTOR};
 use media::{send_media, AudioTx, Sent, VideoTx};
+pub(crate) use batch::enable_timestamps;
 pub use fast::{vp8_keyframe_start, RxChecks};
 pub use outcome::{GroupResult, Latencies, Live, PeerOutcome, StreamOutcome};
 
@@ -86,6 +88,8 @@ pub struct GroupShared {
     pub plan: Vec<Participant>,
     /// Time zero of stamps.
     pub epoch: Instant,
+    /// The same instant as µs since the Unix epoch (to place kernel receive timestamps).
+    pub epoch_unix_us: u64,
     /// Local IP for media sockets.
     pub local_ip: IpAddr,
     /// Camera profile.
@@ -163,6 +167,8 @@ struct Slot {
 const MIN_TIMER: Duration = Duration::from_millis(1);
 /// How often a group checks join deadlines, sends PLIs and updates the progress counters.
 const TICK: Duration = Duration::from_millis(250);
+/// How long the fast path lets datagrams gather after a busy turn.
+const COALESCE: Duration = Duration::from_millis(1);
 /// How often the fast path's RTCP (NACK, PLI, TWCC, RR) is considered.
 const FEEDBACK_TICK: Duration = Duration::from_millis(20);
 
@@ -184,6 +190,9 @@ pub struct Group {
     media_stopped_us: Option<u64>,
     steady_at: Option<Instant>,
     release_buf: Vec<u8>,
+    batch: batch::Batch,
+    /// Datagrams read so far (to tell a busy turn from an idle one).
+    read: u64,
 }
 
 /// One-second windows after the ramp: the first in which the attendee's received rate fits
@@ -248,6 +257,8 @@ impl Group {
             media_stopped_us: None,
             steady_at: None,
             release_buf: Vec::with_capacity(2048),
+            batch: batch::Batch::new(),
+            read: 0,
         }
     }
 
@@ -255,8 +266,16 @@ impl Group {
     pub async fn run(mut self) {
         let mut next_tick = Instant::now() + TICK;
         let mut next_feedback = Instant::now() + FEEDBACK_TICK;
+        let mut read_before = 0u64;
         loop {
             let deadline = self.next_deadline().min(next_tick).min(next_feedback);
+            // The fast path reads in batches with kernel timestamps: after a busy turn, let
+            // datagrams gather for a moment instead of waking for each one.
+            if !self.shared.full_decrypt && self.read > read_before {
+                let gather = (Instant::now() + COALESCE).min(deadline);
+                tokio::time::sleep_until(gather.into()).await;
+            }
+            read_before = self.read;
             self.wait(deadline).await;
             let turn = Instant::now();
             let mut cmds = std::mem::take(&mut self.cmds);
@@ -329,10 +348,13 @@ impl Group {
             cmds,
             shared,
             latency,
+            batch,
+            read,
             ..
         } = self;
         poll_fn(|cx| {
-            let mut progressed = read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency);
+            let mut progressed =
+                read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read);
             if sleep.as_mut().poll(cx).is_ready() {
                 progressed = true;
             }
@@ -353,10 +375,12 @@ impl Group {
             cmds,
             shared,
             latency,
+            batch,
+            read,
             ..
         } = self;
         poll_fn(|cx| {
-            read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency);
+            read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read);
             Poll::Ready(())
         })
         .await;
