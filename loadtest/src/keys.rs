@@ -10,10 +10,10 @@
 //! RFC 5764 does — exactly what webrtc-rs does when the handshake completes. Nothing about the
 //! handshake changes.
 //!
-//! [`SrtpRx`] then decrypts a received SRTP packet in place (AEAD AES-128-GCM, RFC 7714, or
-//! AES-128-CM with HMAC-SHA1, RFC 3711 — what Plenary's str0m picks today), allocating
-//! nothing; the 256-bit profiles fall back to webrtc-rs's own SRTP context (which allocates,
-//! acceptable for a sample). [`SrtcpRx`]
+//! [`SrtpRx`] then decrypts a received SRTP packet in place (AEAD AES-128-GCM and
+//! AES-256-GCM, RFC 7714 — Plenary's str0m picks AES-256-GCM today — or AES-128-CM with
+//! HMAC-SHA1, RFC 3711), allocating nothing; other profiles fall back to webrtc-rs's own SRTP
+//! context (which allocates, acceptable for a sample). [`SrtcpRx`]
 //! decrypts received RTCP (sender reports, for the LSR/DLSR of our receiver reports).
 
 use std::sync::{Arc, Mutex};
@@ -310,7 +310,8 @@ impl Mac for CaptureMac {
     }
 }
 
-/// RFC 3711 §4.3.3 key derivation (AES-CM PRF, key derivation rate 0) of `out.len()` bytes.
+/// RFC 3711 §4.3.3 key derivation (AES-CM PRF, key derivation rate 0) of `out.len()` bytes;
+/// AES-256 for a 32-byte master key (RFC 6188).
 fn aes_cm_kdf(
     crypto: &dyn RTCCrypto,
     label: u8,
@@ -321,12 +322,17 @@ fn aes_cm_kdf(
     let mut x = [0u8; 16];
     x[..master_salt.len()].copy_from_slice(master_salt);
     x[7] ^= label;
+    let algorithm = if master_key.len() == 32 {
+        BlockCipherAlgorithm::Aes256
+    } else {
+        BlockCipherAlgorithm::Aes128
+    };
     for (i, chunk) in out.chunks_mut(16).enumerate() {
         let mut block = x;
         block[14] = (i >> 8) as u8;
         block[15] = i as u8;
         crypto
-            .block_encrypt(BlockCipherAlgorithm::Aes128, master_key, &mut block)
+            .block_encrypt(algorithm, master_key, &mut block)
             .map_err(crypto_err)?;
         chunk.copy_from_slice(&block[..chunk.len()]);
     }
@@ -337,7 +343,7 @@ fn aes_cm_kdf(
 const GCM_TAG: usize = 16;
 
 enum RxCipher {
-    /// AEAD AES-128-GCM, decrypted in place.
+    /// AEAD AES-128-GCM or AES-256-GCM, decrypted in place.
     Gcm {
         cipher: Box<dyn AeadCipher>,
         salt: [u8; 12],
@@ -371,14 +377,18 @@ impl SrtpRx {
         master_key: &[u8],
         master_salt: &[u8],
     ) -> Result<SrtpRx, KeyError> {
-        if matches!(profile, ProtectionProfile::AeadAes128Gcm) {
-            let mut key = [0u8; 16];
+        let gcm = match profile {
+            ProtectionProfile::AeadAes128Gcm => Some((AeadAlgorithm::Aes128Gcm, 16)),
+            ProtectionProfile::AeadAes256Gcm => Some((AeadAlgorithm::Aes256Gcm, 32)),
+            _ => None,
+        };
+        if let Some((algorithm, key_len)) = gcm {
+            let mut key = [0u8; 32];
+            let key = &mut key[..key_len];
             let mut salt = [0u8; 12];
-            aes_cm_kdf(crypto, 0x00, master_key, master_salt, &mut key)?;
+            aes_cm_kdf(crypto, 0x00, master_key, master_salt, key)?;
             aes_cm_kdf(crypto, 0x02, master_key, master_salt, &mut salt)?;
-            let cipher = crypto
-                .new_aead(AeadAlgorithm::Aes128Gcm, &key)
-                .map_err(crypto_err)?;
+            let cipher = crypto.new_aead(algorithm, key).map_err(crypto_err)?;
             return Ok(SrtpRx {
                 cipher: RxCipher::Gcm { cipher, salt },
                 tag_len: GCM_TAG,
@@ -581,10 +591,10 @@ mod tests {
     }
 
     #[test]
-    fn other_profiles_fall_back_to_webrtc_rs() {
+    fn aes_256_gcm_decrypts_in_place() {
         let p = provider();
         let profile = ProtectionProfile::AeadAes256Gcm;
-        let key = vec![3u8; 32];
+        let key: Vec<u8> = (0..32).collect();
         let salt = vec![4u8; 12];
         let mut tx = Context::new(&key, &salt, profile, None, None, p.crypto()).unwrap();
         let mut rx = SrtpRx::with_key(p.crypto(), profile, &key, &salt).unwrap();

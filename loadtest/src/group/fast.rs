@@ -72,9 +72,9 @@ pub struct RxChecks {
     pub before_keys: u64,
     /// Packets that are not RTP version 2, or of an unknown SSRC and payload type.
     pub unparsable: u64,
-    /// Peers whose SRTP profile is decrypted in place (AES-128-GCM or AES-128-CM-HMAC-SHA1).
+    /// Peers whose SRTP profile is decrypted in place (AES-GCM or AES-128-CM-HMAC-SHA1).
     pub gcm_peers: u64,
-    /// Peers with a 256-bit profile (sampled decryption through webrtc-rs's context).
+    /// Peers with another profile (sampled decryption through webrtc-rs's context).
     pub other_profile_peers: u64,
     /// RTCP sent: receiver reports, TWCC feedback, NACK packets, PLIs.
     pub rr_sent: u64,
@@ -303,7 +303,7 @@ impl FastRx {
             });
         match made {
             Ok(k) => {
-                if t.srtp_cipher.starts_with("SRTP_AEAD_AES_128") || t.srtp_cipher.starts_with("SRTP_AES128_CM") {
+                if t.srtp_cipher.starts_with("SRTP_AEAD_AES") || t.srtp_cipher.starts_with("SRTP_AES128_CM") {
                     self.checks.gcm_peers += 1;
                 } else {
                     self.checks.other_profile_peers += 1;
