@@ -80,6 +80,9 @@ pub struct BenchArgs {
     /// Decrypt every received packet with webrtc-rs (the old receive path), for comparison.
     #[arg(long)]
     pub full_decrypt: bool,
+    /// Network classes of the attendees' downlinks, as for a load test's `--network`.
+    #[arg(long, value_parser = crate::netem::NetMix::parse)]
+    pub network: Option<crate::netem::NetMix>,
     /// Worker threads of the load tester.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -306,6 +309,7 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         c.progress = true;
         c.no_pacing = args.no_pacing;
         c.full_decrypt = args.full_decrypt;
+        c.network = args.network.clone();
         c.server_pid = Some(server.child.id());
         c.subscribers = listeners;
         match tag {
