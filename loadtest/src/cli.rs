@@ -32,6 +32,11 @@ pub struct Cli {
 pub enum Command {
     /// Start Plenary locally and run the standard scenarios; print one table.
     Bench(crate::bench::BenchArgs),
+    /// Combine the JSON reports of processes that shared a run with --shard-of.
+    Combine {
+        /// The reports (each process's --json).
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Flags of a load test.

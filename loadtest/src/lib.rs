@@ -17,9 +17,14 @@
 //! - [`cpu`]: this process's CPU time.
 //! - [`run`]: one load test, start to report.
 //! - [`floor`] and [`bench`]: the `bench` subcommand.
+//! - [`keys`]: SRTP keys captured from webrtc-rs, in-place SRTP decryption of samples.
+//! - [`rtprx`]: receive accounting from clear RTP headers; RR, TWCC, NACK state.
+//! - [`netem`]: per-attendee network classes (cap, loss, delay) shaped in userspace.
+//! - [`combine`]: one summary of the partial reports of `--shard-of` processes.
 
 pub mod bench;
 pub mod cli;
+pub mod combine;
 pub mod config;
 pub mod cpu;
 pub mod floor;

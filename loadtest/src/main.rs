@@ -10,8 +10,21 @@ use plenary_loadtest::{bench, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Combine { files }) = &cli.command {
+        return match plenary_loadtest::combine::load(files) {
+            Ok(reports) => {
+                println!("{}", plenary_loadtest::combine::combine(&reports));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let threads = match &cli.command {
         Some(Command::Bench(b)) => b.threads,
+        Some(Command::Combine { .. }) => 1,
         None => cli.run.threads,
     }
     .clamp(1, 64);
@@ -44,6 +57,7 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             },
+            Some(Command::Combine { .. }) => ExitCode::SUCCESS,
             None => {
                 let config = cli.run.to_config();
                 match run(&config).await {
