@@ -157,9 +157,9 @@ pub struct BenchResult {
     pub rows: Vec<Row>,
 }
 
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
@@ -180,7 +180,7 @@ fn free_ports() -> Result<(u16, u16), BenchError> {
     Ok(ports)
 }
 
-async fn start_server(
+pub(crate) async fn start_server(
     binary: &PathBuf,
     secret: &str,
     tag: &str,

@@ -32,6 +32,8 @@ pub struct Cli {
 pub enum Command {
     /// Start Plenary locally and run the standard scenarios; print one table.
     Bench(crate::bench::BenchArgs),
+    /// Join and leave many times against one server; check it gives everything back.
+    Churn(crate::churn::ChurnArgs),
     /// Combine the JSON reports of processes that shared a run with --shard-of.
     Combine {
         /// The reports (each process's --json).

@@ -20,9 +20,11 @@
 //! - [`keys`]: SRTP keys captured from webrtc-rs, in-place SRTP decryption of samples.
 //! - [`rtprx`]: receive accounting from clear RTP headers; RR, TWCC, NACK state.
 //! - [`netem`]: per-attendee network classes (cap, loss, delay) shaped in userspace.
+//! - [`churn`]: the `churn` subcommand (join/leave cycles, leak checks).
 //! - [`combine`]: one summary of the partial reports of `--shard-of` processes.
 
 pub mod bench;
+pub mod churn;
 pub mod cli;
 pub mod combine;
 pub mod config;

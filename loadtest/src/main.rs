@@ -25,6 +25,7 @@ fn main() -> ExitCode {
     let threads = match &cli.command {
         Some(Command::Bench(b)) => b.threads,
         Some(Command::Combine { .. }) => 1,
+        Some(Command::Churn(_)) => 1,
         None => cli.run.threads,
     }
     .clamp(1, 64);
@@ -58,6 +59,26 @@ fn main() -> ExitCode {
                 }
             },
             Some(Command::Combine { .. }) => ExitCode::SUCCESS,
+            Some(Command::Churn(args)) => match plenary_loadtest::churn::churn(&args).await {
+                Ok(report) => {
+                    println!("{}", report.render());
+                    if let Some(path) = &args.json {
+                        if let Err(e) = write_json(path, &report) {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                    if report.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
             None => {
                 let config = cli.run.to_config();
                 match run(&config).await {

@@ -164,6 +164,10 @@ pub struct Sample {
     pub cpu_wait_seconds: f64,
     /// Send system calls (`sendmmsg` batches).
     pub send_calls: f64,
+    /// Open signaling sessions (WebSockets).
+    pub signaling_sessions: f64,
+    /// Rooms.
+    pub rooms: f64,
 }
 
 /// Reads a [`Sample`] from Prometheus text (names with or without the `plenary_` prefix).
@@ -186,6 +190,8 @@ pub fn parse_metrics(text: &str) -> Sample {
             "udp_packets_in_total" => s.packets_in = value,
             "udp_packets_out_total" => s.packets_out = value,
             "udp_send_calls_total" => s.send_calls = value,
+            "signaling_sessions" => s.signaling_sessions = value,
+            "rooms" => s.rooms = value,
             _ => {}
         }
     }

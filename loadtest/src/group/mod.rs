@@ -73,6 +73,11 @@ pub enum GroupCmd {
         /// Why.
         reason: String,
     },
+    /// The participant left (churn): close its connection, free its socket, keep its outcome.
+    Leave {
+        /// Participant.
+        pid: usize,
+    },
     /// The ramp is over: latency from now on is the steady phase's.
     Steady,
     /// Stop sending media now.
@@ -414,6 +419,15 @@ impl Group {
                             self.shared.live.failed.fetch_add(1, Ordering::Relaxed);
                             self.done.push(PeerOutcome::failed(pid, reason));
                         }
+                    }
+                }
+            }
+            GroupCmd::Leave { pid } => {
+                if let Some(i) = self.slot_index(pid) {
+                    if let Some(slot) = self.slots[i].take() {
+                        let now = Instant::now();
+                        let outcome = self.outcome(slot, now);
+                        self.done.push(outcome);
                     }
                 }
             }
@@ -759,104 +773,111 @@ impl Group {
         }
     }
 
+    /// Closes a participant's connection (its socket goes with it) and returns what it
+    /// measured.
+    fn outcome(&mut self, mut slot: Slot, now: Instant) -> PeerOutcome {
+        let mut nacks = 0u64;
+        let report = slot.peer.pc.get_stats(now, StatsSelector::None);
+        for s in report.inbound_rtp_streams() {
+            nacks += u64::from(s.nack_count);
+        }
+        let _ = slot.peer.pc.close();
+        while let Some(out) = slot.peer.pc.poll_write() {
+            let _ = slot
+                .peer
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr);
+        }
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
+        let end_us = self
+            .media_stopped_us
+            .unwrap_or_else(|| now.saturating_duration_since(self.shared.epoch).as_micros() as u64);
+        let mut streams: Vec<StreamOutcome> = slot
+            .streams
+            .iter()
+            .map(|s| StreamOutcome {
+                stream: s.rx.stream,
+                kind: s.rx.kind,
+                received: s.rx.received,
+                lost: s.rx.lost(),
+                duplicates: s.rx.duplicates,
+                bytes: s.rx.bytes,
+                jitter_ms: s.rx.jitter_ms(),
+                active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
+                    / 1e6,
+                ..StreamOutcome::default()
+            })
+            .collect();
+        let mut checks = None;
+        let mut recovered = 0;
+        if let Some(f) = slot.fast.as_mut() {
+            let (nacked, rec, plis) = f.totals();
+            nacks = nacked;
+            recovered = rec;
+            slot.plis_sent += plis;
+            for s in &mut f.ssrcs {
+                s.rx.frames.finish(end_us);
+                let r = &s.rx;
+                streams.push(StreamOutcome {
+                    stream: s.streams().first().copied().unwrap_or(u32::MAX),
+                    streams_seen: s.streams().len() as u32,
+                    kind: r.kind,
+                    received: r.seq.received,
+                    lost: r.seq.lost(),
+                    duplicates: r.seq.duplicates,
+                    reordered: r.seq.reordered,
+                    bytes: r.bytes,
+                    jitter_ms: r.jitter.ms(r.clock_hz),
+                    active_secs: r.last_at_us.saturating_sub(r.first_at_us) as f64 / 1e6,
+                    nacked: r.nack.nacked,
+                    recovered: r.nack.recovered,
+                    frames_complete: r.frames.complete,
+                    frames_incomplete: r.frames.incomplete,
+                    freezes: r.frames.freezes,
+                    frozen_secs: r.frames.frozen_us as f64 / 1e6,
+                    padding_packets: r.padding_packets,
+                });
+            }
+            let mut c = f.checks;
+            if let Some(e) = &f.key_error {
+                slot.errors.push(format!("SRTP keys: {e}"));
+                c.before_keys += 1;
+            }
+            checks = Some(c);
+        }
+        PeerOutcome {
+            pid: slot.pid,
+            join: match slot.connected {
+                Some(t) => Ok(t.saturating_duration_since(slot.t0)),
+                None => Err("still connecting at the end".into()),
+            },
+            first_audio: since(slot.first_audio),
+            first_video: since(slot.first_video),
+            dropped: slot.dropped.take(),
+            streams,
+            checks,
+            recovered,
+            class: slot.class,
+            shaper: slot.shaper.as_ref().map(|s| s.stats),
+            adapted: slot.adapted,
+            unknown_packets: slot.unknown_packets,
+            nacks_sent: nacks,
+            plis_sent: slot.plis_sent,
+            keyframe_requests_received: slot.keyframe_requests,
+            datagrams_in: slot.datagrams_in,
+            sent_packets: slot.sent.packets,
+            sent_bytes: slot.sent.bytes,
+            errors: std::mem::take(&mut slot.errors),
+        }
+    }
+
     fn finish(&mut self) -> GroupResult {
         let now = Instant::now();
         let mut peers = std::mem::take(&mut self.done);
-        for slot in self.slots.iter_mut().filter_map(Option::take) {
-            let mut slot = slot;
-            let mut nacks = 0u64;
-            let report = slot.peer.pc.get_stats(now, StatsSelector::None);
-            for s in report.inbound_rtp_streams() {
-                nacks += u64::from(s.nack_count);
-            }
-            let _ = slot.peer.pc.close();
-            while let Some(out) = slot.peer.pc.poll_write() {
-                let _ = slot
-                    .peer
-                    .socket
-                    .try_send_to(&out.message, out.transport.peer_addr);
-            }
-            let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
-            let end_us = self
-                .media_stopped_us
-                .unwrap_or_else(|| now.saturating_duration_since(self.shared.epoch).as_micros() as u64);
-            let mut streams: Vec<StreamOutcome> = slot
-                .streams
-                .iter()
-                .map(|s| StreamOutcome {
-                    stream: s.rx.stream,
-                    kind: s.rx.kind,
-                    received: s.rx.received,
-                    lost: s.rx.lost(),
-                    duplicates: s.rx.duplicates,
-                    bytes: s.rx.bytes,
-                    jitter_ms: s.rx.jitter_ms(),
-                    active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
-                        / 1e6,
-                    ..StreamOutcome::default()
-                })
-                .collect();
-            let mut checks = None;
-            let mut recovered = 0;
-            if let Some(f) = slot.fast.as_mut() {
-                let (nacked, rec, plis) = f.totals();
-                nacks = nacked;
-                recovered = rec;
-                slot.plis_sent += plis;
-                for s in &mut f.ssrcs {
-                    s.rx.frames.finish(end_us);
-                    let r = &s.rx;
-                    streams.push(StreamOutcome {
-                        stream: s.streams().first().copied().unwrap_or(u32::MAX),
-                        streams_seen: s.streams().len() as u32,
-                        kind: r.kind,
-                        received: r.seq.received,
-                        lost: r.seq.lost(),
-                        duplicates: r.seq.duplicates,
-                        reordered: r.seq.reordered,
-                        bytes: r.bytes,
-                        jitter_ms: r.jitter.ms(r.clock_hz),
-                        active_secs: r.last_at_us.saturating_sub(r.first_at_us) as f64 / 1e6,
-                        nacked: r.nack.nacked,
-                        recovered: r.nack.recovered,
-                        frames_complete: r.frames.complete,
-                        frames_incomplete: r.frames.incomplete,
-                        freezes: r.frames.freezes,
-                        frozen_secs: r.frames.frozen_us as f64 / 1e6,
-                        padding_packets: r.padding_packets,
-                    });
-                }
-                let mut c = f.checks;
-                if let Some(e) = &f.key_error {
-                    slot.errors.push(format!("SRTP keys: {e}"));
-                    c.before_keys += 1;
-                }
-                checks = Some(c);
-            }
-            peers.push(PeerOutcome {
-                pid: slot.pid,
-                join: match slot.connected {
-                    Some(t) => Ok(t.saturating_duration_since(slot.t0)),
-                    None => Err("still connecting at the end".into()),
-                },
-                first_audio: since(slot.first_audio),
-                first_video: since(slot.first_video),
-                dropped: slot.dropped.take(),
-                streams,
-                checks,
-                recovered,
-                class: slot.class,
-                shaper: slot.shaper.as_ref().map(|s| s.stats),
-                adapted: slot.adapted,
-                unknown_packets: slot.unknown_packets,
-                nacks_sent: nacks,
-                plis_sent: slot.plis_sent,
-                keyframe_requests_received: slot.keyframe_requests,
-                datagrams_in: slot.datagrams_in,
-                sent_packets: slot.sent.packets,
-                sent_bytes: slot.sent.bytes,
-                errors: std::mem::take(&mut slot.errors),
-            });
+        let slots: Vec<Slot> = self.slots.iter_mut().filter_map(Option::take).collect();
+        for slot in slots {
+            let outcome = self.outcome(slot, now);
+            peers.push(outcome);
         }
         GroupResult {
             peers,
