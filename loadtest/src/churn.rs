@@ -281,6 +281,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         shard: (0, 1),
         network: None,
         turn: None,
+        simulcast: false,
         live: Live::default(),
     });
     let n_groups = a.concurrency.div_ceil(8).max(1);

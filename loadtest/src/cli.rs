@@ -98,7 +98,8 @@ pub struct RunArgs {
     /// Send each video frame in one burst (default: paced at 2.5× the bitrate, as browsers do).
     #[arg(long)]
     pub no_pacing: bool,
-    /// Publish simulcast (refused until the server supports it).
+    /// Cameras publish simulcast: three layers (rids q, h, f at ¼, ½ and full resolution, 10 %,
+    /// 33 % and 100 % of the bitrate) with RTX, offered as `a=simulcast:send q;h;f`.
     #[arg(long)]
     pub simulcast: bool,
     /// Longest time a join may take.

@@ -61,7 +61,7 @@ pub struct RunConfig {
     pub video: VideoProfile,
     /// Send each video frame in one burst instead of pacing it (a harsher test).
     pub no_pacing: bool,
-    /// Simulcast (not supported by the server yet: refused).
+    /// Cameras publish three simulcast layers (q, h, f) with RTX.
     pub simulcast: bool,
     /// How long a join may take (WebSocket to media connected).
     pub join_timeout: Duration,
@@ -146,13 +146,6 @@ impl RunConfig {
 
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.simulcast {
-            return Err(ConfigError::Unsupported(
-                "--simulcast: Plenary does not negotiate simulcast yet (its core is ready for it, \
-                 see ARCHITECTURE.md); run without --simulcast"
-                    .into(),
-            ));
-        }
         if self.per_room() == 0 {
             return Err(ConfigError::Empty);
         }
@@ -343,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn validation_bounds_runs_and_refuses_simulcast() {
+    fn validation_bounds_runs() {
         let mut c = RunConfig::new("http://127.0.0.1:1", "k", "s");
         assert!(matches!(c.validate(), Err(ConfigError::Empty)));
         c.subscribers = 10;
@@ -358,6 +351,6 @@ mod tests {
         assert!(c.validate().is_err());
         c.subscribers = 1;
         c.simulcast = true;
-        assert!(matches!(c.validate(), Err(ConfigError::Unsupported(_))));
+        c.validate().unwrap();
     }
 }

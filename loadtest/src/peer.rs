@@ -29,7 +29,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
@@ -82,6 +82,62 @@ pub struct TrackOut {
     pub pt: u8,
     /// Next RTP sequence number.
     pub rtp_seq: u16,
+    /// With simulcast: each layer's rid and SSRC (RTX SSRCs follow them).
+    pub layers: Vec<(&'static str, u32)>,
+}
+
+/// What a server's answer said about our simulcast offer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SimulcastAnswer {
+    /// The answer's `a=simulcast:` value for the video section, if any (e.g. `recv q;h;f`).
+    pub simulcast: Option<String>,
+    /// `a=rid:` lines of the answer.
+    pub rids: Vec<String>,
+    /// Whether the answer kept the rtp-stream-id header extension.
+    pub rid_extension: bool,
+}
+
+impl SimulcastAnswer {
+    /// Whether the server accepted receiving the layers.
+    pub fn accepted(&self) -> bool {
+        self.simulcast.as_deref().is_some_and(|s| s.contains("recv")) && self.rid_extension
+    }
+}
+
+/// Reads the simulcast attributes of an answer (RFC 8853).
+pub fn simulcast_in_answer(sdp: &str) -> SimulcastAnswer {
+    let mut a = SimulcastAnswer {
+        simulcast: None,
+        rids: Vec::new(),
+        rid_extension: false,
+    };
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(v) = line.strip_prefix("a=simulcast:") {
+            a.simulcast = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("a=rid:") {
+            a.rids.push(v.trim().to_owned());
+        } else if line.starts_with("a=extmap:")
+            && line.ends_with("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")
+        {
+            a.rid_extension = true;
+        }
+    }
+    a
+}
+
+/// The ids of the mid and rtp-stream-id header extensions in an SDP.
+fn extension_ids(sdp: &str) -> (Option<u8>, Option<u8>) {
+    let id = |uri: &str| {
+        sdp.lines().find_map(|l| {
+            let v = l.trim_end().strip_prefix("a=extmap:")?;
+            let (id, rest) = v.split_once(' ')?;
+            (rest.trim() == uri).then(|| id.split('/').next()?.parse().ok())?
+        })
+    };
+    (
+        id("urn:ietf:params:rtp-hdrext:sdes:mid"),
+        id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+    )
 }
 
 /// A webrtc-rs peer connection and its socket.
@@ -98,6 +154,9 @@ pub struct Peer {
     pub keyframe_requests: Arc<AtomicU64>,
     /// The crypto provider that captures the SRTP keys (fast receive path only).
     pub capture: Option<Arc<crate::keys::KeyCapture>>,
+    /// With simulcast, once answered: (mid extension id, the video mid, rid extension id).
+    pub simulcast_ext: Option<(u8, String, u8)>,
+    video_mid: Option<String>,
 }
 
 fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
@@ -179,6 +238,7 @@ impl Peer {
         ssrc_base: u32,
         name: &str,
         fast: bool,
+        simulcast: bool,
     ) -> Result<Peer, PeerError> {
         let std_socket = std::net::UdpSocket::bind((ip, 0))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
@@ -254,11 +314,18 @@ impl Peer {
             };
             let ssrc = ssrc_base + tracks.len() as u32;
             let track_id = format!("{name}-{}", if pt == PT_OPUS { "mic" } else { "cam" });
-            let track = MediaStreamTrack::new(
-                format!("{name}-stream"),
-                track_id.clone(),
-                track_id.clone(),
-                codec_kind,
+            // Simulcast as Chrome offers it: rids q, h, f (a=simulcast:send q;h;f), each layer
+            // with its own SSRC and an RTX SSRC.
+            let layers: Vec<(&'static str, u32)> = if simulcast && kind == TrackKind::Video {
+                crate::synth::LAYERS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (rid, _, _))| (*rid, ssrc + i as u32))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let encodings = if layers.is_empty() {
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
@@ -266,7 +333,30 @@ impl Peer {
                     },
                     codec,
                     ..Default::default()
-                }],
+                }]
+            } else {
+                // Offered lowest first, as Chrome lists them.
+                layers
+                    .iter()
+                    .rev()
+                    .map(|(rid, lssrc)| RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            rid: (*rid).to_owned(),
+                            ssrc: Some(*lssrc),
+                            rtx: Some(RTCRtpRtxParameters { ssrc: lssrc + 3 }),
+                            ..Default::default()
+                        },
+                        codec: codec.clone(),
+                        ..Default::default()
+                    })
+                    .collect()
+            };
+            let track = MediaStreamTrack::new(
+                format!("{name}-stream"),
+                track_id.clone(),
+                track_id.clone(),
+                codec_kind,
+                encodings,
             );
             pc.add_transceiver_from_track(
                 track,
@@ -283,6 +373,7 @@ impl Peer {
                 ssrc,
                 pt,
                 rtp_seq: (ssrc.wrapping_mul(2_654_435_761) >> 16) as u16,
+                layers,
             });
         }
 
@@ -310,6 +401,8 @@ impl Peer {
             tracks,
             keyframe_requests,
             capture,
+            simulcast_ext: None,
+            video_mid: None,
         })
     }
 
@@ -341,6 +434,9 @@ impl Peer {
             let (Some(mid), Some(track)) = (t.mid().clone(), next.next()) else {
                 continue;
             };
+            if track.kind == TrackKind::Video {
+                self.video_mid = Some(mid.clone());
+            }
             published.push(PublishedTrack {
                 mid,
                 source: match track.kind {
@@ -354,6 +450,13 @@ impl Peer {
 
     /// Applies the server's answer to our offer.
     pub fn apply_answer(&mut self, sdp: String) -> Result<(), PeerError> {
+        if self.tracks.iter().any(|t| !t.layers.is_empty()) {
+            if let ((Some(mid_id), Some(rid_id)), Some(mid)) =
+                (extension_ids(&sdp), self.video_mid.clone())
+            {
+                self.simulcast_ext = Some((mid_id, mid, rid_id));
+            }
+        }
         let answer = RTCSessionDescription::answer(sdp).map_err(rtc_err("parse answer"))?;
         self.pc
             .set_remote_description(Instant::now(), answer)
@@ -378,5 +481,48 @@ impl Peer {
             .local_description()
             .map(|d| d.sdp)
             .unwrap_or(answer.sdp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_simulcast_offer_names_three_layers_with_rtx_as_chrome_does() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut p = Peer::new(ip, true, true, 0x4000_0000, "t", true, true).unwrap();
+        let (sdp, tracks) = p.create_offer().unwrap();
+        assert_eq!(tracks.len(), 2);
+        let video = &sdp[sdp.find("m=video").expect("video section")..];
+        assert!(video.contains("a=rid:q send"), "{video}");
+        assert!(video.contains("a=rid:h send"), "{video}");
+        assert!(video.contains("a=rid:f send"), "{video}");
+        assert!(video.contains("a=simulcast:send q;h;f"), "{video}");
+        assert!(video.contains("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"));
+        assert!(video.contains("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"));
+        assert!(video.contains("apt=96"), "RTX offered");
+        let layers = &p.tracks[1].layers;
+        assert_eq!(
+            layers.iter().map(|l| l.0).collect::<Vec<_>>(),
+            vec!["f", "h", "q"]
+        );
+        // Without simulcast: one SSRC, no rid.
+        let mut plain = Peer::new(ip, false, true, 0x4000_0100, "u", true, false).unwrap();
+        let (sdp, _) = plain.create_offer().unwrap();
+        assert!(!sdp.contains("a=simulcast"));
+        assert!(plain.tracks[0].layers.is_empty());
+    }
+
+    #[test]
+    fn answers_are_read_for_simulcast() {
+        let yes = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\na=rid:q recv\r\na=simulcast:recv q;h;f\r\n";
+        let a = simulcast_in_answer(yes);
+        assert!(a.accepted());
+        assert_eq!(a.rids, vec!["q recv"]);
+        assert_eq!(extension_ids(yes), (None, Some(4)));
+        let no = simulcast_in_answer("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n");
+        assert!(!no.accepted());
+        assert!(no.simulcast.is_none());
     }
 }

@@ -135,6 +135,11 @@ pub struct ClassReport {
 pub struct Report {
     /// Per network class (with `--network`).
     pub classes: Vec<ClassReport>,
+    /// With `--simulcast`: publishers whose offer the server's answer accepted / did not, and
+    /// the first answer's simulcast attributes.
+    pub simulcast: Option<(u64, u64, Option<crate::peer::SimulcastAnswer>)>,
+    /// Received video streams by the layer they carried at the end (f, h, q).
+    pub layers_received: [u64; 3],
     /// `(i, n)` when this process simulated only slice i of n of the participants.
     pub shard: Option<(usize, usize)>,
     /// Whether every packet was decrypted by webrtc-rs (else: headers counted, a sample
@@ -284,6 +289,22 @@ impl Report {
                 r.checks.merge(c);
             }
             r.frames.recovered += p.recovered;
+            if let Some(a) = &p.simulcast_answer {
+                let e = r.simulcast.get_or_insert((0, 0, Some(a.clone())));
+                if a.accepted() {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+            for s in p.streams.iter().filter(|s| s.kind == plenary_proto::TrackKind::Video) {
+                if s.stream != u32::MAX {
+                    let (_, layer) = crate::synth::stream_layer(s.last_stream);
+                    if let Some(n) = r.layers_received.get_mut(layer) {
+                        *n += 1;
+                    }
+                }
+            }
             for s in p.streams.iter().filter(|s| s.kind == plenary_proto::TrackKind::Video) {
                 r.frames.complete += s.frames_complete;
                 r.frames.incomplete += s.frames_incomplete;
@@ -302,7 +323,11 @@ impl Report {
                 }
                 let should = published.iter().filter(|(room, _)| *room == who.room);
                 let missing = should
-                    .filter(|(_, id)| !p.streams.iter().any(|s| s.stream == *id))
+                    .filter(|(_, id)| {
+                        !p.streams
+                            .iter()
+                            .any(|s| crate::synth::stream_layer(s.stream).0 == *id)
+                    })
                     .count();
                 r.missing_streams += missing as u64;
                 if active > 0.0 {
@@ -442,6 +467,21 @@ impl Report {
                 o,
                 "RTCP sent        RR {}  TWCC {}  NACK {}  PLI {}  (SRTP: {} peers decrypted in place, {} through webrtc-rs)",
                 c.rr_sent, c.twcc_sent, c.nack_packets_sent, c.plis_sent, c.gcm_peers, c.other_profile_peers
+            );
+        }
+        if let Some((yes, no, first)) = &self.simulcast {
+            let _ = writeln!(
+                o,
+                "simulcast        offered q;h;f by {} publishers: answer accepted {yes}, did not {no} (first answer: a=simulcast:{} rids {:?} rid extension {})",
+                yes + no,
+                first.as_ref().and_then(|a| a.simulcast.clone()).unwrap_or_else(|| "(none)".into()),
+                first.as_ref().map(|a| a.rids.clone()).unwrap_or_default(),
+                first.as_ref().is_some_and(|a| a.rid_extension)
+            );
+            let _ = writeln!(
+                o,
+                "layers received  video streams ending on f {}  h {}  q {}",
+                self.layers_received[0], self.layers_received[1], self.layers_received[2]
             );
         }
         for c in &self.classes {
@@ -616,6 +656,7 @@ mod tests {
             checks: None,
             recovered: 0,
             class: None,
+            simulcast_answer: None,
             shaper: None,
             adapted: None,
             unknown_packets: 0,

@@ -81,6 +81,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         full_decrypt: cfg.full_decrypt,
         shard: cfg.shard,
         turn: cfg.turn,
+        simulcast: cfg.simulcast,
         network: cfg.network.clone(),
         live: Live::default(),
     });

@@ -337,6 +337,34 @@ impl VideoProfile {
     }
 }
 
+/// Simulcast layers as browsers send them: rid, resolution divisor, share of the profile's
+/// bitrate (for hd: 150 / 500 / 1500 kbit/s). The layer index is also the top byte of the
+/// layer's stream id, so receivers know which layer they got (0: full, as without simulcast).
+pub const LAYERS: [(&str, u16, f64); 3] = [("f", 1, 1.0), ("h", 2, 1.0 / 3.0), ("q", 4, 0.1)];
+
+/// Stream id of `layer` of video stream `stream`.
+pub fn layer_stream(stream: u32, layer: usize) -> u32 {
+    stream | ((layer as u32) << 24)
+}
+
+/// The video stream and layer a stream id names.
+pub fn stream_layer(id: u32) -> (u32, usize) {
+    (id & 0x00ff_ffff, (id >> 24) as usize)
+}
+
+impl VideoProfile {
+    /// The profile of simulcast layer `layer` (see [`LAYERS`]).
+    pub fn layer(&self, layer: usize) -> VideoProfile {
+        let (_, div, share) = LAYERS[layer.min(LAYERS.len() - 1)];
+        VideoProfile {
+            width: (self.width / div).max(16),
+            height: (self.height / div).max(16),
+            bitrate: ((f64::from(self.bitrate) * share) as u32).max(30_000),
+            ..*self
+        }
+    }
+}
+
 /// One video frame to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VideoFrame {
@@ -673,6 +701,19 @@ mod tests {
         src.request_keyframe();
         assert!(src.next_frame().keyframe);
         assert!(!src.next_frame().keyframe);
+    }
+
+    #[test]
+    fn simulcast_layers_scale_the_profile_and_name_their_stream() {
+        let hd = VideoProfile::by_name("hd").unwrap();
+        let kbps: Vec<u32> = (0..3).map(|l| hd.layer(l).bitrate / 1000).collect();
+        assert_eq!(kbps, vec![1500, 500, 150]);
+        assert_eq!((hd.layer(2).width, hd.layer(2).height), (320, 180));
+        assert_eq!(hd.layer(0), hd);
+        let id = layer_stream(41, 2);
+        assert_ne!(id, 41);
+        assert_eq!(stream_layer(id), (41, 2));
+        assert_eq!(stream_layer(41), (41, 0));
     }
 
     #[test]

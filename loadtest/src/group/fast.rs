@@ -205,7 +205,8 @@ pub(super) struct FastRx {
 /// Whether `stamp` is a stream published in `room` (stream ids are participant index × 2, +1
 /// for video).
 pub(super) fn stream_in_room(plan: &[Participant], room: usize, stamp: &Stamp) -> bool {
-    let Some(p) = plan.get((stamp.stream / 2) as usize) else {
+    let (stream, _layer) = synth::stream_layer(stamp.stream);
+    let Some(p) = plan.get((stream / 2) as usize) else {
         return false;
     };
     let (audio, video) = match p.role {
@@ -213,7 +214,7 @@ pub(super) fn stream_in_room(plan: &[Participant], room: usize, stamp: &Stamp) -
         Role::Subscriber => return false,
     };
     p.room == room
-        && match (stamp.kind, stamp.stream % 2) {
+        && match (stamp.kind, stream % 2) {
             (TrackKind::Audio, 0) => audio,
             (TrackKind::Video, 1) => video,
             _ => false,

@@ -261,7 +261,7 @@ pub(super) fn drain(
                     if let Some(a) = slot.audio.as_mut() {
                         a.due = now;
                     }
-                    if let Some(v) = slot.video.as_mut() {
+                    for v in slot.video.iter_mut() {
                         v.due = now;
                     }
                 }
@@ -336,7 +336,7 @@ pub(super) fn drain(
     let requests = slot.peer.keyframe_requests.load(Ordering::Relaxed);
     if requests > slot.keyframe_requests {
         slot.keyframe_requests = requests;
-        if let Some(v) = slot.video.as_mut() {
+        for v in slot.video.iter_mut() {
             v.src.request_keyframe();
         }
     }

@@ -107,6 +107,8 @@ pub struct GroupShared {
     pub full_decrypt: bool,
     /// `(i, n)`: this process simulates participants with `pid % n == i`.
     pub shard: (usize, usize),
+    /// Cameras publish three simulcast layers.
+    pub simulcast: bool,
     /// Network classes of the attendees' downlinks (`None`: as the machine's network is).
     pub network: Option<crate::netem::NetMix>,
     /// Speakers take turns of this length, one talking at a time (`None`: each talks on its
@@ -139,9 +141,12 @@ struct Slot {
     streams: Vec<RxStream>,
     receivers: Vec<(String, RTCRtpReceiverId)>,
     audio: Option<AudioTx>,
-    video: Option<VideoTx>,
+    /// One camera stream, or one per simulcast layer.
+    video: Vec<VideoTx>,
     /// The fast receive path (`None` with `--full-decrypt`).
     fast: Option<Box<fast::FastRx>>,
+    /// With simulcast: what the server's answer said about it.
+    simulcast_answer: Option<crate::peer::SimulcastAnswer>,
     /// Network class (index into the mix) and its downlink shaper (`None` for a good link).
     class: Option<usize>,
     shaper: Option<Box<crate::netem::Shaper>>,
@@ -198,6 +203,11 @@ pub struct Group {
     batch: batch::Batch,
     /// Datagrams read so far (to tell a busy turn from an idle one).
     read: u64,
+}
+
+/// A participant's first SSRC: audio, then video (or three simulcast layers and their RTX).
+fn ssrc_base(pid: usize) -> u32 {
+    0x4000_0000 | (pid as u32 * 8)
 }
 
 /// One-second windows after the ramp: the first in which the attendee's received rate fits
@@ -323,7 +333,7 @@ impl Group {
                 if let Some(a) = &s.audio {
                     d = d.min(a.due);
                 }
-                if let Some(v) = &s.video {
+                for v in &s.video {
                     d = d.min(v.due);
                     if !v.queue.is_empty() {
                         d = d.min(v.next_send);
@@ -458,9 +468,10 @@ impl Group {
             self.shared.local_ip,
             audio,
             video,
-            0x4000_0000 | (pid as u32 * 2),
+            ssrc_base(pid),
             &name,
             !self.shared.full_decrypt,
+            self.shared.simulcast,
         )
         .and_then(|mut peer| peer.create_offer().map(|offer| (peer, offer)));
         let (peer, (sdp, tracks)) = match built {
@@ -503,19 +514,36 @@ impl Group {
             due: now,
             track,
         });
-        let video_tx = track_of(TrackKind::Video).map(|track| VideoTx {
-            src: VideoSource::new(self.shared.video, pid as u64),
-            stream: stream + 1,
-            seq: 0,
-            due: now,
-            track,
-            queue: VecDeque::with_capacity(256),
-            next_send: now,
-            pace_bps: self
-                .shared
-                .pacing
-                .then(|| f64::from(self.shared.video.bitrate) * PACING_FACTOR),
-        });
+        let mut video_tx = Vec::new();
+        if let Some(track) = track_of(TrackKind::Video) {
+            let layers = peer.tracks[track].layers.clone();
+            let n = layers.len().max(1);
+            for l in 0..n {
+                let profile = if layers.is_empty() {
+                    self.shared.video
+                } else {
+                    self.shared.video.layer(l)
+                };
+                video_tx.push(VideoTx {
+                    src: VideoSource::new(profile, pid as u64 * 3 + l as u64),
+                    layer: layers.get(l).map(|(rid, ssrc)| media::Layer {
+                        rid,
+                        ssrc: *ssrc,
+                        rtp_seq: (ssrc.wrapping_mul(2_654_435_761) >> 16) as u16,
+                    }),
+                    stream: crate::synth::layer_stream(stream + 1, l),
+                    seq: 0,
+                    due: now,
+                    track,
+                    queue: VecDeque::with_capacity(256),
+                    next_send: now,
+                    pace_bps: self
+                        .shared
+                        .pacing
+                        .then(|| f64::from(profile.bitrate) * PACING_FACTOR),
+                });
+            }
+        }
         self.slots[i] = Some(Slot {
             pid,
             peer,
@@ -534,10 +562,11 @@ impl Group {
             fast: (!self.shared.full_decrypt).then(|| {
                 // Listeners' RTCP goes out as an SSRC of their own, like a browser's.
                 Box::new(fast::FastRx::new(
-                    0x4000_0000 | (pid as u32 * 2),
+                    ssrc_base(pid),
                     (pid as u64).wrapping_mul(7_919_000),
                 ))
             }),
+            simulcast_answer: None,
             class,
             shaper,
             remote: None,
@@ -570,6 +599,9 @@ impl Group {
         let result = match msg {
             ServerMessage::Answer { sdp, .. } => {
                 slot.offer_outstanding = false;
+                if !slot.video.is_empty() && slot.video[0].layer.is_some() {
+                    slot.simulcast_answer = Some(crate::peer::simulcast_in_answer(&sdp));
+                }
                 slot.peer.apply_answer(sdp).map_err(|e| e.to_string())
             }
             // Glare (protocol §2.4): ignore a server offer while ours is outstanding; the
@@ -722,7 +754,6 @@ impl Group {
     /// Timeouts, due media, and draining of every peer that has something to do.
     fn service(&mut self, now: Instant) {
         let epoch = self.shared.epoch;
-        let video_profile = self.shared.video;
         for i in 0..self.slots.len() {
             let Some(slot) = self.slots[i].as_mut() else {
                 continue;
@@ -758,7 +789,7 @@ impl Group {
                 slot.dirty = true;
             }
             if self.sending && slot.connected.is_some() && slot.dropped.is_none() {
-                send_media(slot, now, epoch, &mut self.tx_arena, &video_profile);
+                send_media(slot, now, epoch, &mut self.tx_arena);
             }
             if slot.dirty {
                 let failed = drain(slot, epoch, &mut self.latency, &self.shared.live);
@@ -821,6 +852,7 @@ impl Group {
                 streams.push(StreamOutcome {
                     stream: s.streams().first().copied().unwrap_or(u32::MAX),
                     streams_seen: s.streams().len() as u32,
+                    last_stream: s.stream.unwrap_or(u32::MAX),
                     kind: r.kind,
                     received: r.seq.received,
                     lost: r.seq.lost(),
@@ -858,6 +890,7 @@ impl Group {
             checks,
             recovered,
             class: slot.class,
+            simulcast_answer: slot.simulcast_answer.take(),
             shaper: slot.shaper.as_ref().map(|s| s.stats),
             adapted: slot.adapted,
             unknown_packets: slot.unknown_packets,

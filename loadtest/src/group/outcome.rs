@@ -36,6 +36,8 @@ pub struct StreamOutcome {
     pub stream: u32,
     /// Stream ids seen on this SSRC (more than one: the SFU switched sources or layers).
     pub streams_seen: u32,
+    /// The stream id of the last sample (its top byte is the simulcast layer).
+    pub last_stream: u32,
     /// Audio or video.
     pub kind: TrackKind,
     /// Distinct packets received.
@@ -73,6 +75,7 @@ impl Default for StreamOutcome {
         StreamOutcome {
             stream: u32::MAX,
             streams_seen: 0,
+            last_stream: u32::MAX,
             kind: TrackKind::Audio,
             received: 0,
             lost: 0,
@@ -113,6 +116,8 @@ pub struct PeerOutcome {
     pub recovered: u64,
     /// Network class (index into the mix).
     pub class: Option<usize>,
+    /// With simulcast: what the server's answer said about it.
+    pub simulcast_answer: Option<crate::peer::SimulcastAnswer>,
     /// What its shaped downlink did.
     pub shaper: Option<crate::netem::ShaperStats>,
     /// Time after the ramp until its received rate fit its cap with loss settled.
@@ -147,6 +152,7 @@ impl PeerOutcome {
             checks: None,
             recovered: 0,
             class: None,
+            simulcast_answer: None,
             shaper: None,
             adapted: None,
             unknown_packets: 0,
