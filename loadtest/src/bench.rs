@@ -409,7 +409,11 @@ pub fn render(b: &BenchResult) -> String {
             rep.loadtest_steady_us_per_datagram,
         );
     }
-    let d: Vec<&Row> = b.rows.iter().filter(|r| r.scenario.starts_with("d)")).collect();
+    let d: Vec<&Row> = b
+        .rows
+        .iter()
+        .filter(|r| r.scenario.starts_with("d)"))
+        .collect();
     if !d.is_empty() {
         let _ = writeln!(o);
         let _ = writeln!(

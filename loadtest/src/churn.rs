@@ -138,7 +138,10 @@ impl ChurnReport {
     pub fn judge(&mut self) {
         let mut v = Vec::new();
         let failed: u64 = self.failures.values().sum();
-        v.push((format!("every join succeeded ({failed} failed)"), failed == 0));
+        v.push((
+            format!("every join succeeded ({failed} failed)"),
+            failed == 0,
+        ));
         if let (Some(b), Some(a)) = (self.baseline, self.after) {
             let growth = (a.rss_mb - b.rss_mb) / b.rss_mb.max(1e-9) * 100.0;
             v.push((
@@ -196,15 +199,26 @@ impl ChurnReport {
         );
         let show = |s: &Option<ProcSample>| {
             s.map_or("n/a".to_owned(), |s| {
-                format!("RSS {:.1} MB, {} fds, {} threads", s.rss_mb, s.fds, s.threads)
+                format!(
+                    "RSS {:.1} MB, {} fds, {} threads",
+                    s.rss_mb, s.fds, s.threads
+                )
             })
         };
         let _ = writeln!(o, "server at start  {}", show(&self.before));
-        let _ = writeln!(o, "server baseline  {} (after the warm-up cycles)", show(&self.baseline));
+        let _ = writeln!(
+            o,
+            "server baseline  {} (after the warm-up cycles)",
+            show(&self.baseline)
+        );
         let _ = writeln!(o, "server peak      {}", show(&self.peak));
         let _ = writeln!(o, "server after     {}", show(&self.after));
         for (what, ok) in &self.verdicts {
-            let _ = writeln!(o, "check            {:<6} {what}", if *ok { "ok" } else { "FAILED" });
+            let _ = writeln!(
+                o,
+                "check            {:<6} {what}",
+                if *ok { "ok" } else { "FAILED" }
+            );
         }
         o
     }
@@ -226,7 +240,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         ))
         .into());
     }
-    if !(1..=500).contains(&a.concurrency) || !(a.rate > 0.0 && a.rate <= 200.0) {
+    if !((1..=500).contains(&a.concurrency) && a.rate > 0.0 && a.rate <= 200.0) {
         return Err(RunError::Config(crate::config::ConfigError::Bounds(
             "--concurrency must be 1 to 500 and --rate at most 200/s".into(),
         ))
@@ -234,7 +248,10 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
     }
     let _server = match &a.plenary {
         Some(bin) => {
-            let secret = format!("churn-secret-{:x}-0123456789abcdef0123456789", std::process::id());
+            let secret = format!(
+                "churn-secret-{:x}-0123456789abcdef0123456789",
+                std::process::id()
+            );
             let s = crate::bench::start_server(bin, &secret, "churn", None).await?;
             a.url = s.url.clone();
             a.api_key = "bench".into();
@@ -258,7 +275,8 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         .into());
     }
     let ttl = (a.hold + Duration::from_secs(120)).min(Duration::from_secs(540));
-    let minter = Minter::new(&a.api_key, &a.api_secret, &a.audience, ttl).map_err(RunError::from)?;
+    let minter =
+        Minter::new(&a.api_key, &a.api_secret, &a.audience, ttl).map_err(RunError::from)?;
     let mut report = ChurnReport::default();
     tokio::time::sleep(Duration::from_secs(1)).await;
     report.before = a.server_pid.and_then(proc_sample);
@@ -290,7 +308,9 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
     for i in 0..n_groups {
         let (tx, rx) = mpsc::channel(4096);
         txs.push(tx);
-        tasks.push(tokio::spawn(Group::new(i, n_groups, Arc::clone(&shared), rx).run()));
+        tasks.push(tokio::spawn(
+            Group::new(i, n_groups, Arc::clone(&shared), rx).run(),
+        ));
     }
     // Peak sampler.
     let peak = Arc::new(std::sync::Mutex::new(report.baseline));

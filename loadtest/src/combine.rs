@@ -96,7 +96,10 @@ pub fn combine(reports: &[Value]) -> String {
     );
     let mut reasons: BTreeMap<String, f64> = BTreeMap::new();
     for r in reports {
-        if let Some(m) = r.pointer("/joins/failure_reasons").and_then(Value::as_object) {
+        if let Some(m) = r
+            .pointer("/joins/failure_reasons")
+            .and_then(Value::as_object)
+        {
             for (k, v) in m {
                 *reasons.entry(k.clone()).or_default() += v.as_f64().unwrap_or(0.0);
             }
@@ -171,7 +174,11 @@ pub fn combine(reports: &[Value]) -> String {
         o,
         "load testers     CPU {:.1} s in all ({:.2} µs per datagram in the steady phase)",
         sum(&["loadtest_cpu_secs"]),
-        if dgrams > 0.0 { cpu * 1e6 / dgrams } else { 0.0 }
+        if dgrams > 0.0 {
+            cpu * 1e6 / dgrams
+        } else {
+            0.0
+        }
     );
     if let Some(first) = reports.first() {
         let _ = writeln!(
@@ -200,9 +207,15 @@ mod tests {
             "packets": {"received": 1000, "lost": 0, "worst_stream_loss_pct": 0.5},
             "latency_ms": {"p50": 4.0, "p95": 7.0}, "checks": {"verified": 6}});
         let text = combine(&[a.clone(), b]);
-        assert!(text.contains("attempted 20  succeeded 19  failed 1"), "{text}");
+        assert!(
+            text.contains("attempted 20  succeeded 19  failed 1"),
+            "{text}"
+        );
         assert!(text.contains("1 × timed out"), "{text}");
-        assert!(text.contains("lost 10 (0.500 %, worst stream 2.00 %)"), "{text}");
+        assert!(
+            text.contains("lost 10 (0.500 %, worst stream 2.00 %)"),
+            "{text}"
+        );
         assert!(text.contains("11 verified"), "{text}");
         assert!(text.contains("p50 4.0  p95 9.0"), "{text}");
         assert!(!text.contains("WARNING"));

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use rtc::crypto::{
     ActiveKeyExchange, AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, CbcAlgorithm, CbcCipher,
     CryptoAlgorithm, CryptoError, HashAlgorithm, HmacAlgorithm, KeyExchangeAlgorithm, Mac,
-    PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey,
-    StreamCipher, StreamCipherAlgorithm,
+    PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher,
+    StreamCipherAlgorithm,
 };
 use rtc::srtp::config::{Config as SrtpConfig, LABEL_EXTRACTOR_DTLS_SRTP};
 use rtc::srtp::context::Context;
@@ -548,7 +548,10 @@ mod tests {
             let seq = (65530 + i) as u16;
             let roc = (65530 + i) >> 16;
             let payload: Vec<u8> = (0..50).map(|b| (b as u8) ^ (i as u8)).collect();
-            let mut enc = tx.encrypt_rtp(&rtp(seq, 0xabcd, &payload)).unwrap().to_vec();
+            let mut enc = tx
+                .encrypt_rtp(&rtp(seq, 0xabcd, &payload))
+                .unwrap()
+                .to_vec();
             assert_ne!(&enc[12..62], &payload[..], "encrypted");
             let got = rx.decrypt(&mut enc, 12, roc, &mut scratch).unwrap();
             assert_eq!(got, &payload[..], "seq {seq}");

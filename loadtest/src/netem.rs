@@ -70,7 +70,7 @@ fn parse_rate_bps(v: &str) -> Result<u64, String> {
         _ => return Err(format!("cap={v:?}: unknown unit (use bps, kbps, mbps)")),
     };
     let bps = n * mult;
-    if !(bps >= 8_000.0 && bps <= 10e9) {
+    if !(8_000.0..=10e9).contains(&bps) {
         return Err(format!("cap={v:?}: between 8kbps and 10000mbps"));
     }
     Ok(bps as u64)
@@ -341,8 +341,9 @@ mod tests {
 
     #[test]
     fn the_issue_example_parses() {
-        let m = NetMix::parse("70%:good,20%:cap=1500kbps,loss=1%,10%:cap=400kbps,loss=3%,delay=80ms")
-            .unwrap();
+        let m =
+            NetMix::parse("70%:good,20%:cap=1500kbps,loss=1%,10%:cap=400kbps,loss=3%,delay=80ms")
+                .unwrap();
         assert_eq!(m.classes.len(), 3);
         assert_eq!(m.classes[0].name, "good");
         assert!(m.classes[0].is_good());
@@ -394,11 +395,17 @@ mod tests {
         for i in 0..20 {
             first[m.class_of(i)] += 1;
         }
-        assert!(first.iter().all(|c| *c > 0), "small runs get every class: {first:?}");
+        assert!(
+            first.iter().all(|c| *c > 0),
+            "small runs get every class: {first:?}"
+        );
     }
 
     fn class(spec: &str) -> NetClass {
-        NetMix::parse(&format!("100%:{spec}")).unwrap().classes.remove(0)
+        NetMix::parse(&format!("100%:{spec}"))
+            .unwrap()
+            .classes
+            .remove(0)
     }
 
     #[test]
@@ -419,7 +426,11 @@ mod tests {
             match s.admit(1000, now) {
                 Verdict::Now => delivered += 1,
                 Verdict::Later(at) => {
-                    assert!(at > now && at - now <= 160_000, "bounded delay {}", at - now);
+                    assert!(
+                        at > now && at - now <= 160_000,
+                        "bounded delay {}",
+                        at - now
+                    );
                     assert!(s.push(at, &dgram));
                 }
                 Verdict::QueueFull => dropped += 1,

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use plenary_proto::{PublishedTrack, TrackKind, TrackSource};
+use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
     register_default_interceptors,
@@ -100,7 +100,10 @@ pub struct SimulcastAnswer {
 impl SimulcastAnswer {
     /// Whether the server accepted receiving the layers.
     pub fn accepted(&self) -> bool {
-        self.simulcast.as_deref().is_some_and(|s| s.contains("recv")) && self.rid_extension
+        self.simulcast
+            .as_deref()
+            .is_some_and(|s| s.contains("recv"))
+            && self.rid_extension
     }
 }
 
@@ -287,10 +290,11 @@ impl Peer {
         };
         // ICE checks every 50 ms as browsers pace them (webrtc-rs defaults to 200 ms, which
         // alone adds ~400 ms to every join), for as long in all as its default (1.4 s).
-        let mut settings =
-            SettingEngineBuilder::new().with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28));
+        let mut settings = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28));
         if let Some(c) = &capture {
-            settings = settings.with_crypto_provider(Arc::clone(c) as Arc<dyn rtc::crypto::RTCCryptoProvider>);
+            settings = settings
+                .with_crypto_provider(Arc::clone(c) as Arc<dyn rtc::crypto::RTCCryptoProvider>);
         }
         let settings = settings.build();
         let mut pc = RTCPeerConnectionBuilder::new()

@@ -297,7 +297,11 @@ impl Report {
                     e.1 += 1;
                 }
             }
-            for s in p.streams.iter().filter(|s| s.kind == plenary_proto::TrackKind::Video) {
+            for s in p
+                .streams
+                .iter()
+                .filter(|s| s.kind == plenary_proto::TrackKind::Video)
+            {
                 if s.stream != u32::MAX {
                     let (_, layer) = crate::synth::stream_layer(s.last_stream);
                     if let Some(n) = r.layers_received.get_mut(layer) {
@@ -305,7 +309,11 @@ impl Report {
                     }
                 }
             }
-            for s in p.streams.iter().filter(|s| s.kind == plenary_proto::TrackKind::Video) {
+            for s in p
+                .streams
+                .iter()
+                .filter(|s| s.kind == plenary_proto::TrackKind::Video)
+            {
                 r.frames.complete += s.frames_complete;
                 r.frames.incomplete += s.frames_incomplete;
                 r.frames.freezes += s.freezes;
@@ -568,7 +576,11 @@ impl Report {
 }
 
 fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
-    let n = peers.iter().filter_map(|p| p.class).max().map_or(0, |m| m + 1);
+    let n = peers
+        .iter()
+        .filter_map(|p| p.class)
+        .max()
+        .map_or(0, |m| m + 1);
     let mut out = Vec::with_capacity(n);
     for k in 0..n {
         let mut c = ClassReport {
@@ -579,7 +591,10 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
         let (mut incomplete, mut frozen, mut vstreams) = (0u64, 0.0f64, 0u64);
         let mut kbps = Vec::new();
         let mut adapt = Vec::new();
-        for p in peers.iter().filter(|p| p.class == Some(k) && p.join.is_ok()) {
+        for p in peers
+            .iter()
+            .filter(|p| p.class == Some(k) && p.join.is_ok())
+        {
             c.attendees += 1;
             let mut bytes = 0;
             let mut active = 0.0f64;

@@ -63,9 +63,8 @@ impl RtpView {
             let words = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
             let body = p.get(header_len + 4..header_len + 4 + 4 * words)?;
             if let Some(id) = twcc_id {
-                twcc = find_extension(profile, body, id).and_then(|v| {
-                    (v.len() >= 2).then(|| u16::from_be_bytes([v[0], v[1]]))
-                });
+                twcc = find_extension(profile, body, id)
+                    .and_then(|v| (v.len() >= 2).then(|| u16::from_be_bytes([v[0], v[1]])));
             }
             header_len += 4 + 4 * words;
         }
@@ -1037,7 +1036,10 @@ mod tests {
         assert_eq!(feed(&mut s, 5, 6000, false, 400_000).map(|f| f.1), Some(3));
         assert_eq!(s.nack.recovered, 1);
         assert_eq!(s.frames.complete, 2);
-        assert_eq!(s.frames.freezes, 1, "3 ms → 400 ms without a complete frame");
+        assert_eq!(
+            s.frames.freezes, 1,
+            "3 ms → 400 ms without a complete frame"
+        );
         assert_eq!(s.frames.frozen_us, 397_000);
         // A frame that never completes.
         feed(&mut s, 7, 9000, false, 433_000);
@@ -1099,7 +1101,10 @@ mod tests {
             SymbolTypeTcc::PacketReceivedSmallDelta
         );
         assert_eq!(fb.recv_deltas[1].delta, 1_000);
-        assert_eq!(fb.recv_deltas[3].delta, 3_000, "14 at 106 ms after 13 at 103");
+        assert_eq!(
+            fb.recv_deltas[3].delta, 3_000,
+            "14 at 106 ms after 13 at 103"
+        );
         assert_eq!(fb.recv_deltas[4].delta, -1_000);
         assert_eq!(
             fb.recv_deltas[4].type_tcc_packet,

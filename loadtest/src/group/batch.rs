@@ -92,7 +92,10 @@ mod linux {
         s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
     }
 
-    pub(super) fn recv_some(fd: &impl std::os::fd::AsRawFd, b: &mut Batch) -> std::io::Result<usize> {
+    pub(super) fn recv_some(
+        fd: &impl std::os::fd::AsRawFd,
+        b: &mut Batch,
+    ) -> std::io::Result<usize> {
         HEADERS.with(|cell| {
             let mut guard = cell.borrow_mut();
             let headers = guard.get_or_insert_with(|| {
@@ -106,7 +109,9 @@ mod linux {
             } = b;
             let mut it = bufs.iter_mut();
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
-                [IoSliceMut::new(it.next().map_or(&mut [][..], |b| &mut b[..]))]
+                [IoSliceMut::new(
+                    it.next().map_or(&mut [][..], |b| &mut b[..]),
+                )]
             });
             let results = recvmmsg(
                 fd.as_raw_fd(),

@@ -154,8 +154,7 @@ impl RxSsrc {
 
     fn saw_stream(&mut self, id: u32) {
         self.stream = Some(id);
-        if !self.streams_seen[..self.streams_seen_len].contains(&id) && self.streams_seen_len < 4
-        {
+        if !self.streams_seen[..self.streams_seen_len].contains(&id) && self.streams_seen_len < 4 {
             self.streams_seen[self.streams_seen_len] = id;
             self.streams_seen_len += 1;
         }
@@ -304,7 +303,9 @@ impl FastRx {
             });
         match made {
             Ok(k) => {
-                if t.srtp_cipher.starts_with("SRTP_AEAD_AES") || t.srtp_cipher.starts_with("SRTP_AES128_CM") {
+                if t.srtp_cipher.starts_with("SRTP_AEAD_AES")
+                    || t.srtp_cipher.starts_with("SRTP_AES128_CM")
+                {
                     self.checks.gcm_peers += 1;
                 } else {
                     self.checks.other_profile_peers += 1;
@@ -569,11 +570,9 @@ impl FastRx {
             .map(|(_, m)| *m);
         let idx = match media {
             Some(m) => self.ssrcs.iter().position(|s| s.rx.ssrc == m),
-            None => stamp.and_then(|st| {
-                self.ssrcs
-                    .iter()
-                    .position(|s| s.stream == Some(st.stream))
-            }),
+            None => {
+                stamp.and_then(|st| self.ssrcs.iter().position(|s| s.stream == Some(st.stream)))
+            }
         };
         let Some(idx) = idx else {
             return;
@@ -682,11 +681,23 @@ mod tests {
         };
         assert!(stream_in_room(&p, 0, &st(0, TrackKind::Audio)));
         assert!(stream_in_room(&p, 0, &st(1, TrackKind::Video)));
-        assert!(!stream_in_room(&p, 1, &st(1, TrackKind::Video)), "other room");
-        assert!(!stream_in_room(&p, 0, &st(1, TrackKind::Audio)), "wrong kind");
+        assert!(
+            !stream_in_room(&p, 1, &st(1, TrackKind::Video)),
+            "other room"
+        );
+        assert!(
+            !stream_in_room(&p, 0, &st(1, TrackKind::Audio)),
+            "wrong kind"
+        );
         assert!(stream_in_room(&p, 0, &st(4, TrackKind::Audio)));
-        assert!(!stream_in_room(&p, 0, &st(5, TrackKind::Video)), "no camera");
-        assert!(!stream_in_room(&p, 0, &st(8, TrackKind::Audio)), "a listener");
+        assert!(
+            !stream_in_room(&p, 0, &st(5, TrackKind::Video)),
+            "no camera"
+        );
+        assert!(
+            !stream_in_room(&p, 0, &st(8, TrackKind::Audio)),
+            "a listener"
+        );
         assert!(!stream_in_room(&p, 0, &st(999, TrackKind::Audio)));
     }
 

@@ -14,8 +14,8 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{GroupCmd, GroupShared, Latencies, Live, RxStream, Slot};
 use super::batch::{recv_batch, Batch};
+use super::{GroupCmd, GroupShared, Latencies, Live, RxStream, Slot};
 use crate::netem::Verdict;
 use crate::stats::StreamRx;
 use crate::synth;
@@ -24,6 +24,7 @@ use crate::synth;
 const READ_BUDGET: usize = 64;
 
 /// Takes every ready command and datagram. Returns whether anything arrived.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read_inputs(
     cx: &mut std::task::Context<'_>,
     cmd_rx: &mut mpsc::Receiver<GroupCmd>,
@@ -129,7 +130,9 @@ fn read_batches(
             // The kernel's receive time (it may be earlier than now: the group woke late).
             let at = batch.at_ns[i]
                 .and_then(|ns| (ns / 1000).checked_sub(shared.epoch_unix_us))
-                .map_or(now, |us| (shared.epoch + std::time::Duration::from_micros(us)).min(now));
+                .map_or(now, |us| {
+                    (shared.epoch + std::time::Duration::from_micros(us)).min(now)
+                });
             slot.datagrams_in += 1;
             slot.remote = Some(from);
             *read += 1;

@@ -73,12 +73,7 @@ pub(super) struct Sent {
 }
 
 /// Sends the slot's audio and video that are due.
-pub(super) fn send_media(
-    slot: &mut Slot,
-    now: Instant,
-    epoch: Instant,
-    arena: &mut BytesMut,
-) {
+pub(super) fn send_media(slot: &mut Slot, now: Instant, epoch: Instant, arena: &mut BytesMut) {
     let sent_us = now.saturating_duration_since(epoch).as_micros() as u64;
     if let Some(a) = slot.audio.as_mut() {
         if now.saturating_duration_since(a.due) > MAX_LAG {

@@ -38,11 +38,11 @@ use crate::peer::Peer;
 use crate::stats::StreamRx;
 use crate::synth::{AudioSource, Rng, VideoProfile, VideoSource};
 
+pub(crate) use batch::enable_timestamps;
+pub use fast::{vp8_keyframe_start, RxChecks};
 use io::{drain, read_inputs};
 pub use media::{pacing_interval, PACING_FACTOR};
 use media::{send_media, AudioTx, Sent, VideoTx};
-pub(crate) use batch::enable_timestamps;
-pub use fast::{vp8_keyframe_start, RxChecks};
 pub use outcome::{GroupResult, Latencies, Live, PeerOutcome, StreamOutcome};
 
 /// A message to a group.
@@ -254,7 +254,12 @@ impl Group {
         shared: Arc<GroupShared>,
         cmd_rx: mpsc::Receiver<GroupCmd>,
     ) -> Group {
-        let n = shared.plan.len().div_ceil(shared.shard.1.max(1)).div_ceil(groups) + 1;
+        let n = shared
+            .plan
+            .len()
+            .div_ceil(shared.shard.1.max(1))
+            .div_ceil(groups)
+            + 1;
         Group {
             index,
             groups,
@@ -368,8 +373,9 @@ impl Group {
             ..
         } = self;
         poll_fn(|cx| {
-            let mut progressed =
-                read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read);
+            let mut progressed = read_inputs(
+                cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read,
+            );
             if sleep.as_mut().poll(cx).is_ready() {
                 progressed = true;
             }
@@ -395,7 +401,9 @@ impl Group {
             ..
         } = self;
         poll_fn(|cx| {
-            read_inputs(cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read);
+            read_inputs(
+                cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read,
+            );
             Poll::Ready(())
         })
         .await;
@@ -447,8 +455,7 @@ impl Group {
             }
             GroupCmd::StopMedia => {
                 self.sending = false;
-                self.media_stopped_us =
-                    Some(self.shared.epoch.elapsed().as_micros() as u64);
+                self.media_stopped_us = Some(self.shared.epoch.elapsed().as_micros() as u64);
             }
             GroupCmd::Finish(_) => {}
         }
@@ -497,14 +504,16 @@ impl Group {
                 ))
             })
         });
-        let turn = self.shared.turn.and_then(|turn| {
+        let turn = self.shared.turn.map(|turn| {
             let speaker = |p: &Participant| {
-                p.room == participant.room
-                    && matches!(p.role, Role::Publisher { audio: true, .. })
+                p.room == participant.room && matches!(p.role, Role::Publisher { audio: true, .. })
             };
             let n = self.shared.plan.iter().filter(|p| speaker(p)).count();
-            let k = self.shared.plan[..pid].iter().filter(|p| speaker(p)).count();
-            Some((k, n, turn.as_millis() as u64))
+            let k = self.shared.plan[..pid]
+                .iter()
+                .filter(|p| speaker(p))
+                .count();
+            (k, n, turn.as_millis() as u64)
         });
         let audio_tx = track_of(TrackKind::Audio).map(|track| AudioTx {
             turn,
@@ -834,8 +843,7 @@ impl Group {
                 duplicates: s.rx.duplicates,
                 bytes: s.rx.bytes,
                 jitter_ms: s.rx.jitter_ms(),
-                active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
-                    / 1e6,
+                active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64 / 1e6,
                 ..StreamOutcome::default()
             })
             .collect();
