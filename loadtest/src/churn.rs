@@ -22,7 +22,7 @@ use crate::config::{plan, RunConfig};
 use crate::grant::Minter;
 use crate::group::{Group, GroupCmd, GroupShared, Live};
 use crate::run::{route_ip, RunError};
-use crate::server::{http_get, parse_metrics, ServerUrl};
+use crate::server::{parse_metrics, ServerUrl};
 use crate::stats::Summary;
 
 /// Flags of `churn`.
@@ -48,6 +48,9 @@ pub struct ChurnArgs {
     /// The grants' audience.
     #[arg(long, default_value = "plenary")]
     pub audience: String,
+    /// Accept any certificate of an https:// server (self-signed test servers only).
+    #[arg(long)]
+    pub insecure: bool,
     /// Room joined and left.
     #[arg(long, default_value = "churn")]
     pub room: String,
@@ -224,8 +227,8 @@ impl ChurnReport {
     }
 }
 
-async fn metrics(addr: SocketAddr, host: &str) -> Option<crate::server::Sample> {
-    http_get(addr, host, "/metrics")
+async fn metrics(addr: SocketAddr, url: &ServerUrl) -> Option<crate::server::Sample> {
+    url.get(addr, "/metrics")
         .await
         .ok()
         .map(|t| parse_metrics(&t))
@@ -261,7 +264,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         }
         None => None,
     };
-    let url = ServerUrl::parse(&a.url).map_err(RunError::from)?;
+    let url = ServerUrl::parse_with(&a.url, a.insecure).map_err(RunError::from)?;
     let addr = url.resolve().await.map_err(RunError::from)?;
     let mut cfg = RunConfig::new(&a.url, &a.api_key, &a.api_secret);
     cfg.audience = a.audience.clone();
@@ -364,6 +367,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         let ws = ws_url.clone();
         let room = a.room.clone();
         let hold = a.hold;
+        let tls = url.tls.clone();
         started.fetch_add(1, Ordering::Relaxed);
         cycles.push(tokio::spawn(async move {
             let (stop, stop_rx) = watch::channel(false);
@@ -374,6 +378,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
                 room,
                 group.clone(),
                 hold,
+                tls,
                 stop_rx,
             ));
             tokio::time::sleep(hold).await;
@@ -424,7 +429,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
     // Let the server notice the last leaves (bounded).
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let m = metrics(addr, &url.host).await;
+        let m = metrics(addr, &url).await;
         report.participants_after = m.map(|m| m.participants);
         report.sessions_after = m.map(|m| m.signaling_sessions);
         let clean = m.is_some_and(|m| m.participants == 0.0 && m.signaling_sessions == 0.0);

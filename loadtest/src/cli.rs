@@ -44,9 +44,12 @@ pub enum Command {
 /// Flags of a load test.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Plenary's base URL.
+    /// Plenary's base URL (http:// or https://; signaling then uses ws:// or wss://).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Accept any certificate of an https:// server (self-signed test certificates only).
+    #[arg(long)]
+    pub insecure: bool,
     /// API key that signs grants (a key of the server's `auth.api_keys`).
     #[arg(long, env = "PLENARY_LOADTEST_API_KEY", default_value = "")]
     pub api_key: String,
@@ -162,6 +165,7 @@ impl RunArgs {
     pub fn to_config(&self) -> RunConfig {
         let mut c = RunConfig::new(&self.url, &self.api_key, &self.api_secret);
         c.audience = self.audience.clone();
+        c.insecure = self.insecure;
         c.room = self.room.clone();
         c.rooms = self.rooms;
         c.publishers = self.publishers;

@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub api_secret: String,
     /// The grants' audience.
     pub audience: String,
+    /// Accept any certificate of an `https://` server (self-signed test certificates).
+    pub insecure: bool,
     /// Room name (with several rooms, `NAME-1`, `NAME-2`, ...).
     pub room: String,
     /// Rooms run at once, each with the counts below.
@@ -99,6 +101,7 @@ impl RunConfig {
             api_key: api_key.to_owned(),
             api_secret: api_secret.to_owned(),
             audience: "plenary".into(),
+            insecure: false,
             room: "loadtest".into(),
             rooms: 1,
             publishers: 0,

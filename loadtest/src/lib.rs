@@ -13,7 +13,7 @@
 //! - [`synth`]: synthetic Opus and VP8 payloads carrying send time and sequence number.
 //! - [`stats`]: loss, jitter, latency histogram, percentiles.
 //! - [`report`]: aggregation, rendering, thresholds.
-//! - [`server`]: the server's URL and `/metrics`.
+//! - [`server`]: the server's URL and `/metrics`; [`tls`]: `https://` / `wss://`.
 //! - [`cpu`]: this process's CPU time.
 //! - [`run`]: one load test, start to report.
 //! - [`floor`] and [`bench`]: the `bench` subcommand.
@@ -43,6 +43,7 @@ pub mod server;
 pub mod signal;
 pub mod stats;
 pub mod synth;
+pub mod tls;
 
 pub use config::RunConfig;
 pub use report::Report;

@@ -14,7 +14,7 @@ use crate::cpu::CpuMeter;
 use crate::grant::{GrantError, Minter};
 use crate::group::{Group, GroupCmd, GroupShared, Live};
 use crate::report::{Report, ServerReport};
-use crate::server::{http_get, parse_metrics, Samples, ServerError, ServerUrl};
+use crate::server::{parse_metrics, Samples, ServerError, ServerUrl};
 use crate::signal;
 use crate::stats::percent;
 
@@ -54,7 +54,7 @@ pub fn route_ip(server: SocketAddr) -> IpAddr {
 /// Runs one load test and returns its report (thresholds already checked).
 pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     cfg.validate()?;
-    let url = ServerUrl::parse(&cfg.url)?;
+    let url = ServerUrl::parse_with(&cfg.url, cfg.insecure)?;
     let server_addr = url.resolve().await?;
     let local_ip = cfg.local_ip.unwrap_or_else(|| route_ip(server_addr));
     // Grants are minted at each join and used at once: they need to live only as long as
@@ -101,11 +101,11 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     // Server metrics, once a second (the first sample before any join).
     let samples = Arc::new(Mutex::new(Samples::default()));
     let (sampler_stop, sampler) = if cfg.scrape_metrics {
-        sample_once(server_addr, &url.host, cfg.server_pid, &samples).await;
+        sample_once(server_addr, &url, cfg.server_pid, &samples).await;
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(sample_loop(
             server_addr,
-            url.host.clone(),
+            url.clone(),
             cfg.server_pid,
             Arc::clone(&samples),
             rx,
@@ -142,6 +142,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             room,
             group_tx[(p.pid / shard_n) % n_groups].clone(),
             cfg.join_timeout,
+            url.tls.clone(),
             stop_rx.clone(),
         )));
     }
@@ -226,7 +227,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         let _ = t.await;
     }
     if cfg.scrape_metrics {
-        sample_once(server_addr, &url.host, cfg.server_pid, &samples).await;
+        sample_once(server_addr, &url, cfg.server_pid, &samples).await;
     }
 
     let mut report = Report::build(&shared.plan, results);
@@ -292,8 +293,13 @@ fn server_report(
     }
 }
 
-async fn sample_once(addr: SocketAddr, host: &str, pid: Option<u32>, samples: &Mutex<Samples>) {
-    let got = http_get(addr, host, "/metrics").await;
+async fn sample_once(
+    addr: SocketAddr,
+    url: &ServerUrl,
+    pid: Option<u32>,
+    samples: &Mutex<Samples>,
+) {
+    let got = url.get(addr, "/metrics").await;
     let now = Instant::now();
     let local = pid.and_then(|p| Some((crate::cpu::pid_usage(p)?, crate::cpu::runqueue_wait(p)?)));
     if let Ok(mut s) = samples.lock() {
@@ -314,7 +320,7 @@ async fn sample_once(addr: SocketAddr, host: &str, pid: Option<u32>, samples: &M
 
 async fn sample_loop(
     addr: SocketAddr,
-    host: String,
+    url: ServerUrl,
     pid: Option<u32>,
     samples: Arc<Mutex<Samples>>,
     mut stop: watch::Receiver<bool>,
@@ -323,7 +329,7 @@ async fn sample_loop(
     every.tick().await;
     loop {
         tokio::select! {
-            _ = every.tick() => sample_once(addr, &host, pid, &samples).await,
+            _ = every.tick() => sample_once(addr, &url, pid, &samples).await,
             _ = stop.changed() => return,
         }
     }
