@@ -125,8 +125,7 @@ pub struct ClassReport {
     pub adapt_secs: Summary,
     /// Attendees that never adapted.
     pub never_adapted: u64,
-    /// Layers ended on: the stream ids last received carry no layer until simulcast is
-    /// negotiated, so every attendee ends on the one layer sent.
+    /// Video streams by the layer their last sample carried (`f` also without simulcast).
     pub layers: String,
 }
 
@@ -495,7 +494,7 @@ impl Report {
         for c in &self.classes {
             let _ = writeln!(
                 o,
-                "network class    {} ({} attendees): audio loss {:.2} %, video loss {:.2} %, incomplete frames {:.1} and frozen {:.1} s per video stream, kbps p50 {:.0}, NACKed {} recovered {}, shaper drops {} random / {} over cap / {} overflow, adapted after p50 {:.1} s ({} never), layer {}",
+                "network class    {} ({} attendees): audio loss {:.2} %, video loss {:.2} %, incomplete frames {:.1} and frozen {:.1} s per video stream, kbps p50 {:.0}, NACKed {} recovered {}, shaper drops {} random / {} over cap / {} overflow, adapted after p50 {:.1} s ({} never), video ended on layers {}",
                 c.name,
                 c.attendees,
                 c.audio_loss_pct,
@@ -583,10 +582,8 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
         .map_or(0, |m| m + 1);
     let mut out = Vec::with_capacity(n);
     for k in 0..n {
-        let mut c = ClassReport {
-            layers: "single (no simulcast)".into(),
-            ..ClassReport::default()
-        };
+        let mut c = ClassReport::default();
+        let mut layers = [0u64; 3];
         let (mut al, mut ae, mut vl, mut ve) = (0u64, 0u64, 0u64, 0u64);
         let (mut incomplete, mut frozen, mut vstreams) = (0u64, 0.0f64, 0u64);
         let mut kbps = Vec::new();
@@ -610,6 +607,12 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
                         incomplete += s.frames_incomplete;
                         frozen += s.frozen_secs;
                         vstreams += 1;
+                        if s.last_stream != u32::MAX {
+                            let (_, l) = crate::synth::stream_layer(s.last_stream);
+                            if let Some(n) = layers.get_mut(l) {
+                                *n += 1;
+                            }
+                        }
                     }
                 }
                 c.nacked += s.nacked;
@@ -630,6 +633,7 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
                 None => c.never_adapted += 1,
             }
         }
+        c.layers = format!("f {} h {} q {}", layers[0], layers[1], layers[2]);
         c.audio_loss_pct = percent(al, ae);
         c.video_loss_pct = percent(vl, ve);
         c.frames_incomplete_per_stream = incomplete as f64 / vstreams.max(1) as f64;
