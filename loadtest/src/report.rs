@@ -162,7 +162,8 @@ pub struct Report {
     pub subscriber_kbps: Summary,
     /// Subscribers that joined but received nothing.
     pub subscribers_without_media: u64,
-    /// Streams subscribers should have received but did not.
+    /// Streams published in the room that a subscriber never received (a server that forwards
+    /// only the active speakers' audio leaves silent speakers out legitimately).
     pub missing_streams: u64,
     /// Packet counts.
     pub packets: Packets,
@@ -331,9 +332,12 @@ impl Report {
                 let should = published.iter().filter(|(room, _)| *room == who.room);
                 let missing = should
                     .filter(|(_, id)| {
-                        !p.streams
-                            .iter()
-                            .any(|s| crate::synth::stream_layer(s.stream).0 == *id)
+                        !p.streams.iter().any(|s| {
+                            crate::synth::stream_layer(s.stream).0 == *id
+                                || s.seen_ids
+                                    .iter()
+                                    .any(|x| crate::synth::stream_layer(*x).0 == *id)
+                        })
                     })
                     .count();
                 r.missing_streams += missing as u64;

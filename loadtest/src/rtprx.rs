@@ -1119,9 +1119,15 @@ mod tests {
             })
             .sum();
         assert_eq!(statuses, 6);
-        // It marshals (webrtc-rs checks the encoding).
-        use rtc::shared::marshal::Marshal;
-        assert!(fb.marshal().is_ok());
+        // It marshals, and webrtc-rs reads back the same statuses and deltas.
+        use rtc::shared::marshal::{Marshal, Unmarshal};
+        let wire = fb.marshal().unwrap();
+        let back = TransportLayerCc::unmarshal(&mut wire.clone()).unwrap();
+        assert_eq!(back.base_sequence_number, 10);
+        assert_eq!(back.packet_status_count, 6);
+        assert_eq!(back.reference_time, 1);
+        let deltas: Vec<i64> = back.recv_deltas.iter().map(|d| d.delta).collect();
+        assert_eq!(deltas, vec![36_000, 1_000, 2_000, 3_000, -1_000]);
         // The next feedback starts after 15; an old packet is not reported again.
         r.record(12, 107_000);
         assert!(r.is_empty());

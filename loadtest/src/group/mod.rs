@@ -861,6 +861,7 @@ impl Group {
                     stream: s.streams().first().copied().unwrap_or(u32::MAX),
                     streams_seen: s.streams().len() as u32,
                     last_stream: s.stream.unwrap_or(u32::MAX),
+                    seen_ids: s.streams().to_vec(),
                     kind: r.kind,
                     received: r.seq.received,
                     lost: r.seq.lost(),

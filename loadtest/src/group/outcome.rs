@@ -38,6 +38,8 @@ pub struct StreamOutcome {
     pub streams_seen: u32,
     /// The stream id of the last sample (its top byte is the simulcast layer).
     pub last_stream: u32,
+    /// Every stream id seen on it (at most 4; the SFU may switch sources on one SSRC).
+    pub seen_ids: Vec<u32>,
     /// Audio or video.
     pub kind: TrackKind,
     /// Distinct packets received.
@@ -76,6 +78,7 @@ impl Default for StreamOutcome {
             stream: u32::MAX,
             streams_seen: 0,
             last_stream: u32::MAX,
+            seen_ids: Vec::new(),
             kind: TrackKind::Audio,
             received: 0,
             lost: 0,
