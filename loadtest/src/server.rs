@@ -192,7 +192,7 @@ async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 fn body(buf: &[u8], path: &str) -> Result<String, ServerError> {
-    let text = String::from_utf8_lossy(&buf);
+    let text = String::from_utf8_lossy(buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {

@@ -16,6 +16,7 @@ use crate::group::GroupCmd;
 const PING_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs one session until `stop` turns true, the server closes, or the group lets go.
+#[allow(clippy::too_many_arguments)]
 pub async fn session(
     pid: usize,
     ws_url: String,
