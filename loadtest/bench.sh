@@ -4,6 +4,8 @@
 #
 #   loadtest/bench.sh                          # defaults: 10 speakers, 50 listeners, 50 viewers, 20 s each
 #   loadtest/bench.sh --listeners 100 --viewers 100 --duration 30s --json bench.json
+#   loadtest/bench.sh --only d --scale 100,300 --gm-duration 20s    # the big general meeting
+#   loadtest/bench.sh --only d --scale 1000 --compare-shards        # needs a server with media shards
 #
 # Every scenario is bounded in participants and time; see `plenary-loadtest bench --help`.
 set -euo pipefail

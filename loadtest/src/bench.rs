@@ -4,7 +4,10 @@
 //!
 //! Scenarios: (a) large audio room — S speakers (microphone only) and N listeners;
 //! (b) general meeting — 3 speakers with camera and microphone, N listeners; (c) fan-out —
-//! one 1.5 Mbps camera to N viewers. For each: the SFU's CPU time per forwarded packet,
+//! one 1.5 Mbps camera to N viewers; (d) the big general meeting — 5 microphone speakers
+//! taking turns (one talking at a time), one camera on the floor (low profile), N listeners
+//! (default 1,000) joining at 100/s, held 60 s; `--scale 100,300,1000` runs (d) at each
+//! size, and `--compare-shards` runs it with 1 and 2 media shards. For each: the SFU's CPU time per forwarded packet,
 //! forwarded packets per second per core, memory per participant, loss, latency and join
 //! p95 — and the CPU per packet as a multiple of the floor (see [`crate::floor`]).
 
@@ -46,9 +49,40 @@ pub struct BenchArgs {
     /// Join rate.
     #[arg(long, default_value = "25/s", value_parser = parse_rate)]
     pub ramp: f64,
-    /// Only these scenarios (e.g. `ac`).
+    /// Only these scenarios (e.g. `ac`; `d` is the big general meeting, not run by default).
     #[arg(long, default_value = "abc")]
     pub only: String,
+    /// Listeners in (d), the big general meeting.
+    #[arg(long, default_value_t = 1000)]
+    pub gm_listeners: usize,
+    /// Speakers in (d), taking turns.
+    #[arg(long, default_value_t = 5)]
+    pub gm_speakers: usize,
+    /// Length of a speaker's turn in (d).
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    pub gm_turn: Duration,
+    /// How long (d) holds its load.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub gm_duration: Duration,
+    /// Join rate of (d).
+    #[arg(long, default_value = "100/s", value_parser = parse_rate)]
+    pub gm_ramp: f64,
+    /// Run (d) at each of these listener counts (e.g. 100,300,1000): the scaling table.
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<usize>,
+    /// Media shards of the server (passed as PLENARY_MEDIA_SHARDS; only set when given —
+    /// a server without shards refuses the variable).
+    #[arg(long)]
+    pub server_shards: Option<usize>,
+    /// Also run (d) with 1 and with 2 media shards (needs a server that has them).
+    #[arg(long)]
+    pub compare_shards: bool,
+    /// Decrypt every received packet with webrtc-rs (the old receive path), for comparison.
+    #[arg(long)]
+    pub full_decrypt: bool,
+    /// Network classes of the attendees' downlinks, as for a load test's `--network`.
+    #[arg(long, value_parser = crate::netem::NetMix::parse)]
+    pub network: Option<crate::netem::NetMix>,
     /// Worker threads of the load tester.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -74,6 +108,16 @@ pub enum BenchError {
     /// Plenary did not become healthy.
     #[error("Plenary did not answer /healthz within 15 s (see {0})")]
     NotHealthy(String),
+    /// Plenary exited at start.
+    #[error("Plenary exited at start ({status}); its log {log} ends with:\n{tail}")]
+    Exited {
+        /// Exit status.
+        status: String,
+        /// Log file.
+        log: String,
+        /// Its last lines.
+        tail: String,
+    },
     /// A port could not be found.
     #[error("cannot find a free port: {0}")]
     Port(std::io::Error),
@@ -90,6 +134,10 @@ pub enum BenchError {
 pub struct Row {
     /// Scenario.
     pub scenario: String,
+    /// Listeners (subscribers) in it.
+    pub listeners: usize,
+    /// PLENARY_MEDIA_SHARDS given to the server, if any.
+    pub server_shards: Option<usize>,
     /// Simulated participants.
     pub participants: usize,
     /// The floor for this scenario's packet mix, µs/packet.
@@ -109,9 +157,9 @@ pub struct BenchResult {
     pub rows: Vec<Row>,
 }
 
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
@@ -132,7 +180,12 @@ fn free_ports() -> Result<(u16, u16), BenchError> {
     Ok(ports)
 }
 
-async fn start_server(binary: &PathBuf, secret: &str, tag: &str) -> Result<Server, BenchError> {
+pub(crate) async fn start_server(
+    binary: &PathBuf,
+    secret: &str,
+    tag: &str,
+    shards: Option<usize>,
+) -> Result<Server, BenchError> {
     let (http, media) = free_ports()?;
     let log = std::env::temp_dir().join(format!("plenary-bench-{}-{tag}.log", std::process::id()));
     let log_file = std::fs::File::create(&log).map_err(|source| BenchError::Spawn {
@@ -143,7 +196,11 @@ async fn start_server(binary: &PathBuf, secret: &str, tag: &str) -> Result<Serve
         path: log.display().to_string(),
         source,
     })?;
-    let child = Command::new(binary)
+    let mut cmd = Command::new(binary);
+    if let Some(n) = shards {
+        cmd.env("PLENARY_MEDIA_SHARDS", n.to_string());
+    }
+    let child = cmd
         .arg("serve")
         .env(
             "PLENARY_AUTH_API_KEYS",
@@ -166,10 +223,20 @@ async fn start_server(binary: &PathBuf, secret: &str, tag: &str) -> Result<Serve
         log,
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], http));
+    let mut server = server;
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if http_get(addr, "127.0.0.1", "/healthz").await.is_ok() {
             return Ok(server);
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            return Err(BenchError::Exited {
+                status: status.to_string(),
+                log: server.log.display().to_string(),
+                tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -194,36 +261,78 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         .await
         .map_err(|e| FloorError::Srtp(e.to_string()))??;
     let mut rows = Vec::new();
+    // (tag, label, listeners, shards)
+    let mut plan: Vec<(char, String, usize, Option<usize>)> = Vec::new();
     for (tag, name) in [
         ('a', "a) audio room"),
         ('b', "b) general meeting"),
         ('c', "c) 1.5 Mbps fan-out"),
     ] {
-        if !args.only.contains(tag) {
-            continue;
+        if args.only.contains(tag) {
+            let n = if tag == 'c' {
+                args.viewers
+            } else {
+                args.listeners
+            };
+            plan.push((tag, name.to_owned(), n, args.server_shards));
         }
-        let server = start_server(&args.plenary, &secret, &tag.to_string()).await?;
+    }
+    let mut sizes = args.scale.clone();
+    if sizes.is_empty() && args.only.contains('d') {
+        sizes.push(args.gm_listeners);
+    }
+    for n in &sizes {
+        plan.push((
+            'd',
+            format!("d) big GM, {n} listeners"),
+            *n,
+            args.server_shards,
+        ));
+    }
+    if args.compare_shards {
+        let n = sizes.first().copied().unwrap_or(args.gm_listeners);
+        for shards in [1, 2] {
+            plan.push((
+                'd',
+                format!("d) big GM, {n} listeners, {shards} shard(s)"),
+                n,
+                Some(shards),
+            ));
+        }
+    }
+    for (tag, name, listeners, shards) in plan {
+        let server = start_server(&args.plenary, &secret, &tag.to_string(), shards).await?;
         let mut c = RunConfig::new(&server.url, "bench", &secret);
         c.room = format!("bench-{tag}");
         c.duration = args.duration;
         c.ramp_per_sec = args.ramp;
         c.progress = true;
         c.no_pacing = args.no_pacing;
+        c.full_decrypt = args.full_decrypt;
+        c.network = args.network.clone();
         c.server_pid = Some(server.child.id());
+        c.subscribers = listeners;
         match tag {
             'a' => {
                 c.audio_publishers = args.speakers;
-                c.subscribers = args.listeners;
             }
             'b' => {
                 c.publishers = 3;
-                c.subscribers = args.listeners;
                 c.video = VideoProfile::by_name("sd").unwrap_or(c.video);
             }
-            _ => {
+            'c' => {
                 c.video_publishers = 1;
-                c.subscribers = args.viewers;
                 c.video = VideoProfile::by_name("hd").unwrap_or(c.video);
+            }
+            _ => {
+                c.audio_publishers = args.gm_speakers;
+                c.video_publishers = 1;
+                c.video = VideoProfile::by_name("low").unwrap_or(c.video);
+                c.turn = Some(args.gm_turn);
+                c.duration = args.gm_duration;
+                c.ramp_per_sec = args.gm_ramp;
+                // 1,000 joins: a longer join timeout, so a slow ramp shows as slow joins.
+                c.join_timeout = Duration::from_secs(30);
             }
         }
         eprintln!("scenario {name}: {} participants", c.total());
@@ -238,7 +347,9 @@ pub async fn bench(args: &BenchArgs) -> Result<BenchResult, BenchError> {
                 / (a + v) as f64
         };
         rows.push(Row {
-            scenario: name.to_owned(),
+            scenario: name,
+            listeners,
+            server_shards: shards,
             participants: c.total(),
             floor_us,
             report,
@@ -264,11 +375,11 @@ pub fn render(b: &BenchResult) -> String {
     );
     let _ = writeln!(
         o,
-        "| scenario | peers | fwd pkt/s | SFU CPU | µs/fwd pkt | × floor | fwd pkt/s per core | dgrams/send call | KB/participant | loss % | latency p50/p95 ms | join p95 ms | loadtest CPU |"
+        "| scenario | peers | fwd pkt/s | SFU CPU | µs/fwd pkt | × floor | fwd pkt/s per core | dgrams/send call | KB/participant | loss % | latency p50/p95 ms | join p95 ms | loadtest CPU | loadtest µs/dgram (steady) |"
     );
     let _ = writeln!(
         o,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in &b.rows {
         let rep = &r.report;
@@ -280,7 +391,7 @@ pub fn render(b: &BenchResult) -> String {
         };
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} | {:.0} % | {:.2} | {:.1}× | {:.0} | {:.1} | {:.0} | {:.3} | {:.1} / {:.1} | {:.0} | {:.0} % |",
+            "| {} | {} | {:.0} | {:.0} % | {:.2} | {:.1}× | {:.0} | {:.1} | {:.0} | {:.3} | {:.1} / {:.1} | {:.0} | {:.0} % | {:.2} |",
             r.scenario,
             r.participants,
             st.forwarded_per_sec,
@@ -295,7 +406,44 @@ pub fn render(b: &BenchResult) -> String {
             rep.latency_ms.p95,
             rep.join_ms.p95,
             rep.loadtest_cpu_pct,
+            rep.loadtest_steady_us_per_datagram,
         );
+    }
+    let d: Vec<&Row> = b
+        .rows
+        .iter()
+        .filter(|r| r.scenario.starts_with("d)"))
+        .collect();
+    if !d.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "Scaling of (d): | listeners | shards | fwd pkt/s | µs SFU CPU/fwd pkt | KB/listener | loss % | frozen s per viewer | join p95 ms |"
+        );
+        let _ = writeln!(o, "|---:|---|---:|---:|---:|---:|---:|---:|");
+        for r in d {
+            let rep = &r.report;
+            let st = rep.server.steady.unwrap_or_default();
+            let sv = &rep.server;
+            let kb = if r.listeners > 0 {
+                (sv.rss_peak_mb - sv.rss_start_mb).max(0.0) * 1024.0 / r.listeners as f64
+            } else {
+                0.0
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.0} | {:.2} | {:.0} | {:.3} | {:.2} | {:.0} |",
+                r.listeners,
+                r.server_shards
+                    .map_or_else(|| "default".to_owned(), |n| n.to_string()),
+                st.forwarded_per_sec,
+                st.cpu_us_per_forwarded,
+                kb,
+                rep.packets.loss_pct,
+                rep.frames.frozen_secs / rep.joins.succeeded.max(1) as f64,
+                rep.join_ms.p95,
+            );
+        }
     }
     o
 }

@@ -32,14 +32,24 @@ pub struct Cli {
 pub enum Command {
     /// Start Plenary locally and run the standard scenarios; print one table.
     Bench(crate::bench::BenchArgs),
+    /// Join and leave many times against one server; check it gives everything back.
+    Churn(crate::churn::ChurnArgs),
+    /// Combine the JSON reports of processes that shared a run with --shard-of.
+    Combine {
+        /// The reports (each process's --json).
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Flags of a load test.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Plenary's base URL.
+    /// Plenary's base URL (http:// or https://; signaling then uses ws:// or wss://).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// Accept any certificate of an https:// server (self-signed test certificates only).
+    #[arg(long)]
+    pub insecure: bool,
     /// API key that signs grants (a key of the server's `auth.api_keys`).
     #[arg(long, env = "PLENARY_LOADTEST_API_KEY", default_value = "")]
     pub api_key: String,
@@ -91,7 +101,8 @@ pub struct RunArgs {
     /// Send each video frame in one burst (default: paced at 2.5× the bitrate, as browsers do).
     #[arg(long)]
     pub no_pacing: bool,
-    /// Publish simulcast (refused until the server supports it).
+    /// Cameras publish simulcast: three layers (rids q, h, f at ¼, ½ and full resolution, 10 %,
+    /// 33 % and 100 % of the bitrate) with RTX, offered as `a=simulcast:send q;h;f`.
     #[arg(long)]
     pub simulcast: bool,
     /// Longest time a join may take.
@@ -118,6 +129,23 @@ pub struct RunArgs {
     /// The server's process id, if it runs on this machine (CPU and memory from /proc).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Network classes applied to each attendee's downlink, in userspace: e.g.
+    /// `70%:good,20%:cap=1500kbps,loss=1%,10%:cap=400kbps,loss=3%,delay=80ms`
+    /// (parameters: good, cap, loss, delay, jitter, buffer).
+    #[arg(long, value_parser = crate::netem::NetMix::parse)]
+    pub network: Option<crate::netem::NetMix>,
+    /// Speakers take turns of this length, one talking at a time (e.g. 4s); default: each
+    /// talks about 60 % of the time.
+    #[arg(long, value_parser = parse_duration)]
+    pub turns: Option<Duration>,
+    /// Decrypt every received packet with webrtc-rs (the old, costly receive path) instead of
+    /// accounting from RTP headers and decrypting a sample.
+    #[arg(long)]
+    pub full_decrypt: bool,
+    /// Simulate only slice I of N of the participants (`0/2`, `1/2`: two processes share one
+    /// run); the report says it is partial.
+    #[arg(long, value_parser = parse_shard)]
+    pub shard_of: Option<(usize, usize)>,
     /// Fail (exit 2) if packet loss exceeds this (e.g. 1%).
     #[arg(long, value_parser = parse_percent)]
     pub max_loss: Option<f64>,
@@ -137,6 +165,7 @@ impl RunArgs {
     pub fn to_config(&self) -> RunConfig {
         let mut c = RunConfig::new(&self.url, &self.api_key, &self.api_secret);
         c.audience = self.audience.clone();
+        c.insecure = self.insecure;
         c.room = self.room.clone();
         c.rooms = self.rooms;
         c.publishers = self.publishers;
@@ -160,6 +189,10 @@ impl RunArgs {
         c.progress = !self.quiet;
         c.scrape_metrics = !self.no_metrics;
         c.server_pid = self.server_pid;
+        c.full_decrypt = self.full_decrypt;
+        c.turn = self.turns.filter(|t| !t.is_zero());
+        c.network = self.network.clone();
+        c.shard = self.shard_of.unwrap_or((0, 1));
         c.thresholds = Thresholds {
             max_loss_pct: self.max_loss,
             max_join_p95: self.max_join_p95,
@@ -226,6 +259,18 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
     Ok(n)
 }
 
+/// `I/N` with `0 <= I < N <= 64`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("{s:?} is not a shard: use I/N with 0 <= I < N, e.g. 0/2");
+    let (i, n) = s.trim().split_once('/').ok_or_else(bad)?;
+    let i: usize = i.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 || i >= n || n > 64 {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 fn parse_profile(s: &str) -> Result<VideoProfile, String> {
     VideoProfile::by_name(s).ok_or_else(|| {
         let names: Vec<_> = VideoProfile::ALL.iter().map(|p| p.name).collect();
@@ -258,6 +303,11 @@ mod tests {
         assert_eq!(parse_percent("1%"), Ok(1.0));
         assert_eq!(parse_percent("0.5 %"), Ok(0.5));
         assert!(parse_percent("150%").is_err());
+        assert_eq!(parse_shard("1/3"), Ok((1, 3)));
+        assert!(parse_shard("3/3").is_err());
+        assert!(parse_shard("0/0").is_err());
+        assert!(parse_shard("1").is_err());
+        assert!(parse_shard("a/2").is_err());
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub api_secret: String,
     /// The grants' audience.
     pub audience: String,
+    /// Accept any certificate of an `https://` server (self-signed test certificates).
+    pub insecure: bool,
     /// Room name (with several rooms, `NAME-1`, `NAME-2`, ...).
     pub room: String,
     /// Rooms run at once, each with the counts below.
@@ -61,7 +63,7 @@ pub struct RunConfig {
     pub video: VideoProfile,
     /// Send each video frame in one burst instead of pacing it (a harsher test).
     pub no_pacing: bool,
-    /// Simulcast (not supported by the server yet: refused).
+    /// Cameras publish three simulcast layers (q, h, f) with RTX.
     pub simulcast: bool,
     /// How long a join may take (WebSocket to media connected).
     pub join_timeout: Duration,
@@ -76,6 +78,17 @@ pub struct RunConfig {
     /// The server's process id, when it runs on this machine: its CPU and memory are then
     /// read from `/proc` (finer than its metrics).
     pub server_pid: Option<u32>,
+    /// Give every received packet to webrtc-rs (full SRTP decryption and its interceptors)
+    /// instead of accounting from RTP headers and decrypting a sample.
+    pub full_decrypt: bool,
+    /// Network classes of the attendees' downlinks.
+    pub network: Option<crate::netem::NetMix>,
+    /// Microphone speakers take turns of this length, one at a time (`None`: each talks
+    /// ~60 % of the time on its own pattern).
+    pub turn: Option<Duration>,
+    /// This process simulates participant `pid` only if `pid % n == i` (`(i, n)`); several
+    /// processes with `0/n` … `n-1/n` share one run.
+    pub shard: (usize, usize),
     /// Pass/fail limits.
     pub thresholds: Thresholds,
 }
@@ -88,6 +101,7 @@ impl RunConfig {
             api_key: api_key.to_owned(),
             api_secret: api_secret.to_owned(),
             audience: "plenary".into(),
+            insecure: false,
             room: "loadtest".into(),
             rooms: 1,
             publishers: 0,
@@ -105,6 +119,10 @@ impl RunConfig {
             progress: false,
             scrape_metrics: true,
             server_pid: None,
+            full_decrypt: false,
+            turn: None,
+            network: None,
+            shard: (0, 1),
             thresholds: Thresholds::default(),
         }
     }
@@ -114,20 +132,23 @@ impl RunConfig {
         self.publishers + self.audio_publishers + self.video_publishers + self.subscribers
     }
 
-    /// Participants in all.
+    /// Participants in all (every shard).
     pub fn total(&self) -> usize {
         self.per_room() * self.rooms
     }
 
+    /// Whether this process simulates participant `pid`.
+    pub fn simulates(&self, pid: usize) -> bool {
+        pid % self.shard.1.max(1) == self.shard.0
+    }
+
+    /// Participants this process simulates.
+    pub fn local_total(&self) -> usize {
+        (0..self.total()).filter(|p| self.simulates(*p)).count()
+    }
+
     /// Checks the bounds.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.simulcast {
-            return Err(ConfigError::Unsupported(
-                "--simulcast: Plenary does not negotiate simulcast yet (its core is ready for it, \
-                 see ARCHITECTURE.md); run without --simulcast"
-                    .into(),
-            ));
-        }
         if self.per_room() == 0 {
             return Err(ConfigError::Empty);
         }
@@ -144,6 +165,10 @@ impl RunConfig {
             }
         };
         bound(self.rooms >= 1, "--rooms must be at least 1")?;
+        bound(
+            self.shard.1 >= 1 && self.shard.0 < self.shard.1,
+            "--shard-of i/n needs 0 <= i < n",
+        )?;
         bound(
             self.total() <= MAX_PARTICIPANTS,
             &format!("at most {MAX_PARTICIPANTS} participants in one run"),
@@ -314,7 +339,7 @@ mod tests {
     }
 
     #[test]
-    fn validation_bounds_runs_and_refuses_simulcast() {
+    fn validation_bounds_runs() {
         let mut c = RunConfig::new("http://127.0.0.1:1", "k", "s");
         assert!(matches!(c.validate(), Err(ConfigError::Empty)));
         c.subscribers = 10;
@@ -329,6 +354,6 @@ mod tests {
         assert!(c.validate().is_err());
         c.subscribers = 1;
         c.simulcast = true;
-        assert!(matches!(c.validate(), Err(ConfigError::Unsupported(_))));
+        c.validate().unwrap();
     }
 }

@@ -13,26 +13,37 @@
 //! - [`synth`]: synthetic Opus and VP8 payloads carrying send time and sequence number.
 //! - [`stats`]: loss, jitter, latency histogram, percentiles.
 //! - [`report`]: aggregation, rendering, thresholds.
-//! - [`server`]: the server's URL and `/metrics`.
+//! - [`server`]: the server's URL and `/metrics`; [`tls`]: `https://` / `wss://`.
 //! - [`cpu`]: this process's CPU time.
 //! - [`run`]: one load test, start to report.
 //! - [`floor`] and [`bench`]: the `bench` subcommand.
+//! - [`keys`]: SRTP keys captured from webrtc-rs, in-place SRTP decryption of samples.
+//! - [`rtprx`]: receive accounting from clear RTP headers; RR, TWCC, NACK state.
+//! - [`netem`]: per-attendee network classes (cap, loss, delay) shaped in userspace.
+//! - [`churn`]: the `churn` subcommand (join/leave cycles, leak checks).
+//! - [`combine`]: one summary of the partial reports of `--shard-of` processes.
 
 pub mod bench;
+pub mod churn;
 pub mod cli;
+pub mod combine;
 pub mod config;
 pub mod cpu;
 pub mod floor;
 pub mod grant;
 pub mod group;
 pub mod keyframe_tap;
+pub mod keys;
+pub mod netem;
 pub mod peer;
 pub mod report;
+pub mod rtprx;
 pub mod run;
 pub mod server;
 pub mod signal;
 pub mod stats;
 pub mod synth;
+pub mod tls;
 
 pub use config::RunConfig;
 pub use report::Report;

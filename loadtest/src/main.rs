@@ -10,8 +10,22 @@ use plenary_loadtest::{bench, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Combine { files }) = &cli.command {
+        return match plenary_loadtest::combine::load(files) {
+            Ok(reports) => {
+                println!("{}", plenary_loadtest::combine::combine(&reports));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let threads = match &cli.command {
         Some(Command::Bench(b)) => b.threads,
+        Some(Command::Combine { .. }) => 1,
+        Some(Command::Churn(_)) => 1,
         None => cli.run.threads,
     }
     .clamp(1, 64);
@@ -38,6 +52,27 @@ fn main() -> ExitCode {
                         }
                     }
                     ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            Some(Command::Combine { .. }) => ExitCode::SUCCESS,
+            Some(Command::Churn(args)) => match plenary_loadtest::churn::churn(&args).await {
+                Ok(report) => {
+                    println!("{}", report.render());
+                    if let Some(path) = &args.json {
+                        if let Err(e) = write_json(path, &report) {
+                            eprintln!("error: {e}");
+                            return ExitCode::from(1);
+                        }
+                    }
+                    if report.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(2)
+                    }
                 }
                 Err(e) => {
                     eprintln!("error: {e}");

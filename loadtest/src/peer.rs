@@ -12,9 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use plenary_proto::{PublishedTrack, TrackKind, TrackSource};
+use rtc::interceptor::{NackResponderBuilder, SenderReportBuilder};
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::{
     MediaEngine, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8,
 };
@@ -25,7 +29,7 @@ use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCI
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
@@ -78,6 +82,65 @@ pub struct TrackOut {
     pub pt: u8,
     /// Next RTP sequence number.
     pub rtp_seq: u16,
+    /// With simulcast: each layer's rid and SSRC (RTX SSRCs follow them).
+    pub layers: Vec<(&'static str, u32)>,
+}
+
+/// What a server's answer said about our simulcast offer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SimulcastAnswer {
+    /// The answer's `a=simulcast:` value for the video section, if any (e.g. `recv q;h;f`).
+    pub simulcast: Option<String>,
+    /// `a=rid:` lines of the answer.
+    pub rids: Vec<String>,
+    /// Whether the answer kept the rtp-stream-id header extension.
+    pub rid_extension: bool,
+}
+
+impl SimulcastAnswer {
+    /// Whether the server accepted receiving the layers.
+    pub fn accepted(&self) -> bool {
+        self.simulcast
+            .as_deref()
+            .is_some_and(|s| s.contains("recv"))
+            && self.rid_extension
+    }
+}
+
+/// Reads the simulcast attributes of an answer (RFC 8853).
+pub fn simulcast_in_answer(sdp: &str) -> SimulcastAnswer {
+    let mut a = SimulcastAnswer {
+        simulcast: None,
+        rids: Vec::new(),
+        rid_extension: false,
+    };
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(v) = line.strip_prefix("a=simulcast:") {
+            a.simulcast = Some(v.trim().to_owned());
+        } else if let Some(v) = line.strip_prefix("a=rid:") {
+            a.rids.push(v.trim().to_owned());
+        } else if line.starts_with("a=extmap:")
+            && line.ends_with("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id")
+        {
+            a.rid_extension = true;
+        }
+    }
+    a
+}
+
+/// The ids of the mid and rtp-stream-id header extensions in an SDP.
+fn extension_ids(sdp: &str) -> (Option<u8>, Option<u8>) {
+    let id = |uri: &str| {
+        sdp.lines().find_map(|l| {
+            let v = l.trim_end().strip_prefix("a=extmap:")?;
+            let (id, rest) = v.split_once(' ')?;
+            (rest.trim() == uri).then(|| id.split('/').next()?.parse().ok())?
+        })
+    };
+    (
+        id("urn:ietf:params:rtp-hdrext:sdes:mid"),
+        id("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"),
+    )
 }
 
 /// A webrtc-rs peer connection and its socket.
@@ -92,6 +155,11 @@ pub struct Peer {
     pub tracks: Vec<TrackOut>,
     /// Keyframe requests (PLI/FIR) received so far.
     pub keyframe_requests: Arc<AtomicU64>,
+    /// The crypto provider that captures the SRTP keys (fast receive path only).
+    pub capture: Option<Arc<crate::keys::KeyCapture>>,
+    /// With simulcast, once answered: (mid extension id, the video mid, rid extension id).
+    pub simulcast_ext: Option<(u8, String, u8)>,
+    video_mid: Option<String>,
 }
 
 fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
@@ -161,16 +229,26 @@ fn vp8() -> RTCRtpCodec {
 impl Peer {
     /// Binds a socket on `ip`, builds the connection with the data channel and the tracks
     /// to publish (SSRCs `ssrc_base` and `ssrc_base + 1`), and adds the host candidate.
+    ///
+    /// `fast`: received RTP will not be given to webrtc-rs (see `group::fast`), so the
+    /// receive-side interceptors (receiver reports, NACK generator, TWCC feedback) are left
+    /// out — the group sends that RTCP itself — and the SRTP keys are captured. The SDP is
+    /// the same either way.
     pub fn new(
         ip: IpAddr,
         audio: bool,
         video: bool,
         ssrc_base: u32,
         name: &str,
+        fast: bool,
+        simulcast: bool,
     ) -> Result<Peer, PeerError> {
         let std_socket = std::net::UdpSocket::bind((ip, 0))
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .map_err(|source| PeerError::Bind { ip, source })?;
+        if fast {
+            crate::group::enable_timestamps(&std_socket);
+        }
         let local_addr = std_socket
             .local_addr()
             .map_err(|source| PeerError::Bind { ip, source })?;
@@ -184,17 +262,41 @@ impl Peer {
                 .map_err(rtc_err("register codec"))?;
         }
         let keyframe_requests = Arc::new(AtomicU64::new(0));
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-            .map_err(rtc_err("interceptors"))?
-            .with(
-                Slot::from(crate::keyframe_tap::SLOT),
-                crate::keyframe_tap::KeyframeTap::new(Arc::clone(&keyframe_requests)),
-            );
+        let tap = crate::keyframe_tap::KeyframeTap::new(Arc::clone(&keyframe_requests));
+        let registry = if fast {
+            // The same capabilities as the default registry (so the same SDP), with only the
+            // send-side interceptors.
+            let _ = configure_nack(Registry::new(), &mut media_engine);
+            configure_simulcast_extension_headers(&mut media_engine)
+                .map_err(rtc_err("interceptors"))?;
+            let _ = configure_twcc_receiver_only(Registry::new(), &mut media_engine)
+                .map_err(rtc_err("interceptors"))?;
+            Registry::new()
+                .with(Slot::NackResponder, NackResponderBuilder::new().build())
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                .with(Slot::from(crate::keyframe_tap::SLOT), tap)
+        } else {
+            register_default_interceptors(Registry::new(), &mut media_engine)
+                .map_err(rtc_err("interceptors"))?
+                .with(Slot::from(crate::keyframe_tap::SLOT), tap)
+        };
+        let capture = if fast {
+            Some(crate::keys::KeyCapture::new().map_err(|e| PeerError::Rtc {
+                what: "crypto provider",
+                detail: e.to_string(),
+            })?)
+        } else {
+            None
+        };
         // ICE checks every 50 ms as browsers pace them (webrtc-rs defaults to 200 ms, which
         // alone adds ~400 ms to every join), for as long in all as its default (1.4 s).
-        let settings = SettingEngineBuilder::new()
-            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28))
-            .build();
+        let mut settings = SettingEngineBuilder::new()
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(28));
+        if let Some(c) = &capture {
+            settings = settings
+                .with_crypto_provider(Arc::clone(c) as Arc<dyn rtc::crypto::RTCCryptoProvider>);
+        }
+        let settings = settings.build();
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(settings)
@@ -216,11 +318,18 @@ impl Peer {
             };
             let ssrc = ssrc_base + tracks.len() as u32;
             let track_id = format!("{name}-{}", if pt == PT_OPUS { "mic" } else { "cam" });
-            let track = MediaStreamTrack::new(
-                format!("{name}-stream"),
-                track_id.clone(),
-                track_id.clone(),
-                codec_kind,
+            // Simulcast as Chrome offers it: rids q, h, f (a=simulcast:send q;h;f), each layer
+            // with its own SSRC and an RTX SSRC.
+            let layers: Vec<(&'static str, u32)> = if simulcast && kind == TrackKind::Video {
+                crate::synth::LAYERS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (rid, _, _))| (*rid, ssrc + i as u32))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let encodings = if layers.is_empty() {
                 vec![RTCRtpEncodingParameters {
                     rtp_coding_parameters: RTCRtpCodingParameters {
                         ssrc: Some(ssrc),
@@ -228,7 +337,30 @@ impl Peer {
                     },
                     codec,
                     ..Default::default()
-                }],
+                }]
+            } else {
+                // Offered lowest first, as Chrome lists them.
+                layers
+                    .iter()
+                    .rev()
+                    .map(|(rid, lssrc)| RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            rid: (*rid).to_owned(),
+                            ssrc: Some(*lssrc),
+                            rtx: Some(RTCRtpRtxParameters { ssrc: lssrc + 3 }),
+                            ..Default::default()
+                        },
+                        codec: codec.clone(),
+                        ..Default::default()
+                    })
+                    .collect()
+            };
+            let track = MediaStreamTrack::new(
+                format!("{name}-stream"),
+                track_id.clone(),
+                track_id.clone(),
+                codec_kind,
+                encodings,
             );
             pc.add_transceiver_from_track(
                 track,
@@ -245,6 +377,7 @@ impl Peer {
                 ssrc,
                 pt,
                 rtp_seq: (ssrc.wrapping_mul(2_654_435_761) >> 16) as u16,
+                layers,
             });
         }
 
@@ -271,6 +404,9 @@ impl Peer {
             local_addr,
             tracks,
             keyframe_requests,
+            capture,
+            simulcast_ext: None,
+            video_mid: None,
         })
     }
 
@@ -302,6 +438,9 @@ impl Peer {
             let (Some(mid), Some(track)) = (t.mid().clone(), next.next()) else {
                 continue;
             };
+            if track.kind == TrackKind::Video {
+                self.video_mid = Some(mid.clone());
+            }
             published.push(PublishedTrack {
                 mid,
                 source: match track.kind {
@@ -315,6 +454,13 @@ impl Peer {
 
     /// Applies the server's answer to our offer.
     pub fn apply_answer(&mut self, sdp: String) -> Result<(), PeerError> {
+        if self.tracks.iter().any(|t| !t.layers.is_empty()) {
+            if let ((Some(mid_id), Some(rid_id)), Some(mid)) =
+                (extension_ids(&sdp), self.video_mid.clone())
+            {
+                self.simulcast_ext = Some((mid_id, mid, rid_id));
+            }
+        }
         let answer = RTCSessionDescription::answer(sdp).map_err(rtc_err("parse answer"))?;
         self.pc
             .set_remote_description(Instant::now(), answer)
@@ -339,5 +485,48 @@ impl Peer {
             .local_description()
             .map(|d| d.sdp)
             .unwrap_or(answer.sdp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_simulcast_offer_names_three_layers_with_rtx_as_chrome_does() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut p = Peer::new(ip, true, true, 0x4000_0000, "t", true, true).unwrap();
+        let (sdp, tracks) = p.create_offer().unwrap();
+        assert_eq!(tracks.len(), 2);
+        let video = &sdp[sdp.find("m=video").expect("video section")..];
+        assert!(video.contains("a=rid:q send"), "{video}");
+        assert!(video.contains("a=rid:h send"), "{video}");
+        assert!(video.contains("a=rid:f send"), "{video}");
+        assert!(video.contains("a=simulcast:send q;h;f"), "{video}");
+        assert!(video.contains("urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"));
+        assert!(video.contains("urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"));
+        assert!(video.contains("apt=96"), "RTX offered");
+        let layers = &p.tracks[1].layers;
+        assert_eq!(
+            layers.iter().map(|l| l.0).collect::<Vec<_>>(),
+            vec!["f", "h", "q"]
+        );
+        // Without simulcast: one SSRC, no rid.
+        let mut plain = Peer::new(ip, false, true, 0x4000_0100, "u", true, false).unwrap();
+        let (sdp, _) = plain.create_offer().unwrap();
+        assert!(!sdp.contains("a=simulcast"));
+        assert!(plain.tracks[0].layers.is_empty());
+    }
+
+    #[test]
+    fn answers_are_read_for_simulcast() {
+        let yes = "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=extmap:4 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\na=rid:q recv\r\na=simulcast:recv q;h;f\r\n";
+        let a = simulcast_in_answer(yes);
+        assert!(a.accepted());
+        assert_eq!(a.rids, vec!["q recv"]);
+        assert_eq!(extension_ids(yes), (None, Some(4)));
+        let no = simulcast_in_answer("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendrecv\r\n");
+        assert!(!no.accepted());
+        assert!(no.simulcast.is_none());
     }
 }

@@ -83,9 +83,71 @@ pub struct Verdict {
     pub passed: bool,
 }
 
+/// Video frames over every received video stream.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VideoFrames {
+    /// Frames complete.
+    pub complete: u64,
+    /// Frames never completed.
+    pub incomplete: u64,
+    /// Gaps of more than 200 ms without a complete frame.
+    pub freezes: u64,
+    /// Their total, seconds (summed over receivers).
+    pub frozen_secs: f64,
+    /// Packets recovered after a NACK.
+    pub recovered: u64,
+}
+
+/// Results of the attendees of one network class.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ClassReport {
+    /// The class as written.
+    pub name: String,
+    /// Attendees of the class that joined.
+    pub attendees: u64,
+    /// Audio loss, percent of expected.
+    pub audio_loss_pct: f64,
+    /// Video loss, percent of expected (before NACK recovery is counted as arrival).
+    pub video_loss_pct: f64,
+    /// Incomplete video frames per video stream received.
+    pub frames_incomplete_per_stream: f64,
+    /// Frozen seconds per video stream received.
+    pub frozen_secs_per_stream: f64,
+    /// Received kbps per attendee.
+    pub kbps: Summary,
+    /// Sequence numbers NACKed.
+    pub nacked: u64,
+    /// Packets recovered after a NACK.
+    pub recovered: u64,
+    /// Datagrams the shaper dropped: random loss, over the cap (queue full), line overflow.
+    pub shaper_drops: (u64, u64, u64),
+    /// Seconds after the ramp until the received rate fit the cap with loss settled.
+    pub adapt_secs: Summary,
+    /// Attendees that never adapted.
+    pub never_adapted: u64,
+    /// Video streams by the layer their last sample carried (`f` also without simulcast).
+    pub layers: String,
+}
+
 /// The report.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
+    /// Per network class (with `--network`).
+    pub classes: Vec<ClassReport>,
+    /// With `--simulcast`: publishers whose offer the server's answer accepted / did not, and
+    /// the first answer's simulcast attributes.
+    pub simulcast: Option<(u64, u64, Option<crate::peer::SimulcastAnswer>)>,
+    /// Received video streams by the layer they carried at the end (f, h, q).
+    pub layers_received: [u64; 3],
+    /// `(i, n)` when this process simulated only slice i of n of the participants.
+    pub shard: Option<(usize, usize)>,
+    /// Whether every packet was decrypted by webrtc-rs (else: headers counted, a sample
+    /// decrypted and verified).
+    pub full_decrypt: bool,
+    /// What the fast receive path verified and counted.
+    pub checks: crate::group::RxChecks,
+    /// Video frames (fast path only).
+    pub frames: VideoFrames,
     /// Seconds from first join to the end.
     pub wall_secs: f64,
     /// Joins.
@@ -100,7 +162,8 @@ pub struct Report {
     pub subscriber_kbps: Summary,
     /// Subscribers that joined but received nothing.
     pub subscribers_without_media: u64,
-    /// Streams subscribers should have received but did not.
+    /// Streams published in the room that a subscriber never received (a server that forwards
+    /// only the active speakers' audio leaves silent speakers out legitimately).
     pub missing_streams: u64,
     /// Packet counts.
     pub packets: Packets,
@@ -132,6 +195,13 @@ pub struct Report {
     pub loadtest_cpu_wait_secs: f64,
     /// The load tester's CPU microseconds per datagram received.
     pub loadtest_us_per_datagram: f64,
+    /// CPU seconds of the load tester in the steady phase (no joins, no handshakes).
+    pub loadtest_steady_cpu_secs: f64,
+    /// Datagrams its peers received in the steady phase.
+    pub loadtest_steady_datagrams: u64,
+    /// Its CPU microseconds per received datagram in the steady phase: everything it does
+    /// (receiving, sending the publishers' media and everyone's RTCP) over what it receives.
+    pub loadtest_steady_us_per_datagram: f64,
     /// The longest one group took to handle one wake-up, ms.
     pub loadtest_longest_turn_ms: f64,
     /// Threshold verdicts.
@@ -215,6 +285,40 @@ impl Report {
                 active = active.max(s.active_secs);
             }
             r.packets.unrecognised += p.unknown_packets;
+            if let Some(c) = &p.checks {
+                r.checks.merge(c);
+            }
+            r.frames.recovered += p.recovered;
+            if let Some(a) = &p.simulcast_answer {
+                let e = r.simulcast.get_or_insert((0, 0, Some(a.clone())));
+                if a.accepted() {
+                    e.0 += 1;
+                } else {
+                    e.1 += 1;
+                }
+            }
+            for s in p
+                .streams
+                .iter()
+                .filter(|s| s.kind == plenary_proto::TrackKind::Video)
+            {
+                if s.stream != u32::MAX {
+                    let (_, layer) = crate::synth::stream_layer(s.last_stream);
+                    if let Some(n) = r.layers_received.get_mut(layer) {
+                        *n += 1;
+                    }
+                }
+            }
+            for s in p
+                .streams
+                .iter()
+                .filter(|s| s.kind == plenary_proto::TrackKind::Video)
+            {
+                r.frames.complete += s.frames_complete;
+                r.frames.incomplete += s.frames_incomplete;
+                r.frames.freezes += s.freezes;
+                r.frames.frozen_secs += s.frozen_secs;
+            }
             r.packets.datagrams_in += p.datagrams_in;
             r.packets.sent += p.sent_packets;
             r.nacks_sent += p.nacks_sent;
@@ -227,7 +331,14 @@ impl Report {
                 }
                 let should = published.iter().filter(|(room, _)| *room == who.room);
                 let missing = should
-                    .filter(|(_, id)| !p.streams.iter().any(|s| s.stream == *id))
+                    .filter(|(_, id)| {
+                        !p.streams.iter().any(|s| {
+                            crate::synth::stream_layer(s.stream).0 == *id
+                                || s.seen_ids
+                                    .iter()
+                                    .any(|x| crate::synth::stream_layer(*x).0 == *id)
+                        })
+                    })
                     .count();
                 r.missing_streams += missing as u64;
                 if active > 0.0 {
@@ -235,6 +346,7 @@ impl Report {
                 }
             }
         }
+        r.classes = class_reports(&peers);
         r.packets.loss_pct = percent(r.packets.lost, expected_total);
         r.packets.worst_stream_loss_pct = worst;
         r.join_ms = Summary::of(&join);
@@ -302,6 +414,12 @@ impl Report {
             "== Plenary load test report ({:.0} s) ==",
             self.wall_secs
         );
+        if let Some((i, n)) = self.shard {
+            let _ = writeln!(
+                o,
+                "PARTIAL REPORT: shard {i}/{n} (participants with index % {n} == {i}); server figures are the whole server's"
+            );
+        }
         let _ = writeln!(
             o,
             "joins            attempted {}  succeeded {}  failed {}",
@@ -328,6 +446,76 @@ impl Report {
             "packets          sent {}  received {}  lost {} ({:.3} %, worst stream {:.2} %)  dup {}  unrecognised {}  datagrams in {}",
             p.sent, p.received, p.lost, p.loss_pct, p.worst_stream_loss_pct, p.duplicates, p.unrecognised, p.datagrams_in
         );
+        let c = &self.checks;
+        if self.full_decrypt {
+            let _ = writeln!(
+                o,
+                "receive path     full decrypt: every packet decrypted by webrtc-rs, loss from payload stamps"
+            );
+        } else {
+            let _ = writeln!(
+                o,
+                "receive path     {} RTP packets counted from clear headers (loss, jitter, bitrate, frames); {} decrypted ({:.1} %), {} verified (SRTP tag + payload stamp of a stream of the room), {} keyframe starts verified; failures: {} tag, {} no stamp, {} foreign; {} RTX, {} before keys, {} unparsable",
+                c.counted,
+                c.decrypted,
+                percent(c.decrypted, c.counted),
+                c.verified,
+                c.keyframes_verified,
+                c.auth_failed,
+                c.no_stamp,
+                c.foreign,
+                c.rtx,
+                c.before_keys,
+                c.unparsable
+            );
+            let f = &self.frames;
+            let _ = writeln!(
+                o,
+                "video frames     complete {}  incomplete {}  freezes {} ({:.1} s frozen in all)  recovered after NACK {}",
+                f.complete, f.incomplete, f.freezes, f.frozen_secs, f.recovered
+            );
+            let _ = writeln!(
+                o,
+                "RTCP sent        RR {}  TWCC {}  NACK {}  PLI {}  (SRTP: {} peers decrypted in place, {} through webrtc-rs)",
+                c.rr_sent, c.twcc_sent, c.nack_packets_sent, c.plis_sent, c.gcm_peers, c.other_profile_peers
+            );
+        }
+        if let Some((yes, no, first)) = &self.simulcast {
+            let _ = writeln!(
+                o,
+                "simulcast        offered q;h;f by {} publishers: answer accepted {yes}, did not {no} (first answer: a=simulcast:{} rids {:?} rid extension {})",
+                yes + no,
+                first.as_ref().and_then(|a| a.simulcast.clone()).unwrap_or_else(|| "(none)".into()),
+                first.as_ref().map(|a| a.rids.clone()).unwrap_or_default(),
+                first.as_ref().is_some_and(|a| a.rid_extension)
+            );
+            let _ = writeln!(
+                o,
+                "layers received  video streams ending on f {}  h {}  q {}",
+                self.layers_received[0], self.layers_received[1], self.layers_received[2]
+            );
+        }
+        for c in &self.classes {
+            let _ = writeln!(
+                o,
+                "network class    {} ({} attendees): audio loss {:.2} %, video loss {:.2} %, incomplete frames {:.1} and frozen {:.1} s per video stream, kbps p50 {:.0}, NACKed {} recovered {}, shaper drops {} random / {} over cap / {} overflow, adapted after p50 {:.1} s ({} never), video ended on layers {}",
+                c.name,
+                c.attendees,
+                c.audio_loss_pct,
+                c.video_loss_pct,
+                c.frames_incomplete_per_stream,
+                c.frozen_secs_per_stream,
+                c.kbps.p50,
+                c.nacked,
+                c.recovered,
+                c.shaper_drops.0,
+                c.shaper_drops.1,
+                c.shaper_drops.2,
+                c.adapt_secs.p50,
+                c.never_adapted,
+                c.layers
+            );
+        }
         let _ = writeln!(o, "jitter ms        {}", s(&self.jitter_ms));
         let _ = writeln!(o, "latency ms audio {}", s(&self.latency_audio_ms));
         let _ = writeln!(o, "latency ms video {}", s(&self.latency_video_ms));
@@ -369,6 +557,13 @@ impl Report {
             self.loadtest_cpu_wait_secs,
             self.loadtest_longest_turn_ms
         );
+        let _ = writeln!(
+            o,
+            "load tester (steady) CPU {:.2} s for {} datagrams received: {:.2} µs per datagram",
+            self.loadtest_steady_cpu_secs,
+            self.loadtest_steady_datagrams,
+            self.loadtest_steady_us_per_datagram
+        );
         for v in &self.thresholds {
             let _ = writeln!(
                 o,
@@ -381,6 +576,77 @@ impl Report {
         }
         o
     }
+}
+
+fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
+    let n = peers
+        .iter()
+        .filter_map(|p| p.class)
+        .max()
+        .map_or(0, |m| m + 1);
+    let mut out = Vec::with_capacity(n);
+    for k in 0..n {
+        let mut c = ClassReport::default();
+        let mut layers = [0u64; 3];
+        let (mut al, mut ae, mut vl, mut ve) = (0u64, 0u64, 0u64, 0u64);
+        let (mut incomplete, mut frozen, mut vstreams) = (0u64, 0.0f64, 0u64);
+        let mut kbps = Vec::new();
+        let mut adapt = Vec::new();
+        for p in peers
+            .iter()
+            .filter(|p| p.class == Some(k) && p.join.is_ok())
+        {
+            c.attendees += 1;
+            let mut bytes = 0;
+            let mut active = 0.0f64;
+            for s in &p.streams {
+                match s.kind {
+                    plenary_proto::TrackKind::Audio => {
+                        al += s.lost;
+                        ae += s.lost + s.received;
+                    }
+                    plenary_proto::TrackKind::Video => {
+                        vl += s.lost;
+                        ve += s.lost + s.received;
+                        incomplete += s.frames_incomplete;
+                        frozen += s.frozen_secs;
+                        vstreams += 1;
+                        if s.last_stream != u32::MAX {
+                            let (_, l) = crate::synth::stream_layer(s.last_stream);
+                            if let Some(n) = layers.get_mut(l) {
+                                *n += 1;
+                            }
+                        }
+                    }
+                }
+                c.nacked += s.nacked;
+                c.recovered += s.recovered;
+                bytes += s.bytes;
+                active = active.max(s.active_secs);
+            }
+            if active > 0.0 {
+                kbps.push(bytes as f64 * 8.0 / active / 1000.0);
+            }
+            if let Some(sh) = p.shaper {
+                c.shaper_drops.0 += sh.lost;
+                c.shaper_drops.1 += sh.queue_drops;
+                c.shaper_drops.2 += sh.overflow;
+            }
+            match p.adapted {
+                Some(d) => adapt.push(d.as_secs_f64()),
+                None => c.never_adapted += 1,
+            }
+        }
+        c.layers = format!("f {} h {} q {}", layers[0], layers[1], layers[2]);
+        c.audio_loss_pct = percent(al, ae);
+        c.video_loss_pct = percent(vl, ve);
+        c.frames_incomplete_per_stream = incomplete as f64 / vstreams.max(1) as f64;
+        c.frozen_secs_per_stream = frozen / vstreams.max(1) as f64;
+        c.kbps = Summary::of(&kbps);
+        c.adapt_secs = Summary::of(&adapt);
+        out.push(c);
+    }
+    out
 }
 
 fn verdict(name: &str, limit: f64, actual: f64) -> Verdict {
@@ -410,6 +676,12 @@ mod tests {
             first_video: None,
             dropped: None,
             streams,
+            checks: None,
+            recovered: 0,
+            class: None,
+            simulcast_answer: None,
+            shaper: None,
+            adapted: None,
             unknown_packets: 0,
             nacks_sent: 1,
             plis_sent: 0,
@@ -431,6 +703,7 @@ mod tests {
             bytes: received * 100,
             jitter_ms: 1.0,
             active_secs: 10.0,
+            ..StreamOutcome::default()
         }
     }
 

@@ -14,7 +14,7 @@ use crate::cpu::CpuMeter;
 use crate::grant::{GrantError, Minter};
 use crate::group::{Group, GroupCmd, GroupShared, Live};
 use crate::report::{Report, ServerReport};
-use crate::server::{http_get, parse_metrics, Samples, ServerError, ServerUrl};
+use crate::server::{parse_metrics, Samples, ServerError, ServerUrl};
 use crate::signal;
 use crate::stats::percent;
 
@@ -54,7 +54,7 @@ pub fn route_ip(server: SocketAddr) -> IpAddr {
 /// Runs one load test and returns its report (thresholds already checked).
 pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     cfg.validate()?;
-    let url = ServerUrl::parse(&cfg.url)?;
+    let url = ServerUrl::parse_with(&cfg.url, cfg.insecure)?;
     let server_addr = url.resolve().await?;
     let local_ip = cfg.local_ip.unwrap_or_else(|| route_ip(server_addr));
     // Grants are minted at each join and used at once: they need to live only as long as
@@ -62,15 +62,27 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let ttl = (cfg.join_timeout + Duration::from_secs(120)).min(Duration::from_secs(540));
     let minter = Minter::new(&cfg.api_key, &cfg.api_secret, &cfg.audience, ttl)?;
     let plan = plan(cfg);
-    let total = plan.len();
+    let total = cfg.local_total();
+    let shard_n = cfg.shard.1.max(1);
     let epoch = Instant::now();
+    let epoch_unix_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+        - epoch.elapsed().as_micros() as u64;
     let shared = Arc::new(GroupShared {
         plan,
         epoch,
+        epoch_unix_us,
         local_ip,
         video: cfg.video,
         pacing: !cfg.no_pacing,
         join_timeout: cfg.join_timeout,
+        full_decrypt: cfg.full_decrypt,
+        shard: cfg.shard,
+        turn: cfg.turn,
+        simulcast: cfg.simulcast,
+        network: cfg.network.clone(),
         live: Live::default(),
     });
 
@@ -89,11 +101,11 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     // Server metrics, once a second (the first sample before any join).
     let samples = Arc::new(Mutex::new(Samples::default()));
     let (sampler_stop, sampler) = if cfg.scrape_metrics {
-        sample_once(server_addr, &url.host, cfg.server_pid, &samples).await;
+        sample_once(server_addr, &url, cfg.server_pid, &samples).await;
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(sample_loop(
             server_addr,
-            url.host.clone(),
+            url.clone(),
             cfg.server_pid,
             Arc::clone(&samples),
             rx,
@@ -117,7 +129,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     let ws_url = url.ws_url();
     let start = Instant::now();
     let mut sessions = Vec::with_capacity(total);
-    for p in &shared.plan {
+    for p in shared.plan.iter().filter(|p| cfg.simulates(p.pid)) {
+        // The global schedule: processes sharing a run by --shard-of interleave their joins.
         let at = start + Duration::from_secs_f64(p.pid as f64 / cfg.ramp_per_sec);
         tokio::time::sleep_until(at.into()).await;
         let room = cfg.room_name(p.room);
@@ -127,8 +140,9 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
             ws_url.clone(),
             grant,
             room,
-            group_tx[p.pid % n_groups].clone(),
+            group_tx[(p.pid / shard_n) % n_groups].clone(),
             cfg.join_timeout,
+            url.tls.clone(),
             stop_rx.clone(),
         )));
     }
@@ -147,9 +161,22 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     for tx in &group_tx {
         let _ = tx.send(GroupCmd::Steady).await;
     }
+    // Let the groups' counters catch up (they publish every 250 ms), then read CPU and
+    // datagrams at both ends of the steady phase.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let steady_start = Instant::now();
+    let steady_cpu = crate::cpu::process_cpu();
+    let steady_dgrams = shared.live.datagrams.load(Ordering::Relaxed);
     tokio::time::sleep(cfg.duration).await;
     let steady_end = Instant::now();
+    let steady_cpu_used = crate::cpu::process_cpu()
+        .zip(steady_cpu)
+        .and_then(|(b, a)| b.checked_sub(a));
+    let steady_dgrams = shared
+        .live
+        .datagrams
+        .load(Ordering::Relaxed)
+        .saturating_sub(steady_dgrams);
 
     // Stop: media first, then let packets in flight arrive, then collect.
     // Every step is bounded: a group that does not answer is left out of the report.
@@ -200,16 +227,35 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         let _ = t.await;
     }
     if cfg.scrape_metrics {
-        sample_once(server_addr, &url.host, cfg.server_pid, &samples).await;
+        sample_once(server_addr, &url, cfg.server_pid, &samples).await;
     }
 
     let mut report = Report::build(&shared.plan, results);
+    if cfg.shard.1 > 1 {
+        report.shard = Some(cfg.shard);
+    }
+    report.full_decrypt = cfg.full_decrypt;
+    if let Some(mix) = &cfg.network {
+        for (k, c) in report.classes.iter_mut().enumerate() {
+            if let Some(m) = mix.classes.get(k) {
+                c.name = m.name.clone();
+            }
+        }
+    }
     report.wall_secs = start.elapsed().as_secs_f64();
     if let Some((secs, pct)) = cpu_used {
         report.loadtest_cpu_secs = secs;
         report.loadtest_cpu_pct = pct;
     }
     report.loadtest_cpu_wait_secs = cpu_waited.unwrap_or(0.0);
+    if let Some(used) = steady_cpu_used {
+        report.loadtest_steady_cpu_secs = used.as_secs_f64();
+        if steady_dgrams > 0 {
+            report.loadtest_steady_us_per_datagram =
+                used.as_secs_f64() * 1e6 / steady_dgrams as f64;
+        }
+        report.loadtest_steady_datagrams = steady_dgrams;
+    }
     if report.packets.datagrams_in > 0 {
         report.loadtest_us_per_datagram =
             report.loadtest_cpu_secs * 1e6 / report.packets.datagrams_in as f64;
@@ -247,8 +293,13 @@ fn server_report(
     }
 }
 
-async fn sample_once(addr: SocketAddr, host: &str, pid: Option<u32>, samples: &Mutex<Samples>) {
-    let got = http_get(addr, host, "/metrics").await;
+async fn sample_once(
+    addr: SocketAddr,
+    url: &ServerUrl,
+    pid: Option<u32>,
+    samples: &Mutex<Samples>,
+) {
+    let got = url.get(addr, "/metrics").await;
     let now = Instant::now();
     let local = pid.and_then(|p| Some((crate::cpu::pid_usage(p)?, crate::cpu::runqueue_wait(p)?)));
     if let Ok(mut s) = samples.lock() {
@@ -269,7 +320,7 @@ async fn sample_once(addr: SocketAddr, host: &str, pid: Option<u32>, samples: &M
 
 async fn sample_loop(
     addr: SocketAddr,
-    host: String,
+    url: ServerUrl,
     pid: Option<u32>,
     samples: Arc<Mutex<Samples>>,
     mut stop: watch::Receiver<bool>,
@@ -278,7 +329,7 @@ async fn sample_loop(
     every.tick().await;
     loop {
         tokio::select! {
-            _ = every.tick() => sample_once(addr, &host, pid, &samples).await,
+            _ = every.tick() => sample_once(addr, &url, pid, &samples).await,
             _ = stop.changed() => return,
         }
     }

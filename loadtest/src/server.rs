@@ -11,9 +11,12 @@ use tokio::net::TcpStream;
 /// What went wrong talking to the server's HTTP side.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The URL is not `http://host[:port][/]`.
-    #[error("unsupported URL {0:?}: use http://host:port (https is not supported yet)")]
+    /// The URL is not `http(s)://host[:port][/]`.
+    #[error("unsupported URL {0:?}: use http://host:port or https://host:port")]
     Url(String),
+    /// TLS could not be set up or failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The host name does not resolve.
     #[error("cannot resolve {0}")]
     Resolve(String),
@@ -39,19 +42,39 @@ pub enum ServerError {
 }
 
 /// A Plenary base URL, split into what the load tester needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ServerUrl {
     /// Host name or address.
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// `https://`: the TLS configuration (`None` for `http://`).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    https: bool,
 }
 
 impl ServerUrl {
-    /// Parses `http://host[:port][/]`.
+    /// Parses `http://host[:port][/]` or `https://…` (then checked against the system's
+    /// roots, or not at all with `insecure`).
+    pub fn parse_with(url: &str, insecure: bool) -> Result<ServerUrl, ServerError> {
+        let mut u = ServerUrl::parse(url)?;
+        if u.https {
+            u.tls = Some(
+                crate::tls::client_config(insecure).map_err(|e| ServerError::Tls(e.to_string()))?,
+            );
+        }
+        Ok(u)
+    }
+
+    /// Parses `http://host[:port][/]` or `https://host[:port][/]` (no TLS configuration yet:
+    /// see [`ServerUrl::parse_with`]).
     pub fn parse(url: &str) -> Result<ServerUrl, ServerError> {
         let bad = || ServerError::Url(url.to_owned());
-        let rest = url.strip_prefix("http://").ok_or_else(bad)?;
+        let (https, rest) = match url.strip_prefix("https://") {
+            Some(r) => (true, r),
+            None => (false, url.strip_prefix("http://").ok_or_else(bad)?),
+        };
+        let default_port = if https { 443 } else { 80 };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             return Err(bad());
@@ -60,28 +83,47 @@ impl ServerUrl {
             let (h, after) = v6.split_once(']').ok_or_else(bad)?;
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| bad())?,
-                None if after.is_empty() => 80,
+                None if after.is_empty() => default_port,
                 None => return Err(bad()),
             };
             (h.to_owned(), port)
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
-                None => (authority.to_owned(), 80),
+                None => (authority.to_owned(), default_port),
             }
         };
         if host.is_empty() {
             return Err(bad());
         }
-        Ok(ServerUrl { host, port })
+        Ok(ServerUrl {
+            host,
+            port,
+            tls: None,
+            https,
+        })
+    }
+
+    /// Whether it is `https://`.
+    pub fn is_https(&self) -> bool {
+        self.https
     }
 
     /// The signaling WebSocket URL.
     pub fn ws_url(&self) -> String {
+        let scheme = if self.https { "wss" } else { "ws" };
         if self.host.contains(':') {
-            format!("ws://[{}]:{}/rtc", self.host, self.port)
+            format!("{scheme}://[{}]:{}/rtc", self.host, self.port)
         } else {
-            format!("ws://{}:{}/rtc", self.host, self.port)
+            format!("{scheme}://{}:{}/rtc", self.host, self.port)
+        }
+    }
+
+    /// `GET path` at `addr` (this URL's address), over TLS for `https://`.
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Result<String, ServerError> {
+        match &self.tls {
+            Some(tls) => http_get_tls(addr, &self.host, path, tls).await,
+            None => http_get(addr, &self.host, path).await,
         }
     }
 
@@ -100,16 +142,57 @@ pub async fn http_get(addr: SocketAddr, host: &str, path: &str) -> Result<String
     let io = |source| ServerError::Io { addr, source };
     let fetch = async {
         let mut s = TcpStream::connect(addr).await.map_err(io)?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.map_err(io)?;
-        let mut buf = Vec::with_capacity(16 * 1024);
-        s.read_to_end(&mut buf).await.map_err(io)?;
-        Ok::<_, ServerError>(buf)
+        request(&mut s, host, path).await.map_err(io)
     };
     let buf = tokio::time::timeout(Duration::from_secs(5), fetch)
         .await
         .map_err(|_| ServerError::Timeout(path.to_owned()))??;
-    let text = String::from_utf8_lossy(&buf);
+    body(&buf, path)
+}
+
+/// `GET path` on `addr` over TLS (server name `host`).
+pub async fn http_get_tls(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    tls: &std::sync::Arc<rustls::ClientConfig>,
+) -> Result<String, ServerError> {
+    let io = |source| ServerError::Io { addr, source };
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| ServerError::Tls(format!("{host}: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(tls));
+    let fetch = async {
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        let mut s = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        request(&mut s, host, path).await.map_err(io)
+    };
+    let buf = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .map_err(|_| ServerError::Timeout(path.to_owned()))??;
+    body(&buf, path)
+}
+
+async fn request<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+) -> std::io::Result<Vec<u8>> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    // A TLS server may close without close_notify: keep what arrived.
+    match s.read_to_end(&mut buf).await {
+        Ok(_) => Ok(buf),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(buf),
+        Err(e) => Err(e),
+    }
+}
+
+fn body(buf: &[u8], path: &str) -> Result<String, ServerError> {
+    let text = String::from_utf8_lossy(buf);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.lines().next().unwrap_or_default();
     if status.split_whitespace().nth(1) != Some("200") {
@@ -164,6 +247,10 @@ pub struct Sample {
     pub cpu_wait_seconds: f64,
     /// Send system calls (`sendmmsg` batches).
     pub send_calls: f64,
+    /// Open signaling sessions (WebSockets).
+    pub signaling_sessions: f64,
+    /// Rooms.
+    pub rooms: f64,
 }
 
 /// Reads a [`Sample`] from Prometheus text (names with or without the `plenary_` prefix).
@@ -186,6 +273,8 @@ pub fn parse_metrics(text: &str) -> Sample {
             "udp_packets_in_total" => s.packets_in = value,
             "udp_packets_out_total" => s.packets_out = value,
             "udp_send_calls_total" => s.send_calls = value,
+            "signaling_sessions" => s.signaling_sessions = value,
+            "rooms" => s.rooms = value,
             _ => {}
         }
     }
@@ -290,7 +379,15 @@ mod tests {
         let v6 = ServerUrl::parse("http://[::1]:9000").unwrap();
         assert_eq!(v6.host, "::1");
         assert_eq!(v6.ws_url(), "ws://[::1]:9000/rtc");
-        assert!(ServerUrl::parse("https://x").is_err());
+        let s = ServerUrl::parse("https://meet.example").unwrap();
+        assert_eq!(s.port, 443);
+        assert!(s.is_https());
+        assert_eq!(s.ws_url(), "wss://meet.example:443/rtc");
+        assert!(ServerUrl::parse_with("https://meet.example", true)
+            .unwrap()
+            .tls
+            .is_some());
+        assert!(ServerUrl::parse("ftp://x").is_err());
         assert!(ServerUrl::parse("http://x:y").is_err());
         assert!(ServerUrl::parse("http://x/path").is_err());
     }

@@ -16,6 +16,7 @@ use crate::group::GroupCmd;
 const PING_EVERY: Duration = Duration::from_secs(10);
 
 /// Runs one session until `stop` turns true, the server closes, or the group lets go.
+#[allow(clippy::too_many_arguments)]
 pub async fn session(
     pid: usize,
     ws_url: String,
@@ -23,11 +24,17 @@ pub async fn session(
     room: String,
     group: mpsc::Sender<GroupCmd>,
     timeout: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let t0 = Instant::now();
     let fail = |reason: String| GroupCmd::Failed { pid, t0, reason };
-    let connect = tokio::time::timeout(timeout, tokio_tungstenite::connect_async(ws_url)).await;
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let connect = tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::connect_async_tls_with_config(ws_url, None, false, connector),
+    )
+    .await;
     let mut ws = match connect {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {

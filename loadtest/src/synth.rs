@@ -189,8 +189,18 @@ impl AudioSource {
 
     /// Advances one 20 ms slot; returns the packet to send in it, if any.
     pub fn tick(&mut self) -> Option<AudioPacket> {
+        self.tick_with(None)
+    }
+
+    /// As [`AudioSource::tick`], but `Some(talking)` decides whether this slot is speech
+    /// (a speaker who holds the floor) instead of the speaker's own talk pattern.
+    pub fn tick_with(&mut self, floor: Option<bool>) -> Option<AudioPacket> {
         let mut marker = false;
-        if self.slots_left == 0 {
+        if let Some(talking) = floor {
+            marker = talking && !self.talking;
+            self.talking = talking;
+            self.slots_left = u32::MAX;
+        } else if self.slots_left == 0 {
             self.talking = !self.talking;
             // Talk spurts of 1–6 s, silences of 0.5–3 s.
             self.slots_left = if self.talking {
@@ -200,7 +210,7 @@ impl AudioSource {
             };
             marker = self.talking;
         }
-        self.slots_left -= 1;
+        self.slots_left = self.slots_left.saturating_sub(1);
         let rtp_ts = self.rtp_ts;
         self.rtp_ts = self.rtp_ts.wrapping_add(AUDIO_TS_STEP);
         self.slot += 1;
@@ -221,6 +231,12 @@ impl AudioSource {
             None
         }
     }
+}
+
+/// Whether speaker `k` of `n` holds the floor at `unix_ms` with turns of `turn_ms`: turns go
+/// round in order. Wall-clock time, so that processes sharing a run (`--shard-of`) agree.
+pub fn holds_floor(k: usize, n: usize, unix_ms: u64, turn_ms: u64) -> bool {
+    n > 0 && turn_ms > 0 && (unix_ms / turn_ms) % n as u64 == k as u64
 }
 
 /// Appends an audio payload of `size` bytes (at least TOC + stamp) carrying `stamp`.
@@ -318,6 +334,34 @@ impl VideoProfile {
     /// Microseconds between frames.
     pub fn frame_interval_us(&self) -> u64 {
         1_000_000 / u64::from(self.fps.max(1))
+    }
+}
+
+/// Simulcast layers as browsers send them: rid, resolution divisor, share of the profile's
+/// bitrate (for hd: 150 / 500 / 1500 kbit/s). The layer index is also the top byte of the
+/// layer's stream id, so receivers know which layer they got (0: full, as without simulcast).
+pub const LAYERS: [(&str, u16, f64); 3] = [("f", 1, 1.0), ("h", 2, 1.0 / 3.0), ("q", 4, 0.1)];
+
+/// Stream id of `layer` of video stream `stream`.
+pub fn layer_stream(stream: u32, layer: usize) -> u32 {
+    stream | ((layer as u32) << 24)
+}
+
+/// The video stream and layer a stream id names.
+pub fn stream_layer(id: u32) -> (u32, usize) {
+    (id & 0x00ff_ffff, (id >> 24) as usize)
+}
+
+impl VideoProfile {
+    /// The profile of simulcast layer `layer` (see [`LAYERS`]).
+    pub fn layer(&self, layer: usize) -> VideoProfile {
+        let (_, div, share) = LAYERS[layer.min(LAYERS.len() - 1)];
+        VideoProfile {
+            width: (self.width / div).max(16),
+            height: (self.height / div).max(16),
+            bitrate: ((f64::from(self.bitrate) * share) as u32).max(30_000),
+            ..*self
+        }
     }
 }
 
@@ -512,6 +556,35 @@ mod tests {
     }
 
     #[test]
+    fn speakers_take_turns_and_only_the_floor_holder_talks() {
+        let n = 5;
+        for t in (0..60_000u64).step_by(250) {
+            let holders = (0..n).filter(|k| holds_floor(*k, n, t, 4000)).count();
+            assert_eq!(holders, 1, "exactly one speaker at {t} ms");
+        }
+        assert!(holds_floor(0, 5, 0, 4000) && holds_floor(1, 5, 4000, 4000));
+        assert!(holds_floor(0, 5, 20_000, 4000), "round again");
+        let mut src = AudioSource::new(1);
+        let (mut talk, mut quiet) = (0, 0);
+        for slot in 0..500 {
+            let on = slot < 250;
+            match src.tick_with(Some(on)) {
+                Some(p) if p.size > DTX_SIZE => {
+                    assert!(on);
+                    talk += 1;
+                }
+                Some(_) => {
+                    assert!(!on);
+                    quiet += 1;
+                }
+                None => assert!(!on),
+            }
+        }
+        assert_eq!(talk, 250, "one packet per 20 ms while holding the floor");
+        assert!((10..=15).contains(&quiet), "DTX only while silent: {quiet}");
+    }
+
+    #[test]
     fn audio_timestamps_advance_960_per_slot_even_in_silence() {
         let mut src = AudioSource::new(3);
         let mut last: Option<(u64, u32)> = None;
@@ -628,6 +701,19 @@ mod tests {
         src.request_keyframe();
         assert!(src.next_frame().keyframe);
         assert!(!src.next_frame().keyframe);
+    }
+
+    #[test]
+    fn simulcast_layers_scale_the_profile_and_name_their_stream() {
+        let hd = VideoProfile::by_name("hd").unwrap();
+        let kbps: Vec<u32> = (0..3).map(|l| hd.layer(l).bitrate / 1000).collect();
+        assert_eq!(kbps, vec![1500, 500, 150]);
+        assert_eq!((hd.layer(2).width, hd.layer(2).height), (320, 180));
+        assert_eq!(hd.layer(0), hd);
+        let id = layer_stream(41, 2);
+        assert_ne!(id, 41);
+        assert_eq!(stream_layer(id), (41, 2));
+        assert_eq!(stream_layer(41), (41, 0));
     }
 
     #[test]

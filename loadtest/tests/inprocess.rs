@@ -60,4 +60,63 @@ async fn twenty_subscribers_receive_two_publishers() {
         "server metrics were read: {text}"
     );
     assert!(report.server.peak_participants >= 22.0, "{text}");
+
+    // The fast receive path: every packet counted from its header, a sample decrypted and
+    // verified, and the RTCP a browser sends went out.
+    let c = &report.checks;
+    assert!(!report.full_decrypt);
+    assert_eq!(c.counted, report.packets.received, "{text}");
+    assert!(
+        c.verified >= 22 * 4 * 4,
+        "the first 4 packets of every stream at least: {text}"
+    );
+    assert!(c.decrypted < c.counted / 4, "only a sample: {text}");
+    assert_eq!(c.failures(), 0, "{text}");
+    assert!(c.keyframes_verified > 0, "{text}");
+    assert!(c.rr_sent > 0 && c.twcc_sent > 0, "{text}");
+    assert!(report.frames.complete > 0, "{text}");
+}
+
+/// Network classes shape each attendee's downlink: the lossy half loses audio, NACKs video
+/// and gets packets back by retransmission; the good half loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_downlinks_nack_and_recover() {
+    let server = plenary::start(plenary::config::Config::for_tests())
+        .await
+        .expect("server starts");
+    let mut c = RunConfig::new(
+        &format!("http://{}", server.http_addr()),
+        "test-key",
+        "test-secret-that-is-at-least-32-characters",
+    );
+    c.room = "net".into();
+    c.publishers = 1;
+    c.subscribers = 8;
+    c.duration = Duration::from_secs(4);
+    c.ramp_per_sec = 20.0;
+    c.video = VideoProfile::by_name("low").expect("profile");
+    c.network = Some(
+        plenary_loadtest::netem::NetMix::parse("50%:good,50%:loss=5%,delay=20ms").expect("mix"),
+    );
+    let report = tokio::time::timeout(Duration::from_secs(50), plenary_loadtest::run(&c))
+        .await
+        .expect("the run is bounded")
+        .expect("the run completes");
+    server.shutdown().await;
+    let text = report.render();
+    println!("{text}");
+    assert_eq!(report.joins.failed, 0, "{text}");
+    assert_eq!(report.classes.len(), 2, "{text}");
+    let (good, lossy) = (&report.classes[0], &report.classes[1]);
+    assert!(good.attendees > 0 && lossy.attendees > 0, "{text}");
+    assert_eq!(good.audio_loss_pct, 0.0, "{text}");
+    assert_eq!(good.shaper_drops, (0, 0, 0), "{text}");
+    assert!(lossy.shaper_drops.0 > 0, "{text}");
+    assert!(lossy.audio_loss_pct > 0.5, "{text}");
+    assert!(lossy.nacked > 0, "video gaps are NACKed: {text}");
+    assert!(
+        lossy.recovered > 0,
+        "the server resends what was NACKed: {text}"
+    );
+    assert_eq!(report.checks.failures(), 0, "{text}");
 }

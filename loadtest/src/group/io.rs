@@ -14,7 +14,9 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{GroupCmd, Latencies, Live, RxStream, Slot};
+use super::batch::{recv_batch, Batch};
+use super::{GroupCmd, GroupShared, Latencies, Live, RxStream, Slot};
+use crate::netem::Verdict;
 use crate::stats::StreamRx;
 use crate::synth;
 
@@ -22,12 +24,17 @@ use crate::synth;
 const READ_BUDGET: usize = 64;
 
 /// Takes every ready command and datagram. Returns whether anything arrived.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn read_inputs(
     cx: &mut std::task::Context<'_>,
     cmd_rx: &mut mpsc::Receiver<GroupCmd>,
     slots: &mut [Option<Slot>],
     arena: &mut BytesMut,
     cmds: &mut Vec<GroupCmd>,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+    batch: &mut Batch,
+    read: &mut u64,
 ) -> bool {
     let mut progressed = false;
     while cmds.len() < 256 {
@@ -47,6 +54,12 @@ pub(super) fn read_inputs(
         }
     }
     for slot in slots.iter_mut().flatten() {
+        if slot.fast.is_some() {
+            if read_batches(cx, slot, shared, latency, batch, read) {
+                progressed = true;
+            }
+            continue;
+        }
         let mut budget = READ_BUDGET;
         while let Poll::Ready(Ok(())) = slot.peer.socket.poll_recv_ready(cx) {
             if arena.capacity() - arena.len() < 2048 {
@@ -54,24 +67,33 @@ pub(super) fn read_inputs(
             }
             match slot.peer.socket.try_recv_buf_from(arena) {
                 Ok((_, from)) => {
-                    let message = arena.split();
-                    let msg = TaggedBytesMut {
-                        now: Instant::now(),
-                        transport: TransportContext {
-                            local_addr: slot.peer.local_addr,
-                            peer_addr: from,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message,
-                    };
-                    let _ = slot.peer.pc.handle_read(msg);
+                    let now = Instant::now();
                     slot.datagrams_in += 1;
-                    slot.dirty = true;
+                    slot.remote = Some(from);
                     progressed = true;
                     budget -= 1;
                     if budget == 0 {
                         cx.waker().wake_by_ref();
+                    }
+                    if let Some(shaper) = slot.shaper.as_mut() {
+                        let now_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+                        match shaper.admit(arena.len(), now_us) {
+                            Verdict::Now => {}
+                            Verdict::Later(due) => {
+                                shaper.push(due, arena);
+                                arena.clear();
+                            }
+                            Verdict::Lost | Verdict::QueueFull => arena.clear(),
+                        }
+                    }
+                    if !arena.is_empty() {
+                        if fast_path(slot, arena, now, shared, latency) {
+                            arena.clear();
+                        } else {
+                            to_rtc(slot, arena.split(), from, now);
+                        }
+                    }
+                    if budget == 0 {
                         break;
                     }
                 }
@@ -81,6 +103,145 @@ pub(super) fn read_inputs(
         }
     }
     progressed
+}
+
+/// The fast path's reading: whole batches per system call, kernel arrival times.
+fn read_batches(
+    cx: &mut std::task::Context<'_>,
+    slot: &mut Slot,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+    batch: &mut Batch,
+    read: &mut u64,
+) -> bool {
+    let mut progressed = false;
+    let mut budget = READ_BUDGET;
+    while let Poll::Ready(Ok(())) = slot.peer.socket.poll_recv_ready(cx) {
+        let n = match recv_batch(&slot.peer.socket, batch) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        let now = Instant::now();
+        for i in 0..n {
+            let len = batch.lens[i];
+            let Some(from) = batch.from[i] else {
+                continue;
+            };
+            // The kernel's receive time (it may be earlier than now: the group woke late).
+            let at = batch.at_ns[i]
+                .and_then(|ns| (ns / 1000).checked_sub(shared.epoch_unix_us))
+                .map_or(now, |us| {
+                    (shared.epoch + std::time::Duration::from_micros(us)).min(now)
+                });
+            slot.datagrams_in += 1;
+            slot.remote = Some(from);
+            *read += 1;
+            progressed = true;
+            let datagram = &mut batch.bufs[i][..len];
+            if let Some(shaper) = slot.shaper.as_mut() {
+                let at_us = at.saturating_duration_since(shared.epoch).as_micros() as u64;
+                match shaper.admit(len, at_us) {
+                    Verdict::Now => {}
+                    Verdict::Later(due) => {
+                        shaper.push(due, datagram);
+                        continue;
+                    }
+                    Verdict::Lost | Verdict::QueueFull => continue,
+                }
+            }
+            if !fast_path(slot, datagram, at, shared, latency) {
+                to_rtc(slot, BytesMut::from(&datagram[..]), from, at);
+            }
+        }
+        budget = budget.saturating_sub(n.max(1));
+        if budget == 0 {
+            cx.waker().wake_by_ref();
+            break;
+        }
+    }
+    progressed
+}
+
+/// Hands a datagram to webrtc-rs.
+pub(super) fn to_rtc(slot: &mut Slot, message: BytesMut, from: std::net::SocketAddr, now: Instant) {
+    let msg = TaggedBytesMut {
+        now,
+        transport: TransportContext {
+            local_addr: slot.peer.local_addr,
+            peer_addr: from,
+            ecn: None,
+            transport_protocol: TransportProtocol::UDP,
+        },
+        message,
+    };
+    let _ = slot.peer.pc.handle_read(msg);
+    slot.dirty = true;
+}
+
+/// Delivers the datagrams a shaped downlink has due (see `netem`).
+pub(super) fn release_shaped(
+    slot: &mut Slot,
+    now: Instant,
+    buf: &mut Vec<u8>,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+) {
+    let now_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+    let Some(from) = slot.remote else {
+        return;
+    };
+    loop {
+        let Some(shaper) = slot.shaper.as_mut() else {
+            return;
+        };
+        if !shaper.pop_due(now_us, buf) {
+            return;
+        }
+        if !fast_path(slot, buf, now, shared, latency) {
+            to_rtc(slot, BytesMut::from(&buf[..]), from, now);
+        }
+    }
+}
+
+/// The fast receive path (see `fast`): RTP is accounted here and never reaches webrtc-rs;
+/// RTCP is read for sender reports and then given to webrtc-rs like everything else. Returns
+/// whether the datagram was consumed.
+pub(super) fn fast_path(
+    slot: &mut Slot,
+    datagram: &mut [u8],
+    now: Instant,
+    shared: &GroupShared,
+    latency: &mut Latencies,
+) -> bool {
+    let Some(fast) = slot.fast.as_mut() else {
+        return false;
+    };
+    if !crate::rtprx::is_rtp_or_rtcp(datagram) {
+        return false;
+    }
+    let at_us = now.saturating_duration_since(shared.epoch).as_micros() as u64;
+    if let Some(capture) = slot.peer.capture.as_deref() {
+        fast.ensure_keys(&mut slot.peer.pc, capture);
+    }
+    if crate::rtprx::is_rtcp(datagram) {
+        fast.on_rtcp(datagram, at_us);
+        return false;
+    }
+    let room = shared.plan[slot.pid].room;
+    let seen = fast.on_rtp(datagram, at_us, &shared.plan, room);
+    match seen.first_of {
+        Some(TrackKind::Audio) => {
+            slot.first_audio.get_or_insert(now);
+        }
+        Some(TrackKind::Video) => {
+            slot.first_video.get_or_insert(now);
+        }
+        None => {}
+    }
+    if let Some(stamp) = seen.stamp {
+        latency.record(stamp.kind, at_us.saturating_sub(stamp.sent_us));
+    }
+    true
 }
 
 /// Handles everything the peer connection has for us and sends what it wants sent.
@@ -103,7 +264,7 @@ pub(super) fn drain(
                     if let Some(a) = slot.audio.as_mut() {
                         a.due = now;
                     }
-                    if let Some(v) = slot.video.as_mut() {
+                    for v in slot.video.iter_mut() {
                         v.due = now;
                     }
                 }
@@ -178,7 +339,7 @@ pub(super) fn drain(
     let requests = slot.peer.keyframe_requests.load(Ordering::Relaxed);
     if requests > slot.keyframe_requests {
         slot.keyframe_requests = requests;
-        if let Some(v) = slot.video.as_mut() {
+        for v in slot.video.iter_mut() {
             v.src.request_keyframe();
         }
     }

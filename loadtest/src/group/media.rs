@@ -12,7 +12,7 @@ use rtc::sansio::Protocol;
 
 use super::Slot;
 use crate::peer::Peer;
-use crate::synth::{self, AudioSource, Stamp, VideoFrame, VideoProfile, VideoSource};
+use crate::synth::{self, AudioSource, Stamp, VideoFrame, VideoSource};
 
 /// Audio packets are sent at most this late before the schedule is reset (no bursts after
 /// a stall).
@@ -20,14 +20,25 @@ const MAX_LAG: Duration = Duration::from_millis(200);
 
 pub(super) struct AudioTx {
     pub(super) src: AudioSource,
+    /// Speaker `k` of `n` taking turns of this many ms (`None`: its own talk pattern).
+    pub(super) turn: Option<(usize, usize, u64)>,
     pub(super) stream: u32,
     pub(super) seq: u32,
     pub(super) due: Instant,
     pub(super) track: usize,
 }
 
+/// A simulcast layer's own RTP stream.
+pub(super) struct Layer {
+    pub(super) rid: &'static str,
+    pub(super) ssrc: u32,
+    pub(super) rtp_seq: u16,
+}
+
 pub(super) struct VideoTx {
     pub(super) src: VideoSource,
+    /// With simulcast: this layer's SSRC and rid (else the track's own SSRC).
+    pub(super) layer: Option<Layer>,
     pub(super) stream: u32,
     pub(super) seq: u32,
     pub(super) due: Instant,
@@ -62,13 +73,7 @@ pub(super) struct Sent {
 }
 
 /// Sends the slot's audio and video that are due.
-pub(super) fn send_media(
-    slot: &mut Slot,
-    now: Instant,
-    epoch: Instant,
-    arena: &mut BytesMut,
-    profile: &VideoProfile,
-) {
+pub(super) fn send_media(slot: &mut Slot, now: Instant, epoch: Instant, arena: &mut BytesMut) {
     let sent_us = now.saturating_duration_since(epoch).as_micros() as u64;
     if let Some(a) = slot.audio.as_mut() {
         if now.saturating_duration_since(a.due) > MAX_LAG {
@@ -76,7 +81,13 @@ pub(super) fn send_media(
         }
         while a.due <= now {
             a.due += Duration::from_millis(synth::AUDIO_FRAME_MS);
-            let Some(p) = a.src.tick() else {
+            let floor = a.turn.map(|(k, n, turn_ms)| {
+                let unix_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                synth::holds_floor(k, n, unix_ms, turn_ms)
+            });
+            let Some(p) = a.src.tick_with(floor) else {
                 continue;
             };
             let stamp = Stamp {
@@ -93,6 +104,7 @@ pub(super) fn send_media(
                 &mut slot.peer,
                 &mut slot.sent,
                 a.track,
+                None,
                 now,
                 p.marker,
                 p.rtp_ts,
@@ -101,7 +113,8 @@ pub(super) fn send_media(
             slot.dirty = true;
         }
     }
-    if let Some(v) = slot.video.as_mut() {
+    for v in slot.video.iter_mut() {
+        let profile = *v.src.profile();
         let interval = Duration::from_micros(profile.frame_interval_us());
         if now.saturating_duration_since(v.due) > MAX_LAG {
             v.due = now;
@@ -134,13 +147,14 @@ pub(super) fn send_media(
             };
             v.seq += 1;
             reserve(arena, size);
-            synth::write_video(arena, &frame, i, profile, &stamp, &mut slot.rng);
+            synth::write_video(arena, &frame, i, &profile, &stamp, &mut slot.rng);
             let payload = arena.split().freeze();
             let last = i + 1 == frame.packets;
             write_rtp(
                 &mut slot.peer,
                 &mut slot.sent,
                 v.track,
+                v.layer.as_mut(),
                 now,
                 last,
                 frame.rtp_ts,
@@ -157,10 +171,12 @@ fn reserve(arena: &mut BytesMut, n: usize) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn write_rtp(
     peer: &mut Peer,
     sent: &mut Sent,
     track: usize,
+    layer: Option<&mut Layer>,
     now: Instant,
     marker: bool,
     ts: u32,
@@ -168,19 +184,32 @@ fn write_rtp(
 ) {
     let t = &mut peer.tracks[track];
     let len = payload.len() as u64;
-    let packet = rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            marker,
-            payload_type: t.pt,
-            sequence_number: t.rtp_seq,
-            timestamp: ts,
-            ssrc: t.ssrc,
-            ..Default::default()
-        },
-        payload,
+    let (ssrc, seq) = match &layer {
+        Some(l) => (l.ssrc, l.rtp_seq),
+        None => (t.ssrc, t.rtp_seq),
     };
-    t.rtp_seq = t.rtp_seq.wrapping_add(1);
+    let mut header = rtc::rtp::header::Header {
+        version: 2,
+        marker,
+        payload_type: t.pt,
+        sequence_number: seq,
+        timestamp: ts,
+        ssrc,
+        ..Default::default()
+    };
+    match layer {
+        Some(l) => {
+            // As Chrome: every simulcast packet names its mid and rid (RFC 8852), with the
+            // ids the answer kept (none: the server did not take the extensions).
+            if let Some((mid_id, mid, rid_id)) = &peer.simulcast_ext {
+                let _ = header.set_extension(*mid_id, bytes::Bytes::from(mid.clone()));
+                let _ = header.set_extension(*rid_id, bytes::Bytes::from_static(l.rid.as_bytes()));
+            }
+            l.rtp_seq = l.rtp_seq.wrapping_add(1);
+        }
+        None => t.rtp_seq = t.rtp_seq.wrapping_add(1),
+    }
+    let packet = rtc::rtp::Packet { header, payload };
     let msg = TaggedRTCMessage {
         now,
         message: RTCMessage::RtpPacket(t.track_id.clone(), packet),

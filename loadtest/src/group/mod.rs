@@ -11,6 +11,8 @@
 //! - `media`: the simulated microphone and camera of a publishing peer (with the pacer).
 //! - `io`: reading sockets and draining peer connections.
 
+mod batch;
+mod fast;
 mod io;
 mod media;
 pub mod outcome;
@@ -36,6 +38,8 @@ use crate::peer::Peer;
 use crate::stats::StreamRx;
 use crate::synth::{AudioSource, Rng, VideoProfile, VideoSource};
 
+pub(crate) use batch::enable_timestamps;
+pub use fast::{vp8_keyframe_start, RxChecks};
 use io::{drain, read_inputs};
 pub use media::{pacing_interval, PACING_FACTOR};
 use media::{send_media, AudioTx, Sent, VideoTx};
@@ -69,6 +73,11 @@ pub enum GroupCmd {
         /// Why.
         reason: String,
     },
+    /// The participant left (churn): close its connection, free its socket, keep its outcome.
+    Leave {
+        /// Participant.
+        pid: usize,
+    },
     /// The ramp is over: latency from now on is the steady phase's.
     Steady,
     /// Stop sending media now.
@@ -84,6 +93,8 @@ pub struct GroupShared {
     pub plan: Vec<Participant>,
     /// Time zero of stamps.
     pub epoch: Instant,
+    /// The same instant as µs since the Unix epoch (to place kernel receive timestamps).
+    pub epoch_unix_us: u64,
     /// Local IP for media sockets.
     pub local_ip: IpAddr,
     /// Camera profile.
@@ -92,6 +103,17 @@ pub struct GroupShared {
     pub pacing: bool,
     /// Join deadline.
     pub join_timeout: Duration,
+    /// Give every received packet to webrtc-rs (decrypt all) instead of the fast path.
+    pub full_decrypt: bool,
+    /// `(i, n)`: this process simulates participants with `pid % n == i`.
+    pub shard: (usize, usize),
+    /// Cameras publish three simulcast layers.
+    pub simulcast: bool,
+    /// Network classes of the attendees' downlinks (`None`: as the machine's network is).
+    pub network: Option<crate::netem::NetMix>,
+    /// Speakers take turns of this length, one talking at a time (`None`: each talks on its
+    /// own pattern).
+    pub turn: Option<Duration>,
     /// Progress counters.
     pub live: Live,
 }
@@ -119,7 +141,21 @@ struct Slot {
     streams: Vec<RxStream>,
     receivers: Vec<(String, RTCRtpReceiverId)>,
     audio: Option<AudioTx>,
-    video: Option<VideoTx>,
+    /// One camera stream, or one per simulcast layer.
+    video: Vec<VideoTx>,
+    /// The fast receive path (`None` with `--full-decrypt`).
+    fast: Option<Box<fast::FastRx>>,
+    /// With simulcast: what the server's answer said about it.
+    simulcast_answer: Option<crate::peer::SimulcastAnswer>,
+    /// Network class (index into the mix) and its downlink shaper (`None` for a good link).
+    class: Option<usize>,
+    shaper: Option<Box<crate::netem::Shaper>>,
+    /// The server's media address, once a datagram came from it.
+    remote: Option<std::net::SocketAddr>,
+    /// Adaptation: bytes, received and lost at the last one-second window, the window's
+    /// start, and when the received rate first fit the cap with loss settled.
+    window: (u64, u64, u64, Option<Instant>),
+    adapted: Option<Duration>,
     rng: Rng,
     timeout: Option<Instant>,
     dirty: bool,
@@ -134,12 +170,17 @@ struct Slot {
     live_rx_packets: u64,
     live_lost: u64,
     live_tx_bytes: u64,
+    live_datagrams: u64,
 }
 
 /// Shortest wait the group accepts from a peer connection's timer.
 const MIN_TIMER: Duration = Duration::from_millis(1);
 /// How often a group checks join deadlines, sends PLIs and updates the progress counters.
 const TICK: Duration = Duration::from_millis(250);
+/// How long the fast path lets datagrams gather after a busy turn.
+const COALESCE: Duration = Duration::from_millis(1);
+/// How often the fast path's RTCP (NACK, PLI, TWCC, RR) is considered.
+const FEEDBACK_TICK: Duration = Duration::from_millis(20);
 
 /// One task's worth of peers.
 pub struct Group {
@@ -155,6 +196,54 @@ pub struct Group {
     sending: bool,
     cmds: Vec<GroupCmd>,
     longest_turn: Duration,
+    rtcp_out: Vec<Box<dyn rtc::rtcp::Packet>>,
+    media_stopped_us: Option<u64>,
+    steady_at: Option<Instant>,
+    release_buf: Vec<u8>,
+    batch: batch::Batch,
+    /// Datagrams read so far (to tell a busy turn from an idle one).
+    read: u64,
+}
+
+/// A participant's first SSRC: audio, then video (or three simulcast layers and their RTX).
+fn ssrc_base(pid: usize) -> u32 {
+    0x4000_0000 | (pid as u32 * 8)
+}
+
+/// One-second windows after the ramp: the first in which the attendee's received rate fits
+/// its class's cap and its loss is no more than the class's random loss + 1 point marks the
+/// time it adapted.
+#[allow(clippy::too_many_arguments)]
+fn adapt_window(
+    slot: &mut Slot,
+    bytes: u64,
+    packets: u64,
+    lost: u64,
+    now: Instant,
+    steady: Instant,
+    class: usize,
+    shared: &GroupShared,
+) {
+    let Some(c) = shared.network.as_ref().map(|m| &m.classes[class]) else {
+        return;
+    };
+    let (b0, p0, l0, start) = slot.window;
+    let Some(start) = start else {
+        slot.window = (bytes, packets, lost, Some(now.max(steady)));
+        return;
+    };
+    let secs = now.saturating_duration_since(start).as_secs_f64();
+    if secs < 1.0 {
+        return;
+    }
+    let kbps = bytes.saturating_sub(b0) as f64 * 8.0 / secs / 1000.0;
+    let (got, lost_w) = (packets.saturating_sub(p0), lost.saturating_sub(l0));
+    let loss_pct = crate::stats::percent(lost_w, got + lost_w);
+    let fits = c.cap_bps.is_none_or(|cap| kbps * 1000.0 <= cap as f64);
+    if fits && got > 0 && loss_pct <= c.loss * 100.0 + 1.0 {
+        slot.adapted = Some(now.saturating_duration_since(steady));
+    }
+    slot.window = (bytes, packets, lost, Some(now));
 }
 
 impl Group {
@@ -165,7 +254,12 @@ impl Group {
         shared: Arc<GroupShared>,
         cmd_rx: mpsc::Receiver<GroupCmd>,
     ) -> Group {
-        let n = shared.plan.len().div_ceil(groups);
+        let n = shared
+            .plan
+            .len()
+            .div_ceil(shared.shard.1.max(1))
+            .div_ceil(groups)
+            + 1;
         Group {
             index,
             groups,
@@ -179,14 +273,29 @@ impl Group {
             sending: true,
             cmds: Vec::with_capacity(64),
             longest_turn: Duration::ZERO,
+            rtcp_out: Vec::with_capacity(16),
+            media_stopped_us: None,
+            steady_at: None,
+            release_buf: Vec::with_capacity(2048),
+            batch: batch::Batch::new(),
+            read: 0,
         }
     }
 
     /// Runs until [`GroupCmd::Finish`] (or every sender is gone).
     pub async fn run(mut self) {
         let mut next_tick = Instant::now() + TICK;
+        let mut next_feedback = Instant::now() + FEEDBACK_TICK;
+        let mut read_before = 0u64;
         loop {
-            let deadline = self.next_deadline().min(next_tick);
+            let deadline = self.next_deadline().min(next_tick).min(next_feedback);
+            // The fast path reads in batches with kernel timestamps: after a busy turn, let
+            // datagrams gather for a moment instead of waking for each one.
+            if !self.shared.full_decrypt && self.read > read_before {
+                let gather = (Instant::now() + COALESCE).min(deadline);
+                tokio::time::sleep_until(gather.into()).await;
+            }
+            read_before = self.read;
             self.wait(deadline).await;
             let turn = Instant::now();
             let mut cmds = std::mem::take(&mut self.cmds);
@@ -206,6 +315,10 @@ impl Group {
                 self.tick(now);
                 next_tick = now + TICK;
             }
+            if now >= next_feedback {
+                self.feedback(now);
+                next_feedback = now + FEEDBACK_TICK;
+            }
             self.service(now);
             self.longest_turn = self.longest_turn.max(turn.elapsed());
         }
@@ -217,12 +330,15 @@ impl Group {
             if let Some(t) = s.timeout {
                 d = d.min(t);
             }
+            if let Some(due) = s.shaper.as_ref().and_then(|sh| sh.next_due()) {
+                d = d.min(self.shared.epoch + Duration::from_micros(due));
+            }
             // The same condition as `service` uses to send, or a stale due time would spin.
             if self.sending && s.connected.is_some() && s.dropped.is_none() {
                 if let Some(a) = &s.audio {
                     d = d.min(a.due);
                 }
-                if let Some(v) = &s.video {
+                for v in &s.video {
                     d = d.min(v.due);
                     if !v.queue.is_empty() {
                         d = d.min(v.next_send);
@@ -250,10 +366,16 @@ impl Group {
             slots,
             rx_arena,
             cmds,
+            shared,
+            latency,
+            batch,
+            read,
             ..
         } = self;
         poll_fn(|cx| {
-            let mut progressed = read_inputs(cx, cmd_rx, slots, rx_arena, cmds);
+            let mut progressed = read_inputs(
+                cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read,
+            );
             if sleep.as_mut().poll(cx).is_ready() {
                 progressed = true;
             }
@@ -272,17 +394,28 @@ impl Group {
             slots,
             rx_arena,
             cmds,
+            shared,
+            latency,
+            batch,
+            read,
             ..
         } = self;
         poll_fn(|cx| {
-            read_inputs(cx, cmd_rx, slots, rx_arena, cmds);
+            read_inputs(
+                cx, cmd_rx, slots, rx_arena, cmds, shared, latency, batch, read,
+            );
             Poll::Ready(())
         })
         .await;
     }
 
     fn slot_index(&self, pid: usize) -> Option<usize> {
-        (pid % self.groups == self.index).then_some(pid / self.groups)
+        let (i, n) = self.shared.shard;
+        if pid % n.max(1) != i {
+            return None;
+        }
+        let local = pid / n.max(1);
+        (local % self.groups == self.index).then_some(local / self.groups)
     }
 
     fn on_cmd(&mut self, cmd: GroupCmd) {
@@ -307,8 +440,23 @@ impl Group {
                     }
                 }
             }
-            GroupCmd::Steady => self.latency.steady = true,
-            GroupCmd::StopMedia => self.sending = false,
+            GroupCmd::Leave { pid } => {
+                if let Some(i) = self.slot_index(pid) {
+                    if let Some(slot) = self.slots[i].take() {
+                        let now = Instant::now();
+                        let outcome = self.outcome(slot, now);
+                        self.done.push(outcome);
+                    }
+                }
+            }
+            GroupCmd::Steady => {
+                self.latency.steady = true;
+                self.steady_at = Some(Instant::now());
+            }
+            GroupCmd::StopMedia => {
+                self.sending = false;
+                self.media_stopped_us = Some(self.shared.epoch.elapsed().as_micros() as u64);
+            }
             GroupCmd::Finish(_) => {}
         }
     }
@@ -327,8 +475,10 @@ impl Group {
             self.shared.local_ip,
             audio,
             video,
-            0x4000_0000 | (pid as u32 * 2),
+            ssrc_base(pid),
             &name,
+            !self.shared.full_decrypt,
+            self.shared.simulcast,
         )
         .and_then(|mut peer| peer.create_offer().map(|offer| (peer, offer)));
         let (peer, (sdp, tracks)) = match built {
@@ -344,26 +494,65 @@ impl Group {
         let stream = participant.audio_stream();
         let now = Instant::now();
         let track_of = |kind: TrackKind| peer.tracks.iter().position(|t| t.kind == kind);
+        let class = self.shared.network.as_ref().map(|m| m.class_of(pid));
+        let shaper = class.and_then(|k| {
+            let c = &self.shared.network.as_ref()?.classes[k];
+            (!c.is_good()).then(|| {
+                Box::new(crate::netem::Shaper::new(
+                    c.clone(),
+                    (pid as u64) ^ 0x6e65_7465,
+                ))
+            })
+        });
+        let turn = self.shared.turn.map(|turn| {
+            let speaker = |p: &Participant| {
+                p.room == participant.room && matches!(p.role, Role::Publisher { audio: true, .. })
+            };
+            let n = self.shared.plan.iter().filter(|p| speaker(p)).count();
+            let k = self.shared.plan[..pid]
+                .iter()
+                .filter(|p| speaker(p))
+                .count();
+            (k, n, turn.as_millis() as u64)
+        });
         let audio_tx = track_of(TrackKind::Audio).map(|track| AudioTx {
+            turn,
             src: AudioSource::new(pid as u64),
             stream,
             seq: 0,
             due: now,
             track,
         });
-        let video_tx = track_of(TrackKind::Video).map(|track| VideoTx {
-            src: VideoSource::new(self.shared.video, pid as u64),
-            stream: stream + 1,
-            seq: 0,
-            due: now,
-            track,
-            queue: VecDeque::with_capacity(256),
-            next_send: now,
-            pace_bps: self
-                .shared
-                .pacing
-                .then(|| f64::from(self.shared.video.bitrate) * PACING_FACTOR),
-        });
+        let mut video_tx = Vec::new();
+        if let Some(track) = track_of(TrackKind::Video) {
+            let layers = peer.tracks[track].layers.clone();
+            let n = layers.len().max(1);
+            for l in 0..n {
+                let profile = if layers.is_empty() {
+                    self.shared.video
+                } else {
+                    self.shared.video.layer(l)
+                };
+                video_tx.push(VideoTx {
+                    src: VideoSource::new(profile, pid as u64 * 3 + l as u64),
+                    layer: layers.get(l).map(|(rid, ssrc)| media::Layer {
+                        rid,
+                        ssrc: *ssrc,
+                        rtp_seq: (ssrc.wrapping_mul(2_654_435_761) >> 16) as u16,
+                    }),
+                    stream: crate::synth::layer_stream(stream + 1, l),
+                    seq: 0,
+                    due: now,
+                    track,
+                    queue: VecDeque::with_capacity(256),
+                    next_send: now,
+                    pace_bps: self
+                        .shared
+                        .pacing
+                        .then(|| f64::from(profile.bitrate) * PACING_FACTOR),
+                });
+            }
+        }
         self.slots[i] = Some(Slot {
             pid,
             peer,
@@ -379,6 +568,19 @@ impl Group {
             receivers: Vec::new(),
             audio: audio_tx,
             video: video_tx,
+            fast: (!self.shared.full_decrypt).then(|| {
+                // Listeners' RTCP goes out as an SSRC of their own, like a browser's.
+                Box::new(fast::FastRx::new(
+                    ssrc_base(pid),
+                    (pid as u64).wrapping_mul(7_919_000),
+                ))
+            }),
+            simulcast_answer: None,
+            class,
+            shaper,
+            remote: None,
+            window: (0, 0, 0, None),
+            adapted: None,
             rng: Rng::new(pid as u64 + 17),
             timeout: Some(now),
             dirty: true,
@@ -392,6 +594,7 @@ impl Group {
             live_rx_packets: 0,
             live_lost: 0,
             live_tx_bytes: 0,
+            live_datagrams: 0,
         });
     }
 
@@ -405,6 +608,9 @@ impl Group {
         let result = match msg {
             ServerMessage::Answer { sdp, .. } => {
                 slot.offer_outstanding = false;
+                if !slot.video.is_empty() && slot.video[0].layer.is_some() {
+                    slot.simulcast_answer = Some(crate::peer::simulcast_in_answer(&sdp));
+                }
                 slot.peer.apply_answer(sdp).map_err(|e| e.to_string())
             }
             // Glare (protocol §2.4): ignore a server offer while ours is outstanding; the
@@ -430,6 +636,11 @@ impl Group {
             _ => Ok(()),
         };
         slot.dirty = true;
+        if let Some(f) = slot.fast.as_mut() {
+            if let Some(d) = slot.peer.pc.remote_description() {
+                f.sdp = crate::rtprx::RemoteSdp::parse(&d.sdp);
+            }
+        }
         if let Err(reason) = result {
             if slot.connected.is_some() {
                 slot.dropped.get_or_insert(reason);
@@ -462,6 +673,13 @@ impl Group {
         let live = &self.shared.live;
         for slot in self.slots.iter_mut().flatten() {
             let (mut bytes, mut packets, mut lost) = (0, 0, 0);
+            if let Some(f) = &slot.fast {
+                for s in &f.ssrcs {
+                    bytes += s.rx.bytes;
+                    packets += s.rx.seq.received;
+                    lost += s.rx.seq.lost();
+                }
+            }
             for s in &mut slot.streams {
                 bytes += s.rx.bytes;
                 packets += s.rx.received;
@@ -501,6 +719,12 @@ impl Group {
                 live.lost
                     .fetch_sub(slot.live_lost - lost, Ordering::Relaxed);
             }
+            if let (Some(steady), Some(k), None) = (self.steady_at, slot.class, slot.adapted) {
+                adapt_window(slot, bytes, packets, lost, now, steady, k, &self.shared);
+            }
+            live.datagrams
+                .fetch_add(slot.datagrams_in - slot.live_datagrams, Ordering::Relaxed);
+            slot.live_datagrams = slot.datagrams_in;
             slot.live_rx_bytes = bytes;
             slot.live_rx_packets = packets;
             slot.live_tx_bytes = slot.sent.bytes;
@@ -508,10 +732,37 @@ impl Group {
         }
     }
 
+    /// The fast path's RTCP: NACKs, PLIs, TWCC feedback and receiver reports, handed to
+    /// webrtc-rs (which protects them with SRTCP and sends them when the peer is drained).
+    fn feedback(&mut self, now: Instant) {
+        let now_us = now.saturating_duration_since(self.shared.epoch).as_micros() as u64;
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.closed || slot.connected.is_none() {
+                continue;
+            }
+            let Some(f) = slot.fast.as_mut() else {
+                continue;
+            };
+            f.feedback(now_us, &mut self.rtcp_out);
+            if self.rtcp_out.is_empty() {
+                continue;
+            }
+            let packets = std::mem::replace(&mut self.rtcp_out, Vec::with_capacity(16));
+            let msg = rtc::peer_connection::message::TaggedRTCMessage {
+                now,
+                message: rtc::peer_connection::message::RTCMessage::RtcpPacket(
+                    String::new(),
+                    packets,
+                ),
+            };
+            let _ = slot.peer.pc.handle_write(msg);
+            slot.dirty = true;
+        }
+    }
+
     /// Timeouts, due media, and draining of every peer that has something to do.
     fn service(&mut self, now: Instant) {
         let epoch = self.shared.epoch;
-        let video_profile = self.shared.video;
         for i in 0..self.slots.len() {
             let Some(slot) = self.slots[i].as_mut() else {
                 continue;
@@ -533,12 +784,21 @@ impl Group {
                 slot.timeout = None;
                 continue;
             }
+            if slot.shaper.is_some() {
+                io::release_shaped(
+                    slot,
+                    now,
+                    &mut self.release_buf,
+                    &self.shared,
+                    &mut self.latency,
+                );
+            }
             if slot.timeout.is_some_and(|t| t <= now) {
                 let _ = slot.peer.pc.handle_timeout(now);
                 slot.dirty = true;
             }
             if self.sending && slot.connected.is_some() && slot.dropped.is_none() {
-                send_media(slot, now, epoch, &mut self.tx_arena, &video_profile);
+                send_media(slot, now, epoch, &mut self.tx_arena);
             }
             if slot.dirty {
                 let failed = drain(slot, epoch, &mut self.latency, &self.shared.live);
@@ -553,57 +813,113 @@ impl Group {
         }
     }
 
+    /// Closes a participant's connection (its socket goes with it) and returns what it
+    /// measured.
+    fn outcome(&mut self, mut slot: Slot, now: Instant) -> PeerOutcome {
+        let mut nacks = 0u64;
+        let report = slot.peer.pc.get_stats(now, StatsSelector::None);
+        for s in report.inbound_rtp_streams() {
+            nacks += u64::from(s.nack_count);
+        }
+        let _ = slot.peer.pc.close();
+        while let Some(out) = slot.peer.pc.poll_write() {
+            let _ = slot
+                .peer
+                .socket
+                .try_send_to(&out.message, out.transport.peer_addr);
+        }
+        let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
+        let end_us = self
+            .media_stopped_us
+            .unwrap_or_else(|| now.saturating_duration_since(self.shared.epoch).as_micros() as u64);
+        let mut streams: Vec<StreamOutcome> = slot
+            .streams
+            .iter()
+            .map(|s| StreamOutcome {
+                stream: s.rx.stream,
+                kind: s.rx.kind,
+                received: s.rx.received,
+                lost: s.rx.lost(),
+                duplicates: s.rx.duplicates,
+                bytes: s.rx.bytes,
+                jitter_ms: s.rx.jitter_ms(),
+                active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64 / 1e6,
+                ..StreamOutcome::default()
+            })
+            .collect();
+        let mut checks = None;
+        let mut recovered = 0;
+        if let Some(f) = slot.fast.as_mut() {
+            let (nacked, rec, plis) = f.totals();
+            nacks = nacked;
+            recovered = rec;
+            slot.plis_sent += plis;
+            for s in &mut f.ssrcs {
+                s.rx.frames.finish(end_us);
+                let r = &s.rx;
+                streams.push(StreamOutcome {
+                    stream: s.streams().first().copied().unwrap_or(u32::MAX),
+                    streams_seen: s.streams().len() as u32,
+                    last_stream: s.stream.unwrap_or(u32::MAX),
+                    seen_ids: s.streams().to_vec(),
+                    kind: r.kind,
+                    received: r.seq.received,
+                    lost: r.seq.lost(),
+                    duplicates: r.seq.duplicates,
+                    reordered: r.seq.reordered,
+                    bytes: r.bytes,
+                    jitter_ms: r.jitter.ms(r.clock_hz),
+                    active_secs: r.last_at_us.saturating_sub(r.first_at_us) as f64 / 1e6,
+                    nacked: r.nack.nacked,
+                    recovered: r.nack.recovered,
+                    frames_complete: r.frames.complete,
+                    frames_incomplete: r.frames.incomplete,
+                    freezes: r.frames.freezes,
+                    frozen_secs: r.frames.frozen_us as f64 / 1e6,
+                    padding_packets: r.padding_packets,
+                });
+            }
+            let mut c = f.checks;
+            if let Some(e) = &f.key_error {
+                slot.errors.push(format!("SRTP keys: {e}"));
+                c.before_keys += 1;
+            }
+            checks = Some(c);
+        }
+        PeerOutcome {
+            pid: slot.pid,
+            join: match slot.connected {
+                Some(t) => Ok(t.saturating_duration_since(slot.t0)),
+                None => Err("still connecting at the end".into()),
+            },
+            first_audio: since(slot.first_audio),
+            first_video: since(slot.first_video),
+            dropped: slot.dropped.take(),
+            streams,
+            checks,
+            recovered,
+            class: slot.class,
+            simulcast_answer: slot.simulcast_answer.take(),
+            shaper: slot.shaper.as_ref().map(|s| s.stats),
+            adapted: slot.adapted,
+            unknown_packets: slot.unknown_packets,
+            nacks_sent: nacks,
+            plis_sent: slot.plis_sent,
+            keyframe_requests_received: slot.keyframe_requests,
+            datagrams_in: slot.datagrams_in,
+            sent_packets: slot.sent.packets,
+            sent_bytes: slot.sent.bytes,
+            errors: std::mem::take(&mut slot.errors),
+        }
+    }
+
     fn finish(&mut self) -> GroupResult {
         let now = Instant::now();
         let mut peers = std::mem::take(&mut self.done);
-        for slot in self.slots.iter_mut().filter_map(Option::take) {
-            let mut slot = slot;
-            let mut nacks = 0u64;
-            let report = slot.peer.pc.get_stats(now, StatsSelector::None);
-            for s in report.inbound_rtp_streams() {
-                nacks += u64::from(s.nack_count);
-            }
-            let _ = slot.peer.pc.close();
-            while let Some(out) = slot.peer.pc.poll_write() {
-                let _ = slot
-                    .peer
-                    .socket
-                    .try_send_to(&out.message, out.transport.peer_addr);
-            }
-            let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
-            peers.push(PeerOutcome {
-                pid: slot.pid,
-                join: match slot.connected {
-                    Some(t) => Ok(t.saturating_duration_since(slot.t0)),
-                    None => Err("still connecting at the end".into()),
-                },
-                first_audio: since(slot.first_audio),
-                first_video: since(slot.first_video),
-                dropped: slot.dropped.take(),
-                streams: slot
-                    .streams
-                    .iter()
-                    .map(|s| StreamOutcome {
-                        stream: s.rx.stream,
-                        kind: s.rx.kind,
-                        received: s.rx.received,
-                        lost: s.rx.lost(),
-                        duplicates: s.rx.duplicates,
-                        bytes: s.rx.bytes,
-                        jitter_ms: s.rx.jitter_ms(),
-                        active_secs: (s.rx.last_at_us.saturating_sub(s.rx.first_at_us)) as f64
-                            / 1e6,
-                    })
-                    .collect(),
-                unknown_packets: slot.unknown_packets,
-                nacks_sent: nacks,
-                plis_sent: slot.plis_sent,
-                keyframe_requests_received: slot.keyframe_requests,
-                datagrams_in: slot.datagrams_in,
-                sent_packets: slot.sent.packets,
-                sent_bytes: slot.sent.bytes,
-                errors: std::mem::take(&mut slot.errors),
-            });
+        let slots: Vec<Slot> = self.slots.iter_mut().filter_map(Option::take).collect();
+        for slot in slots {
+            let outcome = self.outcome(slot, now);
+            peers.push(outcome);
         }
         GroupResult {
             peers,

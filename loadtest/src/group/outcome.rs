@@ -23,13 +23,23 @@ pub struct Live {
     pub rx_packets: AtomicU64,
     /// Packets lost so far.
     pub lost: AtomicU64,
+    /// UDP datagrams received by the peers' sockets.
+    pub datagrams: AtomicU64,
 }
 
-/// What one stream looked like to one receiver.
+/// What one stream looked like to one receiver. With `--full-decrypt` a stream is a sending
+/// stream (by the payload stamp); on the fast path it is a received SSRC, named by the first
+/// stream id its samples carried.
 #[derive(Debug, Clone)]
 pub struct StreamOutcome {
-    /// The sending stream.
+    /// The sending stream (`u32::MAX`: no sample identified it).
     pub stream: u32,
+    /// Stream ids seen on this SSRC (more than one: the SFU switched sources or layers).
+    pub streams_seen: u32,
+    /// The stream id of the last sample (its top byte is the simulcast layer).
+    pub last_stream: u32,
+    /// Every stream id seen on it (at most 4; the SFU may switch sources on one SSRC).
+    pub seen_ids: Vec<u32>,
     /// Audio or video.
     pub kind: TrackKind,
     /// Distinct packets received.
@@ -44,6 +54,48 @@ pub struct StreamOutcome {
     pub jitter_ms: f64,
     /// Seconds from first to last packet.
     pub active_secs: f64,
+    /// Packets that arrived after a later one.
+    pub reordered: u64,
+    /// Sequence numbers NACKed (each send counts).
+    pub nacked: u64,
+    /// Packets that filled a gap after being NACKed (RTX or same-SSRC resend).
+    pub recovered: u64,
+    /// Video frames complete (all packets up to the marker).
+    pub frames_complete: u64,
+    /// Video frames never completed.
+    pub frames_incomplete: u64,
+    /// Gaps of more than 200 ms without a complete frame.
+    pub freezes: u64,
+    /// Their total, seconds.
+    pub frozen_secs: f64,
+    /// Padding packets (bandwidth probes).
+    pub padding_packets: u64,
+}
+
+impl Default for StreamOutcome {
+    fn default() -> Self {
+        StreamOutcome {
+            stream: u32::MAX,
+            streams_seen: 0,
+            last_stream: u32::MAX,
+            seen_ids: Vec::new(),
+            kind: TrackKind::Audio,
+            received: 0,
+            lost: 0,
+            duplicates: 0,
+            bytes: 0,
+            jitter_ms: 0.0,
+            active_secs: 0.0,
+            reordered: 0,
+            nacked: 0,
+            recovered: 0,
+            frames_complete: 0,
+            frames_incomplete: 0,
+            freezes: 0,
+            frozen_secs: 0.0,
+            padding_packets: 0,
+        }
+    }
 }
 
 /// Everything measured for one participant.
@@ -61,6 +113,18 @@ pub struct PeerOutcome {
     pub dropped: Option<String>,
     /// Streams received.
     pub streams: Vec<StreamOutcome>,
+    /// What the fast path verified and counted (`None` with `--full-decrypt`).
+    pub checks: Option<super::RxChecks>,
+    /// Packets recovered after a NACK.
+    pub recovered: u64,
+    /// Network class (index into the mix).
+    pub class: Option<usize>,
+    /// With simulcast: what the server's answer said about it.
+    pub simulcast_answer: Option<crate::peer::SimulcastAnswer>,
+    /// What its shaped downlink did.
+    pub shaper: Option<crate::netem::ShaperStats>,
+    /// Time after the ramp until its received rate fit its cap with loss settled.
+    pub adapted: Option<Duration>,
     /// Packets whose payload had no stamp.
     pub unknown_packets: u64,
     /// NACKs this peer's receivers sent (webrtc-rs stats).
@@ -88,6 +152,12 @@ impl PeerOutcome {
             first_video: None,
             dropped: None,
             streams: Vec::new(),
+            checks: None,
+            recovered: 0,
+            class: None,
+            simulcast_answer: None,
+            shaper: None,
+            adapted: None,
             unknown_packets: 0,
             nacks_sent: 0,
             plis_sent: 0,
