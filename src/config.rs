@@ -214,6 +214,9 @@ pub struct MediaConfig {
     /// In a room with more microphones than this, forward to each listener only this many
     /// loudest (plus the floor holder's). 0: every microphone.
     pub loudest_speakers: usize,
+    /// Repeat recent audio packets (RFC 2198 RED) to listeners whose links lose packets,
+    /// within what their bandwidth affords.
+    pub audio_redundancy: bool,
 }
 
 /// `[auth]`
@@ -286,6 +289,7 @@ impl Default for MediaConfig {
             shards: 0,
             allocate_bandwidth: true,
             loudest_speakers: 3,
+            audio_redundancy: true,
         }
     }
 }

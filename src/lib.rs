@@ -199,6 +199,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         audit,
         allocate: config.media.allocate_bandwidth,
         loudest_speakers: config.media.loudest_speakers,
+        audio_redundancy: config.media.audio_redundancy,
     };
     let (media, media_threads) =
         media::spawn(sockets, settings, metrics.clone()).map_err(StartError::Media)?;

@@ -278,6 +278,8 @@ pub struct MediaSettings {
     pub allocate: bool,
     /// Forward only this many loudest microphones in a room (0: all).
     pub loudest_speakers: usize,
+    /// Repeat audio (RED) to listeners on lossy links.
+    pub audio_redundancy: bool,
 }
 
 /// A host action (or other meeting event) for the audit log.
@@ -400,6 +402,7 @@ pub fn spawn(
             ice_timeout: settings.ice_timeout,
             allocate: settings.allocate,
             loudest_speakers: settings.loudest_speakers,
+            audio_redundancy: settings.audio_redundancy,
         };
         let thread = std::thread::Builder::new()
             .name(format!("plenary-media-{index}"))
@@ -414,12 +417,23 @@ pub fn spawn(
                         return;
                     }
                 };
-                runtime.block_on(async move {
-                    match shard::Shard::new(socket, announce, shard_settings, metrics, links) {
-                        Ok(shard) => shard.run().await,
-                        Err(e) => tracing::error!("media shard {index}: cannot start: {e}"),
-                    }
+                let run = std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(async move {
+                        match shard::Shard::new(socket, announce, shard_settings, metrics, links) {
+                            Ok(shard) => shard.run().await,
+                            Err(e) => tracing::error!("media shard {index}: cannot start: {e}"),
+                        }
+                    })
                 });
+                if std::panic::catch_unwind(run).is_err() {
+                    // A shard that died leaves its rooms half-served (peers on other shards
+                    // lose its publishers). Better a clean stop that the supervisor restarts
+                    // and clients rejoin than a server that limps.
+                    tracing::error!(
+                        "media shard {index} failed (see the panic above); stopping the server"
+                    );
+                    std::process::exit(70);
+                }
             })?;
         threads.push(thread);
     }

@@ -38,7 +38,22 @@ pub struct InTrack {
     /// Where it comes from.
     pub source: TrackSource,
     /// Codec of the last payload type seen, cached so that each packet costs no lookup.
-    pub last_pt: Option<(Pt, PayloadParams)>,
+    pub last_pt: Option<(Pt, PayloadParams, bool)>,
+}
+
+/// Bytes of headers per audio packet on the wire (IPv4, UDP, RTP with extensions, SRTP
+/// tag), for what audio costs a listener's link.
+const AUDIO_HEADER_BYTES: f64 = 60.0;
+
+/// A publisher's payload type as the forwarding path needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct InParams {
+    /// The codec (for RED, the codec inside it).
+    pub params: PayloadParams,
+    /// The payload type differs from the track's last one.
+    pub changed: bool,
+    /// The packets are RED (RFC 2198): only their primary block is forwarded.
+    pub red: bool,
 }
 
 /// Where one received track's m-line stands.
@@ -146,6 +161,17 @@ pub struct Peer {
     pub can_probe: bool,
     /// A cap on its estimate from heavy receiver-reported loss.
     pub loss_cap: plenary_sfu::LossCap,
+    /// How many past audio packets each audio packet repeats (RED), from its reported loss.
+    pub red: plenary_sfu::RedPolicy,
+    /// Its Opus and RED payload types, once its answer accepted RED.
+    pub red_pts: Option<(Pt, Pt)>,
+    /// Audio sent to it since the last loss report: payload bytes and packets (without
+    /// repeats), for what repeats would cost.
+    pub audio_sent: (u64, u64),
+    /// The audio payload rate of the last report's window, bits/s.
+    pub audio_payload_bps: u64,
+    /// When that window started.
+    pub audio_window: Instant,
     /// How the client shows each video track it receives (for its allocator).
     pub tiles: Vec<(
         TrackKey,
@@ -178,7 +204,7 @@ impl Peer {
             .set_local_ice_credentials(creds)
             .set_dtls_cert(cert.clone())
             .clear_codecs()
-            .enable_opus(true, false)
+            .enable_opus(true, true)
             .enable_vp8(true)
             .enable_h264(true)
             .enable_vp9(true)
@@ -222,6 +248,11 @@ impl Peer {
             last_estimate: initial_estimate.unwrap_or(u64::MAX),
             can_probe: false,
             loss_cap: plenary_sfu::LossCap::default(),
+            red: plenary_sfu::RedPolicy::default(),
+            red_pts: None,
+            audio_sent: (0, 0),
+            audio_payload_bps: 0,
+            audio_window: Instant::now(),
             tiles: Vec::new(),
         }
     }
@@ -365,6 +396,7 @@ impl Peer {
             .map_err(|e| format!("the answer cannot be applied: {e}"))?;
         // Changes queued while the offer was out go in the next one.
         self.renegotiate = true;
+        self.refresh_red_pts();
         Ok(self.settle())
     }
 
@@ -460,21 +492,80 @@ impl Peer {
 
     /// The codec parameters of payload type `pt` on published track `index`, and whether
     /// they changed since the last packet (the codec is then told to the room).
-    pub fn in_params(&mut self, index: usize, pt: Pt) -> Option<(PayloadParams, bool)> {
+    pub fn in_params(&mut self, index: usize, pt: Pt) -> Option<InParams> {
         let t = self.in_tracks.get(index)?;
-        if let Some((cached, params)) = t.last_pt {
+        if let Some((cached, params, red)) = t.last_pt {
             if cached == pt {
-                return Some((params, false));
+                return Some(InParams {
+                    params,
+                    changed: false,
+                    red,
+                });
             }
         }
-        let params = *self
+        let all = self.rtc.codec_config().params();
+        let (params, red) = match all.iter().find(|p| p.pt() == pt) {
+            Some(p) => (*p, false),
+            // RED (RFC 2198) around the codec whose RED payload type this is.
+            None => (*all.iter().find(|p| p.red() == Some(pt))?, true),
+        };
+        self.in_tracks[index].last_pt = Some((pt, params, red));
+        Some(InParams {
+            params,
+            changed: true,
+            red,
+        })
+    }
+
+    /// Repeats for audio packets to this peer (RED): `(distance, its Opus payload type,
+    /// its RED payload type)`, when its link is lossy and its answer accepted RED.
+    pub fn red_choice(&self) -> Option<(usize, Pt, Pt)> {
+        let distance = self.red.distance();
+        let (opus, red) = self.red_pts?;
+        (distance > 0).then_some((distance, opus, red))
+    }
+
+    /// A second's loss report from its receiver: updates its audio redundancy, within what
+    /// its link affords (its estimate, capped by loss; unbounded without an allocator).
+    pub fn handle_loss_report(&mut self, now: Instant, loss: f64) {
+        self.red.handle_loss(now, loss);
+        let budget = match self.alloc {
+            Some(_) => self.last_estimate.min(self.loss_cap.cap(now)),
+            None => u64::MAX,
+        };
+        let secs = now
+            .saturating_duration_since(self.audio_window)
+            .as_secs_f64()
+            .max(0.1);
+        let (bytes, packets) = std::mem::take(&mut self.audio_sent);
+        self.audio_window = now;
+        self.audio_payload_bps = (bytes as f64 * 8.0 / secs) as u64;
+        let overhead_bps = (packets as f64 * AUDIO_HEADER_BYTES * 8.0 / secs) as u64;
+        self.red
+            .afford(budget, self.audio_payload_bps, overhead_bps);
+        self.refresh_red_pts();
+    }
+
+    /// What its audio needs, repeats included, reserved before any video.
+    pub fn audio_reserve(&self) -> u64 {
+        let repeats = match self.red_pts {
+            Some(_) => self.red.distance() as u64,
+            None => 0,
+        };
+        u64::from(self.audio_in) * plenary_sfu::allocator::AUDIO_TRACK_RESERVE
+            + repeats * self.audio_payload_bps
+    }
+
+    /// Reads its Opus and RED payload types again: the first answer with audio settles them
+    /// (RED stays only if the answer accepted it).
+    fn refresh_red_pts(&mut self) {
+        self.red_pts = self
             .rtc
             .codec_config()
             .params()
             .iter()
-            .find(|p| p.pt() == pt)?;
-        self.in_tracks[index].last_pt = Some((pt, params));
-        Some((params, true))
+            .find(|p| p.spec().codec == Codec::Opus)
+            .and_then(|p| Some((p.pt(), p.red()?)));
     }
 
     /// Our payload type for the publisher's `(pt, params)` on `slot`.

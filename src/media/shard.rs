@@ -24,8 +24,8 @@ use plenary_proto::{
     SubscriptionUpdate, TrackInfo, TrackSource,
 };
 use plenary_sfu::{
-    AllocatorEvent, Forward, Media, Room, RoomConfig, RoomEvent, RtpIn, SpeakerEvent, Speakers,
-    TrackKey, MAX_LAYERS,
+    AllocatorEvent, Forward, Media, RedEncoder, Room, RoomConfig, RoomEvent, RtpIn, SpeakerEvent,
+    Speakers, TrackKey, MAX_LAYERS,
 };
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::demux::{is_stun, Demux};
 use super::exchange::{Exchange, Relay};
-use super::peer::{core_media, first_codec, InTrack, OutState, OutTrack, Peer};
+use super::peer::{core_media, first_codec, InParams, InTrack, OutState, OutTrack, Peer};
 use super::udp::{BatchSocket, SendQueue};
 use super::{shard_of, slot_of, PeerId, SessionEvent};
 use crate::metrics::{MediaCounters, Metrics};
@@ -237,6 +237,8 @@ pub struct ShardSettings {
     /// In rooms with more microphones than this, forward only this many loudest (plus the
     /// floor holder's); 0 forwards every microphone.
     pub loudest_speakers: usize,
+    /// Repeat audio (RED, `plenary_sfu::red`) to listeners on lossy links.
+    pub audio_redundancy: bool,
 }
 
 /// How a shard talks to the rest of the media plane.
@@ -279,7 +281,12 @@ struct TrackRoute {
     room: usize,
     /// The publisher's last payload type, to tell the core when the codec changes.
     last_pt: Option<Pt>,
+    /// Its last packets, for redundancy to lossy listeners (audio tracks only).
+    red: Option<Box<RedEncoder>>,
 }
+
+/// A RED payload built for one audio packet: `(distance, Opus payload type, payload)`.
+type RedPayload = (usize, Pt, Arc<[u8]>);
 
 /// The media loop's state. See the module docs.
 pub struct Shard {
@@ -318,6 +325,9 @@ pub struct Shard {
     exchange: Exchange,
     /// Relayed packets taken from the rings this turn (reused).
     relay_batch: Vec<Relay>,
+    /// RED payloads of the audio packet being forwarded, and the buffer they are built in.
+    red_out: Vec<RedPayload>,
+    red_buf: Vec<u8>,
     /// Allocator decisions being carried out (reused).
     alloc_events: Vec<AllocatorEvent>,
     /// Speaker selector decisions being carried out (reused).
@@ -381,6 +391,8 @@ impl Shard {
             shards,
             exchange,
             relay_batch: Vec::new(),
+            red_out: Vec::new(),
+            red_buf: Vec::new(),
             alloc_events: Vec::new(),
             speaker_events: Vec::new(),
             next_track: 1,
@@ -687,6 +699,9 @@ impl Shard {
                 if window_done {
                     peer.loss_window = (0.0, 0, now);
                 }
+                if window_done && packets >= 50 {
+                    peer.handle_loss_report(now, lost / packets as f64);
+                }
                 self.counters.nacks_received += nacks;
                 if window_done && packets >= 50 {
                     self.allocation_loss(now, id, (lost / packets as f64) as f32);
@@ -722,10 +737,23 @@ impl Shard {
         let Some((index, layer)) = peer.in_track_for(pkt.header.ssrc) else {
             return; // not a published track (e.g. a source the grant forbids)
         };
-        let pt = pkt.header.payload_type;
-        let Some((params, changed)) = peer.in_params(index, pt) else {
+        let Some(InParams {
+            params,
+            changed,
+            red,
+        }) = peer.in_params(index, pkt.header.payload_type)
+        else {
             return;
         };
+        let mut pkt = pkt;
+        if red {
+            // A publisher sending RED itself: forward the primary, add redundancy per listener.
+            let Some(range) = plenary_sfu::red::primary(&pkt.payload) else {
+                return;
+            };
+            pkt.payload = Arc::from(&pkt.payload[range]);
+        }
+        let pt = params.pt();
         let track = peer.in_tracks[index].key;
         let room = peer.room;
         let video = params.spec().codec.kind() == MediaKind::Video;
@@ -786,9 +814,20 @@ impl Shard {
                 self.exchange.send(to, relay.clone());
             }
         }
+        if !video {
+            self.prepare_red(
+                track,
+                *pkt.seq_no,
+                pkt.header.timestamp,
+                &pkt.payload,
+                &forwards,
+            );
+        }
+        let red = std::mem::take(&mut self.red_out);
         let out = Egress {
             pt,
             params,
+            red: &red,
             marker: pkt.header.marker,
             audio_level: ext.audio_level,
             voice_activity: ext.voice_activity,
@@ -798,6 +837,7 @@ impl Shard {
             video,
         };
         self.write_forwards(&forwards, &out);
+        self.red_out = red;
         self.forwards = forwards;
         self.handle_room_events(room);
     }
@@ -848,9 +888,14 @@ impl Shard {
             },
             &mut forwards,
         );
+        if !video {
+            self.prepare_red(r.track, r.seq, r.ts, &r.payload, &forwards);
+        }
+        let red = std::mem::take(&mut self.red_out);
         let out = Egress {
             pt: r.pt,
             params: r.params,
+            red: &red,
             marker: r.marker,
             audio_level: r.audio_level,
             voice_activity: r.voice_activity,
@@ -860,8 +905,49 @@ impl Shard {
             video,
         };
         self.write_forwards(&forwards, &out);
+        self.red_out = red;
         self.forwards = forwards;
         self.handle_room_events(room);
+    }
+
+    /// Builds the RED payloads the listeners of this audio packet need (one per distance and
+    /// Opus payload type, shared by all of them), then remembers the packet for the next.
+    fn prepare_red(
+        &mut self,
+        track: TrackKey,
+        seq: u64,
+        ts: u32,
+        payload: &[u8],
+        forwards: &[Forward],
+    ) {
+        self.red_out.clear();
+        let Some(enc) = self
+            .track_index
+            .get_mut(&track)
+            .and_then(|r| r.red.as_mut())
+        else {
+            return;
+        };
+        for f in forwards {
+            let Some(sub) = self
+                .peers
+                .get(slot_of(f.subscriber))
+                .and_then(|p| p.as_ref())
+            else {
+                continue;
+            };
+            let Some((distance, opus, _)) = sub.red_choice().filter(|_| sub.id == f.subscriber)
+            else {
+                continue;
+            };
+            if self.red_out.iter().any(|r| r.0 == distance && r.1 == opus) {
+                continue;
+            }
+            enc.encode(seq as u16, ts, payload, *opus, distance, &mut self.red_buf);
+            self.red_out
+                .push((distance, opus, Arc::from(&self.red_buf[..])));
+        }
+        enc.push(seq as u16, ts, payload);
     }
 
     /// Writes one packet into each forward's subscriber (encrypted when the peer is polled).
@@ -870,9 +956,24 @@ impl Shard {
             let Some(sub) = self.peer_mut(f.subscriber) else {
                 continue;
             };
-            let Some(pt) = sub.out_pt(f.slot, e.pt, e.params) else {
+            let Some(mut pt) = sub.out_pt(f.slot, e.pt, e.params) else {
                 continue;
             };
+            let mut payload = e.payload;
+            if !e.video {
+                sub.audio_sent.0 += e.payload.len() as u64;
+                sub.audio_sent.1 += 1;
+            }
+            if let Some((distance, opus, red_pt)) = sub.red_choice().filter(|_| !e.video) {
+                if let Some(r) = e
+                    .red
+                    .iter()
+                    .find(|r| r.0 == distance && r.1 == opus && opus == pt)
+                {
+                    pt = red_pt;
+                    payload = &r.2;
+                }
+            }
             let Some(Some(out)) = sub.out.get_mut(f.slot as usize) else {
                 continue;
             };
@@ -902,7 +1003,7 @@ impl Shard {
                 ..ExtensionValues::default()
             };
             tx.write_rtp(
-                RtpWrite::new(pt, f.seq.into(), f.ts, e.at, Arc::clone(e.payload))
+                RtpWrite::new(pt, f.seq.into(), f.ts, e.at, Arc::clone(payload))
                     .marker(e.marker)
                     .ext_vals(ext)
                     .nackable(e.video),
@@ -1043,6 +1144,7 @@ impl Shard {
             TrackRoute {
                 room,
                 last_pt: None,
+                red: audio.then(Box::default),
             },
         );
         if audio {
@@ -1195,7 +1297,7 @@ impl Shard {
             // The control loop reuses a slot only after this shard reported it gone.
             tracing::warn!(peer = old.id.0, "slot reused before its peer was removed");
         }
-        let peer = Peer::new(
+        let mut peer = Peer::new(
             id,
             room,
             &add,
@@ -1205,6 +1307,7 @@ impl Shard {
                 .allocate
                 .then_some(adapt::INITIAL_ESTIMATE_BPS),
         );
+        peer.red = plenary_sfu::RedPolicy::new(self.settings.audio_redundancy);
         self.demux.add_peer(id, peer.ufrag.clone());
         self.peers[slot] = Some(peer);
         if let Some(entry) = self.room_mut(room) {
@@ -1572,6 +1675,8 @@ impl Shard {
 struct Egress<'a> {
     pt: Pt,
     params: PayloadParams,
+    /// RED payloads for listeners on lossy links (audio).
+    red: &'a [RedPayload],
     marker: bool,
     audio_level: Option<i8>,
     voice_activity: Option<bool>,

@@ -523,6 +523,11 @@ export class Harness {
     }
     try {
       const log = readFileSync(this.logFile, "utf8");
+      // A panic's message first (the tail may hold only its backtrace).
+      const lines = log.split("\n");
+      lines.forEach((line, i) => {
+        if (/panicked at/.test(line)) for (const l of lines.slice(i, i + 3)) console.log(`server panic: ${l}`);
+      });
       for (const line of tail(log, 40)) console.log(`server: ${line}`);
     } catch {}
   }

@@ -482,6 +482,11 @@ impl Track {
         self.layers = [VideoLayer::default(); MAX_LAYERS];
         self.layers[..layers.len()].copy_from_slice(layers);
         self.layer_count = layers.len();
+        // Fewer layers than before (the publisher stopped simulcast): nothing may point past
+        // the last one.
+        let last = (layers.len() - 1) as u8;
+        self.cur = self.cur.map(|l| l.min(last));
+        self.plan = self.plan.map(|l| l.min(last));
         Ok(())
     }
 }
@@ -788,7 +793,12 @@ impl Allocator {
                 continue;
             };
             let Some(cur) = t.cur else { continue };
-            let arriving = if t.layers()[cur as usize].is_available() {
+            // The layer list may have shrunk (the publisher stopped simulcast).
+            let arriving = if t
+                .layers()
+                .get(cur as usize)
+                .is_some_and(|l| l.is_available())
+            {
                 Some(cur)
             } else {
                 next_available_below(t.layers(), cur)

@@ -7,6 +7,7 @@
 //! - [`munger`]: rewriting of sequence numbers and timestamps so that each subscriber sees
 //!   one continuous stream across pauses, simulcast-layer and source switches.
 //! - [`loss_cap`]: a cap on a subscriber's estimate from reported loss (policed links).
+//! - [`red`]: audio redundancy (RFC 2198) for listeners on lossy links.
 //! - [`keyframe`]: codec peeks (VP8, VP9, H.264, AV1) that find where a decoder may start.
 //! - [`allocator`]: one subscriber's video allocation — which simulcast layer of each track
 //!   its downlink estimate carries, in priority order, with hysteresis and probe targets.
@@ -23,6 +24,7 @@ pub mod allocator;
 pub mod keyframe;
 pub mod loss_cap;
 pub mod munger;
+pub mod red;
 pub mod room;
 pub mod speakers;
 
@@ -32,6 +34,7 @@ pub use allocator::{
 };
 pub use keyframe::VideoCodec;
 pub use loss_cap::LossCap;
+pub use red::{RedEncoder, RedPolicy};
 pub use room::{
     Forward, Media, ParticipantKey, Room, RoomConfig, RoomError, RoomEvent, RoomStats, RtpIn,
     TrackKey, MAX_LAYERS,

@@ -642,3 +642,20 @@ fn misuse_is_an_error() {
     };
     assert_eq!(Allocator::new(bad).unwrap_err(), E::InvalidConfig);
 }
+
+#[test]
+fn a_publisher_that_stops_simulcast_leaves_one_layer_and_nothing_breaks() {
+    let mut sim = Sim::start(10_000_000, 1);
+    sim.add(STAGE, TrackPriority::Stage, Tile::shown(1280, 720), &cam());
+    sim.run(Duration::from_secs(3), |_| 10_000_000);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(2));
+    // The layer list shrinks to one (a browser that renegotiated without simulcast).
+    sim.layers(STAGE, &[VideoLayer::new(640, 360, 600_000)]);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(0));
+    sim.run(Duration::from_secs(3), |_| 10_000_000);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(0));
+    // And back to three.
+    sim.layers(STAGE, &cam());
+    sim.run(Duration::from_secs(10), |_| 10_000_000);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(2));
+}

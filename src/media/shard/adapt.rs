@@ -18,7 +18,6 @@
 use std::time::Instant;
 
 use plenary_proto::{ServerMessage, SubscriptionUpdate, TilePriority, TrackSource};
-use plenary_sfu::allocator::AUDIO_TRACK_RESERVE;
 use plenary_sfu::{
     Allocator, AllocatorConfig, AllocatorEvent, Decision, PauseReason, SpeakerEvent, Speakers,
     SpeakersConfig, Tile, TrackKey, TrackPriority, VideoLayer, MAX_LAYERS,
@@ -176,7 +175,7 @@ impl Shard {
             let _ = alloc.add_track(now, track, track_priority(priority, screen), tile, &layers);
         } else {
             peer.audio_in += 1;
-            let reserve = u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
+            let reserve = peer.audio_reserve();
             if let Some(alloc) = peer.alloc.as_mut() {
                 alloc.set_audio_reserve(now, reserve);
             }
@@ -203,7 +202,7 @@ impl Shard {
             }
         } else {
             peer.audio_in = peer.audio_in.saturating_sub(1);
-            let reserve = u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
+            let reserve = peer.audio_reserve();
             if let Some(alloc) = peer.alloc.as_mut() {
                 alloc.set_audio_reserve(now, reserve);
             }
@@ -218,14 +217,26 @@ impl Shard {
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
+        // Audio first, with the repeats (RED) its loss now calls for.
+        let audio = peer.audio_reserve();
         let Some(alloc) = peer.alloc.as_mut() else {
             return;
         };
-        let audio = u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
+        alloc.set_audio_reserve(now, audio);
         let sent = alloc.video_rate() + audio;
         peer.loss_cap
             .handle_report(now, f64::from(loss), sent, audio);
         let estimate = peer.last_estimate.min(peer.loss_cap.cap(now));
+        tracing::debug!(
+            target: "plenary::bwe",
+            peer = id.0,
+            loss,
+            audio,
+            red = peer.red.distance(),
+            cap = peer.loss_cap.cap(now),
+            estimate,
+            "loss report"
+        );
         let can_probe = peer.can_probe;
         if let Some(alloc) = peer.alloc.as_mut() {
             alloc.handle_estimate(now, estimate, can_probe);
@@ -395,7 +406,7 @@ impl Shard {
         }
         if let Some(peer) = self.peer_mut(id) {
             if let Some(alloc) = peer.alloc.as_ref() {
-                let sent = alloc.video_rate() + u64::from(peer.audio_in) * AUDIO_TRACK_RESERVE;
+                let sent = alloc.video_rate() + peer.audio_reserve();
                 peer.loss_cap.note_sent(now, sent);
             }
         }
