@@ -312,6 +312,9 @@ async fn rtc(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
     }
     // Frames a little over the protocol limit reach the session, which answers `too_large`
     // with a reason instead of a bare protocol error.
+    // tungstenite zero-fills its whole read buffer on every read, so its size is resident
+    // memory per attendee: 8 KiB (not the default 128 KiB); bigger messages grow it.
     ws.max_message_size(2 * plenary_proto::MAX_SDP_MESSAGE_BYTES)
+        .read_buffer_size(8 * 1024)
         .on_upgrade(move |socket| crate::signal::run(socket, state))
 }

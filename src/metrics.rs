@@ -50,6 +50,11 @@ pub struct Metrics {
     pub send_calls: IntCounter,
     /// Media shards (threads with their own UDP port).
     pub shards: IntGauge,
+    /// Media shards shedding load (overload level 1 or more).
+    pub shards_overloaded: IntGauge,
+    /// The highest overload level of any shard (0 normal, 1 thumbnails shed, 2 video shed,
+    /// 3 refusing joins).
+    pub overload_level: IntGauge,
     /// RTP packets handed from one shard to another.
     pub relayed: IntCounter,
     /// Relayed packets dropped because the receiving shard's ring was full.
@@ -110,6 +115,14 @@ impl Metrics {
                 "Send system calls (sendmmsg batches)",
             ),
             shards: gauge("media_shards", "Media shards (threads, one UDP port each)"),
+            shards_overloaded: gauge(
+                "media_shards_overloaded",
+                "Media shards shedding load (overload level 1 or more)",
+            ),
+            overload_level: gauge(
+                "media_overload_level",
+                "Highest shard overload level: 0 normal, 1 thumbnails shed, 2 video shed, 3 joins refused",
+            ),
             relayed: counter(
                 "relayed_packets_total",
                 "RTP packets handed from a publisher's shard to another shard's subscribers",

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use plenary_meeting::{Entry, Meeting, MeetingConfig, Output, Pid, Refusal, Restore, Rights};
 use plenary_proto::{LeaveReason, ParticipantInfo, ServerMessage, TrackSource, PROTOCOL_VERSION};
-use plenary_sfu::TrackKey;
+use plenary_sfu::{OverloadLevel, TrackKey};
 use tokio::sync::mpsc;
 
 use super::shard::{AddPeer, RoomKey, ShardCmd, ShardEvent, TrackSpec};
@@ -123,6 +123,8 @@ pub struct Control {
     peers: HashMap<PeerId, PeerCtl>,
     resumable: HashMap<String, Resumable>,
     shutting_down: bool,
+    /// Each shard's overload level (a shard at `RefuseJoins` takes no newcomers).
+    loads: Arc<super::ShardLoads>,
 }
 
 /// The grant's permissions as the meeting rules see them.
@@ -145,6 +147,7 @@ impl Control {
         settings: MediaSettings,
         metrics: Arc<Metrics>,
         shards: Arc<[mpsc::Sender<ShardCmd>]>,
+        loads: Arc<super::ShardLoads>,
     ) -> Control {
         let n = shards.len();
         metrics.shards.set(n as i64);
@@ -158,6 +161,7 @@ impl Control {
             peers: HashMap::new(),
             resumable: HashMap::new(),
             shutting_down: false,
+            loads,
         }
     }
 
@@ -325,9 +329,12 @@ impl Control {
         if self.room(name).meeting.members().len() >= room_limit {
             return Err(JoinError::RoomFull(room_limit));
         }
+        // The least loaded shard that still takes newcomers; none: the server is overloaded
+        // (refused, so that those already in keep a good meeting).
         let shard = (0..self.slots.len())
+            .filter(|s| self.loads.get(*s) < OverloadLevel::RefuseJoins.as_u8())
             .min_by_key(|s| self.slots[*s].used)
-            .expect("at least one shard");
+            .ok_or(JoinError::Overloaded)?;
         let id = self.slots[shard].take(shard);
         let JoinRequest {
             info,

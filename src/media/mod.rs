@@ -226,6 +226,10 @@ pub enum JoinError {
     /// The lobby is full.
     #[error("too many people are waiting in this room's lobby")]
     LobbyFull,
+    /// Every media shard is overloaded: new participants would make the meeting worse for
+    /// everyone already in it.
+    #[error("the server is too busy to take more participants right now; try again in a minute")]
+    Overloaded,
     /// The resume token is unknown or expired.
     #[error("this session cannot be resumed; join again with a new grant")]
     ResumeFailed,
@@ -237,6 +241,7 @@ impl JoinError {
         match self {
             JoinError::RoomFull(_) => "room_full",
             JoinError::ServerFull => "server_full",
+            JoinError::Overloaded => "overloaded",
             JoinError::ShuttingDown => "shutting_down",
             JoinError::Locked => "locked",
             JoinError::Barred => "barred",
@@ -384,6 +389,7 @@ pub fn spawn(
         shard_rx.push(rx);
     }
     let shards: Arc<[mpsc::Sender<shard::ShardCmd>]> = shard_tx.into();
+    let loads = Arc::new(ShardLoads::new(n));
     let mut exchanges = exchange::Exchange::mesh(n);
     let mut threads = Vec::with_capacity(n);
     for (index, ((socket, announce), commands)) in
@@ -396,6 +402,7 @@ pub fn spawn(
             control: events_tx.clone(),
             shards: Arc::clone(&shards),
             exchange: exchanges.pop().expect("one exchange per shard"),
+            loads: Arc::clone(&loads),
         };
         let metrics = Arc::clone(&metrics);
         let shard_settings = shard::ShardSettings {
@@ -437,7 +444,7 @@ pub fn spawn(
             })?;
         threads.push(thread);
     }
-    let control = control::Control::new(settings, metrics, Arc::clone(&shards));
+    let control = control::Control::new(settings, metrics, Arc::clone(&shards), loads);
     let control = tokio::spawn(control.run(control_rx, events_rx));
     Ok((
         MediaHandle {
@@ -449,4 +456,42 @@ pub fn spawn(
             control,
         },
     ))
+}
+
+/// Each shard's overload level (`plenary_sfu::OverloadLevel` as a number), written by the
+/// shard once a second and read by the control loop when it places a participant.
+#[derive(Debug)]
+pub struct ShardLoads(Box<[std::sync::atomic::AtomicU8]>);
+
+impl ShardLoads {
+    /// `n` shards at level 0.
+    pub fn new(n: usize) -> ShardLoads {
+        ShardLoads(
+            (0..n)
+                .map(|_| std::sync::atomic::AtomicU8::new(0))
+                .collect(),
+        )
+    }
+
+    /// Shard `shard`'s level.
+    pub fn get(&self, shard: usize) -> u8 {
+        self.0
+            .get(shard)
+            .map_or(0, |l| l.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets shard `shard`'s level.
+    pub fn set(&self, shard: usize, level: u8) {
+        if let Some(l) = self.0.get(shard) {
+            l.store(level, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The highest level and how many shards are above 0.
+    pub fn summary(&self) -> (u8, usize) {
+        (0..self.0.len()).fold((0, 0), |(max, n), s| {
+            let l = self.get(s);
+            (max.max(l), n + usize::from(l > 0))
+        })
+    }
 }

@@ -24,8 +24,8 @@ use plenary_proto::{
     SubscriptionUpdate, TrackInfo, TrackSource,
 };
 use plenary_sfu::{
-    AllocatorEvent, Forward, Media, RedEncoder, Room, RoomConfig, RoomEvent, RtpIn, SpeakerEvent,
-    Speakers, TrackKey, MAX_LAYERS,
+    AllocatorEvent, Forward, Media, Overload, OverloadLevel, RedEncoder, Room, RoomConfig,
+    RoomEvent, RtpIn, SpeakerEvent, Speakers, TrackKey, MAX_LAYERS,
 };
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
@@ -253,6 +253,15 @@ pub struct Links {
     pub shards: Arc<[mpsc::Sender<ShardCmd>]>,
     /// The packet rings to and from the other shards.
     pub exchange: Exchange,
+    /// Every shard's overload level (this shard writes its own).
+    pub loads: Arc<super::ShardLoads>,
+}
+
+/// What ended a wait of the shard's loop.
+enum Woke {
+    Command(Option<ShardCmd>),
+    Readable(bool),
+    Other,
 }
 
 /// A room's replica on this shard.
@@ -334,6 +343,15 @@ pub struct Shard {
     speaker_events: Vec<SpeakerEvent>,
     next_track: u64,
     shutting_down: bool,
+    /// Every shard's overload level; this shard's is written once a second.
+    loads: Arc<super::ShardLoads>,
+    /// This shard's load level and what it sheds (`plenary_sfu::overload`).
+    overload: Overload,
+    /// Wall-clock time the loop spent working since `busy_since`.
+    busy: Duration,
+    busy_since: Instant,
+    /// The kernel's drop count at the socket when last sampled.
+    kernel_drops_seen: u64,
 }
 
 impl Shard {
@@ -362,6 +380,7 @@ impl Shard {
             control,
             shards,
             exchange,
+            loads,
         } = links;
         Ok(Shard {
             index,
@@ -397,6 +416,11 @@ impl Shard {
             speaker_events: Vec::new(),
             next_track: 1,
             shutting_down: false,
+            loads,
+            overload: Overload::default(),
+            busy: Duration::ZERO,
+            busy_since: Instant::now(),
+            kernel_drops_seen: 0,
         })
     }
 
@@ -418,21 +442,22 @@ impl Shard {
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
                 .min(next_housekeeping);
-            tokio::select! {
-                cmd = self.commands.recv() => match cmd {
-                    Some(ShardCmd::Shutdown) | None => {
-                        self.shutdown();
-                        return;
-                    }
-                    Some(cmd) => self.handle_command(cmd),
-                },
-                ready = readable(&self.io) => {
-                    if ready.is_ok() {
-                        self.read_datagrams();
-                    }
+            let woke = tokio::select! {
+                cmd = self.commands.recv() => Woke::Command(cmd),
+                ready = readable(&self.io) => Woke::Readable(ready.is_ok()),
+                _ = self.exchange.woken() => Woke::Other,
+                _ = tokio::time::sleep_until(next_timer.into()) => Woke::Other,
+            };
+            // From here to the end of the turn the loop works (for the overload monitor).
+            let work_started = Instant::now();
+            match woke {
+                Woke::Command(Some(ShardCmd::Shutdown) | None) => {
+                    self.shutdown();
+                    return;
                 }
-                _ = self.exchange.woken() => {}
-                _ = tokio::time::sleep_until(next_timer.into()) => {}
+                Woke::Command(Some(cmd)) => self.handle_command(cmd),
+                Woke::Readable(true) => self.read_datagrams(),
+                Woke::Readable(false) | Woke::Other => {}
             }
             // More commands that are already waiting (a join storm), bounded per turn.
             for _ in 0..COMMAND_BATCH {
@@ -456,6 +481,7 @@ impl Shard {
             self.flush();
             self.exchange.wake();
             self.send_events();
+            self.busy += work_started.elapsed();
             // Let the runtime poll its I/O and timer drivers now and then, even when the
             // socket never runs dry.
             turns = turns.wrapping_add(1);
@@ -1652,6 +1678,50 @@ impl Shard {
             self.metrics.subscriptions.add(subscriptions - last_subs);
             self.metrics.kernel_drops.add(drops - last_drops);
             self.gauges_published = (subscriptions, drops);
+            self.sample_overload(now, drops as u64);
+        }
+    }
+
+    /// Once a second: how busy the loop was, and whether to shed load (see
+    /// `plenary_sfu::overload`). A new level changes every subscriber's video budget at once
+    /// and tells the control loop whether to place newcomers here.
+    fn sample_overload(&mut self, now: Instant, kernel_drops: u64) {
+        let window = now.saturating_duration_since(self.busy_since);
+        if window.is_zero() {
+            return;
+        }
+        let busy = self.busy.as_secs_f64() / window.as_secs_f64();
+        let dropped = kernel_drops > self.kernel_drops_seen;
+        self.kernel_drops_seen = kernel_drops;
+        self.busy = Duration::ZERO;
+        self.busy_since = now;
+        let Some(level) = self.overload.handle_sample(now, busy, dropped) else {
+            return;
+        };
+        if level > OverloadLevel::Normal {
+            tracing::warn!(
+                shard = self.index,
+                ?level,
+                busy = format!("{:.0} %", busy * 100.0),
+                kernel_drops = dropped,
+                "media shard overloaded: shedding video"
+            );
+        } else {
+            tracing::info!(shard = self.index, "media shard load back to normal");
+        }
+        self.loads.set(self.index, level.as_u8());
+        let (max, overloaded) = self.loads.summary();
+        self.metrics.overload_level.set(i64::from(max));
+        self.metrics.shards_overloaded.set(overloaded as i64);
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.alloc.is_some())
+            .map(|p| p.id)
+            .collect();
+        for id in ids {
+            self.allocation_rebudget(now, id);
         }
     }
 

@@ -7,6 +7,7 @@
 //! - [`munger`]: rewriting of sequence numbers and timestamps so that each subscriber sees
 //!   one continuous stream across pauses, simulcast-layer and source switches.
 //! - [`loss_cap`]: a cap on a subscriber's estimate from reported loss (policed links).
+//! - [`overload`]: a shard's load level and what it sheds (thumbnails, then video, then joins).
 //! - [`red`]: audio redundancy (RFC 2198) for listeners on lossy links.
 //! - [`keyframe`]: codec peeks (VP8, VP9, H.264, AV1) that find where a decoder may start.
 //! - [`allocator`]: one subscriber's video allocation — which simulcast layer of each track
@@ -24,6 +25,7 @@ pub mod allocator;
 pub mod keyframe;
 pub mod loss_cap;
 pub mod munger;
+pub mod overload;
 pub mod red;
 pub mod room;
 pub mod speakers;
@@ -34,6 +36,7 @@ pub use allocator::{
 };
 pub use keyframe::VideoCodec;
 pub use loss_cap::LossCap;
+pub use overload::{Level as OverloadLevel, Overload, OverloadConfig};
 pub use red::{RedEncoder, RedPolicy};
 pub use room::{
     Forward, Media, ParticipantKey, Room, RoomConfig, RoomError, RoomEvent, RoomStats, RtpIn,

@@ -19,12 +19,13 @@ use std::time::Instant;
 
 use plenary_proto::{ServerMessage, SubscriptionUpdate, TilePriority, TrackSource};
 use plenary_sfu::{
-    Allocator, AllocatorConfig, AllocatorEvent, Decision, PauseReason, SpeakerEvent, Speakers,
-    SpeakersConfig, Tile, TrackKey, TrackPriority, VideoLayer, MAX_LAYERS,
+    Allocator, AllocatorConfig, AllocatorEvent, Decision, OverloadLevel, PauseReason, SpeakerEvent,
+    Speakers, SpeakersConfig, Tile, TrackKey, TrackPriority, VideoLayer, MAX_LAYERS,
 };
 use str0m::bwe::{Bitrate, BweKind};
 
 use super::{LocalRoom, Shard};
+use crate::media::peer::Peer;
 use crate::media::{PeerId, SessionEvent};
 
 /// The tile a video is assumed to be shown in until the client says.
@@ -214,6 +215,7 @@ impl Shard {
     /// Heavy loss caps its estimate (`plenary_sfu::LossCap`: a policer shows no delay, so
     /// the estimate alone would climb back into it), and no probing goes above the cap.
     pub(super) fn allocation_loss(&mut self, now: Instant, id: PeerId, loss: f32) {
+        let level = self.overload.level();
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
@@ -226,7 +228,7 @@ impl Shard {
         let sent = alloc.video_rate() + audio;
         peer.loss_cap
             .handle_report(now, f64::from(loss), sent, audio);
-        let estimate = peer.last_estimate.min(peer.loss_cap.cap(now));
+        let estimate = budget(peer, now, level);
         tracing::debug!(
             target: "plenary::bwe",
             peer = id.0,
@@ -237,7 +239,21 @@ impl Shard {
             estimate,
             "loss report"
         );
-        let can_probe = peer.can_probe;
+        let can_probe = peer.can_probe && level == OverloadLevel::Normal;
+        if let Some(alloc) = peer.alloc.as_mut() {
+            alloc.handle_estimate(now, estimate, can_probe);
+        }
+        self.apply_allocation(now, id);
+    }
+
+    /// The shard's overload level changed: the subscriber's video budget follows.
+    pub(super) fn allocation_rebudget(&mut self, now: Instant, id: PeerId) {
+        let level = self.overload.level();
+        let Some(peer) = self.peer_mut(id) else {
+            return;
+        };
+        let estimate = budget(peer, now, level);
+        let can_probe = peer.can_probe && level == OverloadLevel::Normal;
         if let Some(alloc) = peer.alloc.as_mut() {
             alloc.handle_estimate(now, estimate, can_probe);
         }
@@ -246,6 +262,7 @@ impl Shard {
 
     /// The subscriber's bandwidth estimate changed.
     pub(super) fn allocation_estimate(&mut self, now: Instant, id: PeerId, kind: BweKind) {
+        let level = self.overload.level();
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
@@ -259,7 +276,7 @@ impl Shard {
         };
         peer.last_estimate = estimate;
         peer.can_probe = can_probe;
-        let capped = estimate.min(peer.loss_cap.cap(now));
+        let capped = budget(peer, now, level);
         let Some(alloc) = peer.alloc.as_mut() else {
             return;
         };
@@ -272,7 +289,8 @@ impl Shard {
             video = alloc.video_rate(),
             "estimate"
         );
-        alloc.handle_estimate(now, capped, can_probe);
+        // No probing (padding) while the shard sheds load.
+        alloc.handle_estimate(now, capped, can_probe && level == OverloadLevel::Normal);
         self.apply_allocation(now, id);
     }
 
@@ -644,6 +662,18 @@ impl Shard {
             self.speaker_events = events;
         }
     }
+}
+
+/// What a subscriber's allocator may spend: its estimate, capped by reported loss, with the
+/// video part of it cut by the shard's overload level (audio is never cut).
+fn budget(peer: &Peer, now: Instant, level: OverloadLevel) -> u64 {
+    let estimate = peer.last_estimate.min(peer.loss_cap.cap(now));
+    let factor = level.budget_factor();
+    if factor >= 1.0 {
+        return estimate;
+    }
+    let audio = peer.audio_reserve().min(estimate);
+    audio + ((estimate - audio) as f64 * factor) as u64
 }
 
 #[cfg(test)]
