@@ -570,9 +570,10 @@ impl Control {
             let key = room.key;
             let mask = room.mask();
             match output {
-                Output::Send { to, msg } => {
-                    self.tell(plenary_sfu::ParticipantKey(to.0), SessionEvent::Send(msg))
-                }
+                Output::Send { to, msg } => self.tell(
+                    plenary_sfu::ParticipantKey(to.0),
+                    SessionEvent::Send(Box::new(msg)),
+                ),
                 Output::Broadcast { except, msg } => {
                     let Ok(json) = serde_json::to_string(&msg) else {
                         continue;
@@ -670,15 +671,18 @@ impl Control {
         match self.enter(name, req, None) {
             Ok(joined) => {
                 let peer = joined.peer;
-                if events.try_send(SessionEvent::Admitted(joined)).is_err() {
+                if events
+                    .try_send(SessionEvent::Admitted(Box::new(joined)))
+                    .is_err()
+                {
                     self.leave(peer, LeaveReason::Disconnected, true);
                 }
             }
             Err(e) => {
-                let _ = events.try_send(SessionEvent::Send(ServerMessage::error(
+                let _ = events.try_send(SessionEvent::Send(Box::new(ServerMessage::error(
                     plenary_proto::ErrorCode::Unavailable,
                     e.to_string(),
-                )));
+                ))));
                 let _ = events.try_send(SessionEvent::Close(LeaveReason::Denied));
             }
         }

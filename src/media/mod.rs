@@ -254,12 +254,13 @@ impl JoinError {
 /// What the media plane tells one session.
 #[derive(Debug)]
 pub enum SessionEvent {
-    /// Send this to the client.
-    Send(ServerMessage),
+    /// Send this to the client. (Boxed, as `Admitted`: every session's queue holds its
+    /// events inline, so a small event keeps each attendee's queue small.)
+    Send(Box<ServerMessage>),
     /// Send this already serialised message (a broadcast, serialised once for everyone).
     Raw(Arc<str>),
     /// A host admitted the session from the lobby: it is now in the room.
-    Admitted(Joined),
+    Admitted(Box<Joined>),
     /// Tell the client `closing` with this reason and close the connection.
     Close(LeaveReason),
 }

@@ -262,7 +262,7 @@ impl Peer {
     /// ended and its `Leave`, with the real reason, is already on its way.
     pub fn send(&self, msg: ServerMessage) -> bool {
         !matches!(
-            self.events.try_send(SessionEvent::Send(msg)),
+            self.events.try_send(SessionEvent::Send(Box::new(msg))),
             Err(mpsc::error::TrySendError::Full(_))
         )
     }
