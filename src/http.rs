@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::extract::{FromRef, Path, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -116,6 +116,12 @@ impl AppState {
 
     fn shutting_down(&self) -> bool {
         *self.0.shutdown.borrow()
+    }
+}
+
+impl FromRef<AppState> for crate::membership::routes::MembershipState {
+    fn from_ref(state: &AppState) -> Self {
+        crate::membership::routes::MembershipState(state.0.membership.clone())
     }
 }
 
@@ -248,15 +254,6 @@ struct DevGrantResponse {
     identity: String,
 }
 
-/// Room names: 1–64 of letters, digits, `-`, `_`, `.`.
-pub fn valid_room_name(room: &str) -> bool {
-    !room.is_empty()
-        && room.len() <= 64
-        && room
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 async fn dev_grant(
     State(state): State<AppState>,
     body: Result<Json<DevGrantRequest>, axum::extract::rejection::JsonRejection>,
@@ -275,13 +272,13 @@ async fn dev_grant(
             "name must be 1 to 64 characters",
         ));
     }
-    if !valid_room_name(&req.room) {
+    if !plenary_proto::valid_room_name(&req.room) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "room must be 1 to 64 letters, digits, '-', '_' or '.'",
         ));
     }
-    let identity = format!("dev:{}", crate::media::peer::random_token(10));
+    let identity = format!("dev:{}", crate::secret::random_token(10));
     let permissions = if req.publish {
         Permissions::speaker()
     } else {

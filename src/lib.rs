@@ -10,6 +10,7 @@
 //! - [`membership`]: Mastodon sign-in, member grants (Ed25519), rooms, invitations, the
 //!   SQLite store and its audit log.
 //! - [`metrics`]: Prometheus metrics, fed from plain counters once a second.
+//! - [`secret`]: random tokens and the hashing of secrets (the only copy of each).
 //!
 //! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
 //! media thread and the HTTP server, and returns a [`Server`] handle; the binary only parses
@@ -21,6 +22,7 @@ pub mod http;
 pub mod media;
 pub mod membership;
 pub mod metrics;
+pub mod secret;
 pub mod signal;
 
 use std::net::SocketAddr;
@@ -153,8 +155,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     if dev_mode && config.auth.api_keys.is_empty() {
         // Dev mode signs its grants with a key that lives only in this process.
         keys.insert(
-            format!("dev-{}", media::peer::random_token(8)),
-            media::peer::random_token(48),
+            format!("dev-{}", secret::random_token(8)),
+            secret::random_token(48),
         );
     }
     let membership = if config.membership.instances.is_empty() {

@@ -609,7 +609,7 @@ async fn a_paused_video_track_stops_and_resumes() {
 async fn host_actions_are_written_to_the_audit_log() {
     bounded(TEST_LIMIT, async {
         let dir =
-            std::env::temp_dir().join(format!("plenary-audit-{}", plenary::grant::random_id()));
+            std::env::temp_dir().join(format!("plenary-audit-{}", plenary::secret::random_id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let db = dir.join("plenary.db");
         let h = Harness::start_with(|c| {

@@ -374,14 +374,14 @@ impl Control {
         if first_here {
             self.to_room_shards(mask, |_| ShardCmd::RoomShards { room: key, mask });
         }
-        let resume_token = crate::membership::random_b64(32);
+        let resume_token = crate::secret::random_b64(32);
         self.peers.insert(
             id,
             PeerCtl {
                 room: Arc::clone(name),
                 events,
                 permissions,
-                resume_hash: crate::membership::store::hash_secret(&resume_token),
+                resume_hash: crate::secret::hash_secret(&resume_token),
             },
         );
         self.carry_out(name);
@@ -412,7 +412,7 @@ impl Control {
         events: mpsc::Sender<SessionEvent>,
         started: Instant,
     ) -> Result<JoinOutcome, JoinError> {
-        let hash = crate::membership::store::hash_secret(token);
+        let hash = crate::secret::hash_secret(token);
         let Some(r) = self.resumable.remove(&hash) else {
             return Err(JoinError::ResumeFailed);
         };

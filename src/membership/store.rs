@@ -12,9 +12,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::secret::hash_secret;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -175,12 +175,6 @@ CREATE TABLE used_oauth_states (
 );
 "#,
 ];
-
-/// SHA-256 of a secret, hex-encoded (how cookies, states and tokens are stored).
-pub fn hash_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A handle to the database. Cheap to clone.
 #[derive(Clone)]

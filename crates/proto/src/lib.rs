@@ -6,9 +6,14 @@
 //! grant; the server answers [`ServerMessage::Welcome`] or an [`ServerMessage::Error`] and a
 //! close. `docs/protocol.md` describes the flow; this crate is its single source of truth.
 //!
-//! This crate holds data types only: no I/O, no validation beyond what serde does.
+//! This crate holds data types and the rules every side shares about their values (room
+//! names, in [`room`]): no I/O.
 
 use serde::{Deserialize, Serialize};
+
+pub mod room;
+
+pub use room::{valid_room_name, MAX_ROOM_NAME};
 
 /// The protocol version this crate speaks. A `join` with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
