@@ -11,6 +11,7 @@
 //! - `POST /api/dev/grant`: dev mode only; `{"room","name","publish","host"}` →
 //!   `{"grant","ws_url","identity"}`.
 //! - `GET /rtc`: the signaling WebSocket (docs/protocol.md).
+//! - `GET /api/minutes/{room}`: a meeting's minutes, for hosts (`crate::record::routes`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +51,8 @@ struct Inner {
     join_muted_above: usize,
     keys: KeyRing,
     membership: Option<Arc<crate::membership::Membership>>,
+    /// The database (sign-in and the record of meetings), if the server keeps one.
+    store: Option<crate::membership::store::Store>,
     media: MediaHandle,
     metrics: Arc<Metrics>,
     dev_mode: bool,
@@ -62,6 +65,7 @@ impl AppState {
     pub fn new(
         keys: KeyRing,
         membership: Option<Arc<crate::membership::Membership>>,
+        store: Option<crate::membership::store::Store>,
         media: MediaHandle,
         metrics: Arc<Metrics>,
         settings: HttpSettings,
@@ -76,6 +80,7 @@ impl AppState {
             join_muted_above,
             keys,
             membership,
+            store,
             media,
             metrics,
             dev_mode,
@@ -125,6 +130,15 @@ impl FromRef<AppState> for crate::membership::routes::MembershipState {
     }
 }
 
+impl FromRef<AppState> for crate::record::routes::MinutesState {
+    fn from_ref(state: &AppState) -> Self {
+        crate::record::routes::MinutesState {
+            store: state.0.store.clone(),
+            keys: state.0.keys.clone(),
+        }
+    }
+}
+
 /// The router.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -139,6 +153,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dev/grant", post(dev_grant))
         .route("/rtc", get(rtc))
         .merge(crate::membership::routes::routes())
+        .merge(crate::record::routes::routes())
         .with_state(state)
 }
 
