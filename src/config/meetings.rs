@@ -118,6 +118,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_reads_and_validates() {
+        let path =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/plenary.example.toml"));
+        let c = crate::config::Config::load(Some(path), Vec::new()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.meetings.quorum_rule(), Ok(QuorumRule::None));
+        assert_eq!(c.meetings.continue_within_mins, 120);
+    }
+
+    #[test]
     fn the_environment_sets_numbers_and_shares() {
         let load = |v: &str| {
             crate::config::Config::load(
