@@ -321,6 +321,9 @@ pub enum RecordItem {
         /// Its speaking-time limit.
         speaker_limit_secs: Option<u32>,
     },
+    /// Nobody came back to the empty room in time: the meeting is over (at its last
+    /// record).
+    Over,
     /// A host action for the audit log only.
     Audit(plenary_meeting::AuditEvent),
     /// Attendance, speakers, motions, votes: kept with its audit row, in one transaction.

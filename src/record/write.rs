@@ -55,6 +55,13 @@ pub fn write(c: &Connection, r: &RoomRecord) -> Result<(), StoreError> {
                 serde_json::json!({ "meeting_id": meeting }),
             )
         }
+        RecordItem::Over => {
+            c.execute(
+                "UPDATE meetings SET ended_at = last_active WHERE id = ?1 AND ended_at IS NULL",
+                params![meeting],
+            )?;
+            Ok(())
+        }
         RecordItem::Audit(a) => audit(
             c,
             crate::grant::unix_now() as i64,

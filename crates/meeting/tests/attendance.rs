@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{host, listener, pa, speaker, World};
-use plenary_meeting::{GovernanceConfig, Record};
+use plenary_meeting::{GovernanceConfig, Pid, Record};
 use plenary_proto::{HostAction, LeaveReason, Role, ServerMessage, Speaking};
 
 #[test]
@@ -212,4 +212,52 @@ fn chat_is_kept_only_when_the_operator_asks() {
         records[0].audit().detail.get("text").is_none(),
         "no text in the audit"
     );
+}
+
+#[test]
+fn a_speaker_whose_connection_drops_comes_back_with_the_time_left() {
+    let mut w = World::governed(GovernanceConfig {
+        speaker_limit_secs: Some(60),
+        ..GovernanceConfig::default()
+    });
+    let chair = w.enter("chair", host());
+    let lou = w.enter("lou", listener());
+    w.host(
+        chair,
+        HostAction::GiveFloor {
+            participant_id: pa(lou),
+        },
+    );
+    w.advance(Duration::from_secs(20));
+    w.m.leave(lou, LeaveReason::Disconnected, w.now);
+    w.advance(Duration::from_secs(5));
+    w.take();
+    // The resume keeps the floor (plenary_meeting::Restore) and the time left: the clock
+    // ran while lou was away (60 - 20 - 5 = 35 s).
+    let back = Pid(77);
+    let mut who = plenary_proto::ParticipantInfo {
+        identity: "lou".into(),
+        name: "lou".into(),
+        ..Default::default()
+    };
+    who.role = Role::Member;
+    w.m.enter(
+        w.now,
+        back,
+        who,
+        listener(),
+        Some(plenary_meeting::Restore {
+            is_host: false,
+            has_floor: true,
+        }),
+    );
+    w.drain();
+    let out = w.take();
+    assert!(World::records(&out).iter().any(|r| matches!(r,
+        Record::FloorGiven { speaker, by, limit_secs: Some(35), .. }
+            if speaker.identity == "lou" && by == "chair")));
+    assert!(World::broadcasts(&out).iter().any(|m| matches!(m,
+        ServerMessage::Speakers { speaking, .. } if speaking.len() == 1
+            && speaking[0].participant_id == pa(back)
+            && speaking[0].remaining_ms == Some(35_000))));
 }

@@ -99,9 +99,18 @@ impl Control {
         );
     }
 
-    /// Forgets parked meetings whose time ran out.
+    /// Forgets parked meetings whose time ran out: they are over.
     pub(super) fn expire_parked(&mut self, now: Time) {
-        self.parked.retain(|_, p| p.until > now);
+        let over: Vec<(Arc<str>, Arc<str>)> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(room, p)| (Arc::clone(room), Arc::clone(&p.meeting_id)))
+            .collect();
+        for (room, meeting_id) in over {
+            self.parked.remove(&room);
+            self.keep(&room, &meeting_id, RecordItem::Over);
+        }
     }
 
     /// Hands a record to the recorder (in order, behind any that wait).

@@ -81,6 +81,8 @@ impl Governance {
 pub(crate) struct Turn {
     pub(crate) pid: Pid,
     pub(crate) speaker: Person,
+    /// The host who gave the floor.
+    pub(crate) given_by: String,
     pub(crate) since: Time,
     pub(crate) limit_secs: Option<u32>,
     /// Hosts were told the time is up.
@@ -105,6 +107,9 @@ pub(crate) struct Live {
     pub(crate) votes_changed: Vec<String>,
     /// Attendance was closed for a shutdown.
     pub(crate) suspended: bool,
+    /// Turns of speakers whose connection dropped, by identity: a resume with the floor
+    /// goes on with the time that was left.
+    pub(crate) dropped_turns: Vec<(String, Turn)>,
 }
 
 /// Whether a member counts as a member (not a guest) for quorum and votes.
@@ -190,7 +195,20 @@ impl<W> Meeting<W> {
             is_host: m.is_host,
         };
         let is_host = m.is_host;
+        let has_floor = m.has_floor;
+        let identity = attendee.person.identity.clone();
         self.record(Record::Joined { attendee, at: now });
+        let dropped = self
+            .live
+            .dropped_turns
+            .iter()
+            .position(|(i, _)| *i == identity);
+        if let Some(pos) = dropped {
+            let (_, turn) = self.live.dropped_turns.remove(pos);
+            if has_floor {
+                self.resume_turn(pid, turn, now);
+            }
+        }
         self.send_governance_to(pid, is_host, now);
         self.send(pid, self.speakers_message(now));
     }
@@ -236,7 +254,11 @@ impl<W> Meeting<W> {
         if self.live.suspended {
             return;
         }
-        self.end_turn(pid, None, now);
+        let turn = self.end_turn(pid, None, now);
+        if let (Some(turn), plenary_proto::LeaveReason::Disconnected) = (turn, reason) {
+            self.live.dropped_turns.retain(|(i, _)| *i != identity);
+            self.live.dropped_turns.push((identity.clone(), turn));
+        }
         self.record(Record::Left {
             identity,
             reason,

@@ -25,35 +25,62 @@ impl<W> Meeting<W> {
             return;
         };
         let limit_secs = self.gov.speaker_limit_secs;
+        let given_by = self.identity_of(actor);
         self.live.turns.push(Turn {
             pid,
             speaker: speaker.clone(),
+            given_by: given_by.clone(),
             since: now,
             limit_secs,
             told: false,
         });
         self.record(Record::FloorGiven {
             speaker,
-            by: self.identity_of(actor),
+            by: given_by,
             limit_secs,
             at: now,
         });
         self.broadcast_speakers(now);
     }
 
-    /// `pid`'s turn ends (taken back by `by`, a host, or none: they left).
-    pub(crate) fn end_turn(&mut self, pid: Pid, by: Option<Pid>, now: Time) {
-        let Some(pos) = self.live.turns.iter().position(|t| t.pid == pid) else {
+    /// A speaker whose connection dropped comes back with the floor: a new turn with the
+    /// time their dropped turn had left (none left: told at once), given by the same host.
+    pub(crate) fn resume_turn(&mut self, pid: Pid, dropped: Turn, now: Time) {
+        let Some(speaker) = self.member(pid).map(person) else {
             return;
         };
+        let left = dropped
+            .deadline()
+            .map(|d| now.until(d).as_millis().div_ceil(1000) as u32);
+        self.live.turns.push(Turn {
+            pid,
+            speaker: speaker.clone(),
+            given_by: dropped.given_by.clone(),
+            since: now,
+            limit_secs: left,
+            told: dropped.told,
+        });
+        self.record(Record::FloorGiven {
+            speaker,
+            by: dropped.given_by,
+            limit_secs: left,
+            at: now,
+        });
+        self.broadcast_speakers(now);
+    }
+
+    /// `pid`'s turn ends (taken back by `by`, a host, or none: they left); returns it.
+    pub(crate) fn end_turn(&mut self, pid: Pid, by: Option<Pid>, now: Time) -> Option<Turn> {
+        let pos = self.live.turns.iter().position(|t| t.pid == pid)?;
         let turn = self.live.turns.remove(pos);
         let by = by.map(|h| self.identity_of(h));
         self.record(Record::FloorEnded {
-            speaker: turn.speaker,
+            speaker: turn.speaker.clone(),
             by,
             at: now,
         });
         self.broadcast_speakers(now);
+        Some(turn)
     }
 
     /// A host sets the speaking time of turns that start from now on (0: no limit).
