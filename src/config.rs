@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::grant::{Claims, GrantError, KeyRing};
 
+mod meetings;
+
+pub use meetings::{parse_quorum, MeetingsConfig};
+
 /// Everything Plenary can be told. See `plenary.example.toml` for the annotated file.
 #[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +38,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Sign-in with Mastodon instances, member grants, rooms and invitations.
     pub membership: MembershipConfig,
+    /// Governance defaults of new meetings, and what is kept of them.
+    pub meetings: MeetingsConfig,
 }
 
 /// `[membership]`: who may enter, decided by accounts on Mastodon instances.
@@ -339,6 +345,7 @@ impl fmt::Debug for Config {
             .field("ice_servers", &self.ice_servers.len())
             .field("limits", &self.limits)
             .field("membership", &self.membership)
+            .field("meetings", &self.meetings)
             .finish()
     }
 }
@@ -519,6 +526,7 @@ impl Config {
         if self.limits.ice_timeout_secs == 0 || self.limits.signaling_idle_secs == 0 {
             return invalid("limits: timeouts must be at least 1 second".into());
         }
+        self.meetings.validate().map_err(ConfigError::Invalid)?;
         self.validate_membership()
     }
 
@@ -593,6 +601,12 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Whether the server keeps a database: with sign-in configured, or when asked to keep
+    /// the record of meetings without it (`meetings.always_record`).
+    pub fn has_store(&self) -> bool {
+        !self.membership.instances.is_empty() || self.meetings.always_record
     }
 
     /// Whether dev mode (grants from the page, no sign-in) is on.

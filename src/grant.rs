@@ -121,7 +121,7 @@ impl Claims {
             permissions: Permissions::default(),
             nbf: now,
             exp: now + ttl.as_secs(),
-            jti: random_id(),
+            jti: crate::secret::random_id(),
         }
     }
 
@@ -413,12 +413,6 @@ pub fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// A random 128-bit id in hex.
-pub fn random_id() -> String {
-    let n: u128 = rand::random();
-    format!("{n:032x}")
 }
 
 #[cfg(test)]

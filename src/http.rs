@@ -11,11 +11,12 @@
 //! - `POST /api/dev/grant`: dev mode only; `{"room","name","publish","host"}` →
 //!   `{"grant","ws_url","identity"}`.
 //! - `GET /rtc`: the signaling WebSocket (docs/protocol.md).
+//! - `GET /api/minutes/{room}`: a meeting's minutes, for hosts (`crate::record::routes`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, State, WebSocketUpgrade};
+use axum::extract::{FromRef, Path, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -50,6 +51,8 @@ struct Inner {
     join_muted_above: usize,
     keys: KeyRing,
     membership: Option<Arc<crate::membership::Membership>>,
+    /// The database (sign-in and the record of meetings), if the server keeps one.
+    store: Option<crate::membership::store::Store>,
     media: MediaHandle,
     metrics: Arc<Metrics>,
     dev_mode: bool,
@@ -62,6 +65,7 @@ impl AppState {
     pub fn new(
         keys: KeyRing,
         membership: Option<Arc<crate::membership::Membership>>,
+        store: Option<crate::membership::store::Store>,
         media: MediaHandle,
         metrics: Arc<Metrics>,
         settings: HttpSettings,
@@ -76,6 +80,7 @@ impl AppState {
             join_muted_above,
             keys,
             membership,
+            store,
             media,
             metrics,
             dev_mode,
@@ -119,6 +124,21 @@ impl AppState {
     }
 }
 
+impl FromRef<AppState> for crate::membership::routes::MembershipState {
+    fn from_ref(state: &AppState) -> Self {
+        crate::membership::routes::MembershipState(state.0.membership.clone())
+    }
+}
+
+impl FromRef<AppState> for crate::record::routes::MinutesState {
+    fn from_ref(state: &AppState) -> Self {
+        crate::record::routes::MinutesState {
+            store: state.0.store.clone(),
+            keys: state.0.keys.clone(),
+        }
+    }
+}
+
 /// The router.
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -133,6 +153,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dev/grant", post(dev_grant))
         .route("/rtc", get(rtc))
         .merge(crate::membership::routes::routes())
+        .merge(crate::record::routes::routes())
         .with_state(state)
 }
 
@@ -248,15 +269,6 @@ struct DevGrantResponse {
     identity: String,
 }
 
-/// Room names: 1–64 of letters, digits, `-`, `_`, `.`.
-pub fn valid_room_name(room: &str) -> bool {
-    !room.is_empty()
-        && room.len() <= 64
-        && room
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
 async fn dev_grant(
     State(state): State<AppState>,
     body: Result<Json<DevGrantRequest>, axum::extract::rejection::JsonRejection>,
@@ -275,13 +287,13 @@ async fn dev_grant(
             "name must be 1 to 64 characters",
         ));
     }
-    if !valid_room_name(&req.room) {
+    if !plenary_proto::valid_room_name(&req.room) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "room must be 1 to 64 letters, digits, '-', '_' or '.'",
         ));
     }
-    let identity = format!("dev:{}", crate::media::peer::random_token(10));
+    let identity = format!("dev:{}", crate::secret::random_token(10));
     let permissions = if req.publish {
         Permissions::speaker()
     } else {

@@ -9,7 +9,10 @@
 //!   forwarding core from the `plenary-sfu` crate.
 //! - [`membership`]: Mastodon sign-in, member grants (Ed25519), rooms, invitations, the
 //!   SQLite store and its audit log.
+//! - [`record`]: the record of meetings (attendance, speakers, motions, votes) in the
+//!   store, the meetings that go on after a restart, and the minutes.
 //! - [`metrics`]: Prometheus metrics, fed from plain counters once a second.
+//! - [`secret`]: random tokens and the hashing of secrets (the only copy of each).
 //!
 //! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
 //! media thread and the HTTP server, and returns a [`Server`] handle; the binary only parses
@@ -21,6 +24,8 @@ pub mod http;
 pub mod media;
 pub mod membership;
 pub mod metrics;
+pub mod record;
+pub mod secret;
 pub mod signal;
 
 use std::net::SocketAddr;
@@ -72,6 +77,7 @@ pub struct Server {
     media_threads: media::MediaThreads,
     media_addrs: Vec<SocketAddr>,
     grace: Duration,
+    recorder: Option<record::Recorder>,
 }
 
 impl Server {
@@ -106,6 +112,10 @@ impl Server {
             Err(_) => tracing::warn!("clients did not leave within the grace time"),
         }
         self.media_threads.join().await;
+        // The media plane has handed over its last records; wait until they are written.
+        if let Some(r) = self.recorder {
+            r.finish().await;
+        }
     }
 }
 
@@ -153,42 +163,57 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     if dev_mode && config.auth.api_keys.is_empty() {
         // Dev mode signs its grants with a key that lives only in this process.
         keys.insert(
-            format!("dev-{}", media::peer::random_token(8)),
-            media::peer::random_token(48),
+            format!("dev-{}", secret::random_token(8)),
+            secret::random_token(48),
         );
     }
-    let membership = if config.membership.instances.is_empty() {
-        None
-    } else {
-        let store =
-            membership::store::Store::open(std::path::Path::new(&config.membership.database))
-                .map_err(|e| {
-                    StartError::Membership(format!("{}: {e}", config.membership.database))
-                })?;
-        let service = membership::Membership::new(config.membership.clone(), store, keys.clone())
-            .map_err(StartError::Membership)?;
-        Some(Arc::new(service))
+    // One database for sign-in and the record of meetings, when either needs it.
+    let store =
+        if config.has_store() {
+            let path = std::path::Path::new(&config.membership.database);
+            Some(membership::store::Store::open(path).map_err(|e| {
+                StartError::Membership(format!("{}: {e}", config.membership.database))
+            })?)
+        } else {
+            None
+        };
+    let membership = match (&store, config.membership.instances.is_empty()) {
+        (Some(store), false) => {
+            let service =
+                membership::Membership::new(config.membership.clone(), store.clone(), keys.clone())
+                    .map_err(StartError::Membership)?;
+            Some(Arc::new(service))
+        }
+        _ => None,
     };
-    // Host actions from the media plane go to the audit log (with sign-in configured) or
-    // to the server log.
-    let audit = membership.as_ref().map(|m| {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<media::AuditRecord>(1024);
-        let store = m.store().clone();
-        tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                let now = grant::unix_now() as i64;
-                let res = store
-                    .run(move |c| {
-                        membership::store::audit(c, now, &r.kind, &r.actor, &r.room, r.detail)
-                    })
-                    .await;
-                if let Err(e) = res {
-                    tracing::warn!("cannot write the audit log: {e}");
-                }
-            }
-        });
-        tx
-    });
+    // What the meetings keep goes to the store (else only to the server log); meetings
+    // that were going on before a restart go on.
+    let within = config.meetings.continue_within();
+    let (recorder, continued) = match &store {
+        Some(store) => {
+            let now = media::control::clock();
+            let continued = store
+                .run(move |c| record::restore::continuing(c, now, within))
+                .await
+                .map_err(|e| StartError::Membership(format!("reading the meetings: {e}")))?;
+            let (tx, recorder) = record::spawn(store.clone());
+            (Some((tx, recorder)), continued)
+        }
+        None => (None, Vec::new()),
+    };
+    let (record_tx, recorder) = match recorder {
+        Some((tx, r)) => (Some(tx), Some(r)),
+        None => (None, None),
+    };
+    let governance = plenary_meeting::GovernanceConfig {
+        quorum: config
+            .meetings
+            .quorum_rule()
+            .map_err(|e| StartError::Config(config::ConfigError::Invalid(e)))?,
+        speaker_limit_secs: (config.meetings.speaker_limit_secs > 0)
+            .then_some(config.meetings.speaker_limit_secs),
+        record_chat: config.meetings.record_chat,
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let settings = media::MediaSettings {
         ice_servers: config.ice_servers.clone(),
@@ -196,7 +221,10 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         max_participants: config.limits.max_participants,
         ice_timeout: Duration::from_secs(config.limits.ice_timeout_secs),
         listener_mode_above: config.limits.listener_mode_above,
-        audit,
+        recorder: record_tx,
+        governance,
+        continue_within: within,
+        continued,
         allocate: config.media.allocate_bandwidth,
         loudest_speakers: config.media.loudest_speakers,
         audio_redundancy: config.media.audio_redundancy,
@@ -213,6 +241,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let state = http::AppState::new(
         keys,
         membership,
+        store,
         media.clone(),
         metrics,
         http::HttpSettings {
@@ -239,5 +268,6 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         media_threads,
         media_addrs,
         grace: Duration::from_secs(config.limits.shutdown_grace_secs),
+        recorder,
     })
 }

@@ -72,6 +72,20 @@ enum Cmd {
         #[command(subcommand)]
         action: KeysCmd,
     },
+    /// Print the minutes of a room's meeting (attendance, speakers, motions and results) as
+    /// Markdown, or as JSON.
+    Minutes {
+        /// The room.
+        #[arg(long)]
+        room: String,
+        /// The day the meeting started, YYYY-MM-DD in UTC (default: the room's latest
+        /// meeting). Every meeting of that day is printed.
+        #[arg(long)]
+        date: Option<String>,
+        /// JSON instead of Markdown.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +201,7 @@ fn main() -> ExitCode {
         Cmd::Token(args) => token(&config, args),
         Cmd::Audit { limit, json } => audit(&config, &source, limit, json),
         Cmd::Keys { action } => keys(&config, &source, action),
+        Cmd::Minutes { room, date, json } => minutes(&config, &source, &room, date, json),
     }
 }
 
@@ -210,7 +225,8 @@ fn open_store(config: &Config, source: &ConfigSource, tool: &str) -> Result<Stor
     if !path.exists() {
         eprintln!(
             "plenary {tool}: no database at {} ({origin}). The server creates it when it \
-             starts with sign-in configured; give this command the server's configuration \
+             starts with sign-in configured (or meetings.always_record); give this command \
+             the server's configuration \
              with --config FILE or PLENARY_CONFIG=FILE (read by default from \
              {DEFAULT_CONFIG_PATH}), or set PLENARY_MEMBERSHIP_DATABASE",
             path.display()
@@ -245,6 +261,38 @@ fn audit(config: &Config, source: &ConfigSource, limit: usize, json: bool) -> Ex
                 e.id, e.at, e.kind, e.actor, e.room, e.detail
             );
         }
+    }
+    ExitCode::SUCCESS
+}
+
+fn minutes(
+    config: &Config,
+    source: &ConfigSource,
+    room: &str,
+    date: Option<String>,
+    json: bool,
+) -> ExitCode {
+    use plenary::record::minutes;
+    let store = match open_store(config, source, "minutes") {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let all = match store.run_sync(|c| Ok(minutes::load(c, room, date.as_deref()))) {
+        Ok(Ok(all)) => all,
+        Ok(Err(e)) => {
+            eprintln!("plenary minutes: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("plenary minutes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let doc = serde_json::json!({ "room": room, "date": date, "meetings": all });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    } else {
+        print!("{}", minutes::markdown(&all));
     }
     ExitCode::SUCCESS
 }

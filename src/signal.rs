@@ -43,6 +43,7 @@ const CLIENT_TYPES: &[&str] = &[
     "data",
     "chat",
     "raise_hand",
+    "vote",
     "subscription",
     "host",
     "leave",
@@ -288,6 +289,11 @@ impl Session {
             ClientMessage::Data { text } => Command::Data { peer, text },
             ClientMessage::Chat { text } => Command::Chat { peer, text },
             ClientMessage::RaiseHand { raised } => Command::RaiseHand { peer, raised },
+            ClientMessage::Vote { motion_id, choices } => Command::Vote {
+                peer,
+                motion_id,
+                choices,
+            },
             ClientMessage::Subscription { tracks } => Command::Subscription { peer, tracks },
             ClientMessage::Host(action) => Command::Host { peer, action },
         };
@@ -587,6 +593,10 @@ mod tests {
             (r#"{"type":"ping"}"#, "ping"),
             (r#"{"type":"chat","text":"hi"}"#, "chat"),
             (r#"{"type":"raise_hand","raised":true}"#, "raise_hand"),
+            (
+                r#"{"type":"vote","motion_id":"MO_1","choices":[0]}"#,
+                "vote",
+            ),
             (r#"{"type":"subscription","tracks":[]}"#, "subscription"),
             (r#"{"type":"host","action":"mute_all"}"#, "host"),
             (r#"{"type":"leave"}"#, "leave"),

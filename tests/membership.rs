@@ -953,7 +953,7 @@ async fn sessions_end_when_idle_or_too_old() {
             let b = env.signed_in_as("101").await;
             assert_eq!(me(&b).await.0, StatusCode::OK);
             let cookie = b.cookie("/", "plenary_session").unwrap();
-            let hash = store::hash_secret(&cookie);
+            let hash = plenary::secret::hash_secret(&cookie);
             let long_ago = unix_now() as i64 - 13 * 3600;
             env.store()
                 .run_sync(|c| {
@@ -1137,7 +1137,7 @@ async fn forged_and_out_of_bounds_grants_are_refused() {
         let now = unix_now();
         let with = |f: &dyn Fn(&mut Value)| {
             let mut c = claims.clone();
-            c["jti"] = json!(plenary::grant::random_id());
+            c["jti"] = json!(plenary::secret::random_id());
             f(&mut c);
             c
         };
@@ -1332,7 +1332,7 @@ async fn key_rotation_while_running_keeps_old_grants_valid() {
         let (kid, key) = env.signing_key();
         assert_eq!(kid, newest);
         let mut claims = decode_unverified(&new).1;
-        claims["jti"] = json!(plenary::grant::random_id());
+        claims["jti"] = json!(plenary::secret::random_id());
         assert_welcome(&env.join(&sign_eddsa(&kid, &key, &claims), "gm").await);
         assert_eq!(
             env.audit_of("key_rotated").len(),
@@ -1733,7 +1733,7 @@ async fn guest_time_counts_after_a_resumed_connection_too() {
 
 /// Writes an invitation straight into the store (as an old one would be).
 fn stored_invitation(env: &Env, token: &str, valid_until: i64) -> String {
-    let id = format!("inv_test{}", &plenary::grant::random_id()[..8]);
+    let id = format!("inv_test{}", &plenary::secret::random_id()[..8]);
     let inv = Invitation {
         id: id.clone(),
         room: "gm".into(),
@@ -2515,7 +2515,7 @@ async fn api_key_grants_join_once_with_or_without_a_database() {
 async fn database_folder_is_created_with_restrictive_permissions() {
     bounded(async {
         let nested =
-            std::env::temp_dir().join(format!("plenary-varlib-{}", plenary::grant::random_id()));
+            std::env::temp_dir().join(format!("plenary-varlib-{}", plenary::secret::random_id()));
         let db = nested.join("lib/plenary/plenary.db");
         let db_text = db.display().to_string();
         let env = env_with(move |m| m.database = db_text).await;

@@ -7,6 +7,7 @@
 //   people.js   People tab + moderation menu       host.js    Host tab
 //   chat.js     Chat tab                            status.js  the status line (pure)
 //   quality.js  connection quality (pure)          dom.js     DOM helpers
+//   governance.js motions, votes, quorum (pure)    motions.js the motion card, host motions
 // Devices are opened only when the person both wants and may use them: at join once the
 // server has said what this participant may publish, or when a host gives the floor.
 
@@ -26,6 +27,8 @@ import { renderPeople, closeMenu, outsideMenu } from "./people.js";
 import { renderHostPanel } from "./host.js";
 import { addChat, showUnread, sendTyped, clearChat } from "./chat.js";
 import { qualityLevel, lossBetween } from "./quality.js";
+import { ruleFromForm, specFromForm } from "./governance.js";
+import { renderGovernance, tickGovernance, resetGovernanceView } from "./motions.js";
 
 /**
  * @typedef {import("./client.js").Source} Source
@@ -37,6 +40,11 @@ import { qualityLevel, lossBetween } from "./quality.js";
 
 /** Rooms above this size (or in listener mode) are joined with the microphone muted. */
 const JOIN_MUTED_ABOVE = 20;
+/** Error codes of refused votes and motions: said plainly, nothing changed. */
+const GOVERNANCE_ERRORS = new Set([
+  "invalid_motion", "unknown_motion", "motion_not_open", "motion_in_progress", "invalid_choice",
+  "already_voted", "not_eligible",
+]);
 
 const S = createState();
 const params = new URLSearchParams(location.search);
@@ -110,6 +118,14 @@ const ui = {
   lastToneAt: 0,
   /** @type {any} */
   lastDenied: null,
+  /** @type {any} */
+  lastGovernanceError: null,
+  /** Motions, our votes, the quorum and the speakers, as the page knows them. */
+  governance: () => {
+    const g = S.client?.gov;
+    if (!g) return null;
+    return { motions: [...g.motions.values()], myVotes: Object.fromEntries(g.myVotes), quorum: g.quorum, speaking: g.speaking };
+  },
 };
 /** @type {any} */ (window).plenary = {
   get client() {
@@ -460,12 +476,18 @@ function wireClient(c) {
   on("video_paused", scheduleRender);
   on("dominant_speaker", scheduleRender);
   on("unpublished", onUnpublished);
+  on("governance", onGovernance);
   on("connection", (d) => {
     if (d.state === "connected") updateQuality();
   });
   on("log", (d) => console.info("plenary:", d.message));
   on("error", ({ code, message }) => {
-    if (code === "permission_denied") {
+    if (GOVERNANCE_ERRORS.has(code)) {
+      S.ballot.sending = false;
+      ui.lastGovernanceError = { code, message, at: Date.now() };
+      notice(message.charAt(0).toUpperCase() + message.slice(1));
+      scheduleRender();
+    } else if (code === "permission_denied") {
       notice(`Not allowed: ${message}`);
       ui.lastDenied = { code, message, at: Date.now() };
     } else if (code !== "resume_failed") {
@@ -524,6 +546,10 @@ function hideMeeting() {
   $("toggle-host").hidden = true;
   closeMenu();
   stopStatsLoop();
+  resetGovernanceView();
+  S.ballot = { motionId: null, chosen: [], sending: false, dismissed: new Set() };
+  $("motion-card").hidden = true;
+  $("speaking-bar").hidden = true;
 }
 
 /** @param {{state: string, reason?: string}} d */
@@ -819,6 +845,76 @@ function hostAct(action, fields = {}) {
   client.host(action, fields);
 }
 
+// ---- governance: votes, motions, quorum, minutes ------------------------------------------
+
+/** A governance message arrived (client.gov has it already). @param {any} msg */
+function onGovernance(msg) {
+  if (msg.type === "vote_recorded") {
+    S.ballot.sending = false;
+    S.ballot.chosen = [];
+  } else if (msg.type === "speaker_time_up") {
+    notice(msg.participant_id === S.client?.me?.id ? "Your speaking time is up." : `${msg.name}'s speaking time is up.`);
+  }
+  scheduleRender();
+}
+
+/** Casts the choices picked on the motion card. */
+function castVote() {
+  const client = S.client;
+  const m = client?.gov.open();
+  if (!client || !m || m.id !== S.ballot.motionId || !S.ballot.chosen.length || S.ballot.sending) return;
+  S.ballot.sending = true;
+  client.vote(m.id, S.ballot.chosen);
+  scheduleRender();
+}
+
+/** A host's grant for the minutes: a fresh one where the page can get one, else the one it joined with. */
+async function minutesGrant() {
+  if (S.member) return (await api("POST", "/api/grant", { room: S.room })).grant;
+  if (S.info.dev_mode) return (await api("POST", "/api/dev/grant", { room: S.room, name: S.name, host: true })).grant;
+  return S.client?.grant ?? "";
+}
+
+/** Downloads the meeting's minutes. @param {"markdown"|"json"} format */
+async function downloadMinutes(format) {
+  try {
+    const grant = await minutesGrant();
+    const res = await fetch(`/api/minutes/${encodeURIComponent(S.room)}?format=${format}`, {
+      headers: { Authorization: `Bearer ${grant}` },
+    });
+    if (!res.ok) throw new Error((await res.json().catch(() => null))?.error ?? `the server said ${res.status}`);
+    const blob = await res.blob();
+    const day = new Date().toISOString().slice(0, 10);
+    const a = el("a", { href: URL.createObjectURL(blob), download: `minutes-${S.room}-${day}.${format === "json" ? "json" : "md"}` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+    notice("Minutes downloaded.");
+  } catch (err) {
+    notice(`Could not download the minutes: ${/** @type {Error} */ (err).message}`);
+  }
+}
+
+/** The host's motion form: checked here first, then by the server. */
+function writeMotion() {
+  const { spec, error } = specFromForm({
+    title: $input("motion-title-input").value,
+    text: /** @type {HTMLTextAreaElement} */ ($("motion-text-input")).value,
+    kind: $select("motion-kind-input").value,
+    options: /** @type {HTMLTextAreaElement} */ ($("motion-options-input")).value,
+    maxChoices: $input("motion-max-input").value,
+    allowGuests: $input("motion-guests-input").checked,
+    minutes: $input("motion-minutes-input").value,
+  });
+  $("motion-form-error").textContent = error ?? "";
+  if (!spec) return;
+  hostAct("create_motion", { motion: spec });
+  /** @type {HTMLFormElement} */ ($("motion-form")).reset();
+  /** @type {HTMLDetailsElement} */ ($("motion-form-box")).open = false;
+  notice(`Motion written: “${spec.title}”. Open the vote when you are ready.`);
+}
+
 // ---- the side panel: People / Chat / Host tabs -----------------------------------------------
 
 /** Opens or closes the side panel on `tab`. @param {boolean} open @param {Tab} tab */
@@ -866,6 +962,7 @@ function render() {
   renderGrid(S);
   renderPeople(S, { onPin, hostAct });
   renderHostPanel(S, hostAct);
+  renderGovernance(S, hostAct);
   updateControls();
 }
 
@@ -884,6 +981,8 @@ function onPin(pid) {
 let statsTimer = null;
 /** @type {any} */
 let qualityTimer = null;
+/** @type {any} */
+let governanceTimer = null;
 /** @type {{packetsReceived: number, packetsLost: number}|null} */
 let lastCounts = null;
 
@@ -891,12 +990,14 @@ function startStatsLoop() {
   stopStatsLoop();
   statsTimer = setInterval(updateLevels, 400);
   qualityTimer = setInterval(updateQuality, 2000);
+  governanceTimer = setInterval(() => tickGovernance(S), 1000);
 }
 
 function stopStatsLoop() {
   clearInterval(statsTimer);
   clearInterval(qualityTimer);
-  statsTimer = qualityTimer = null;
+  clearInterval(governanceTimer);
+  statsTimer = qualityTimer = governanceTimer = null;
   lastCounts = null;
 }
 
@@ -1057,6 +1158,25 @@ $("chat-form").addEventListener("submit", (e) => {
   if (refusal) notice(refusal);
 });
 $("clear-queue").addEventListener("click", () => hostAct("clear_queue"));
+$("cast-vote").addEventListener("click", castVote);
+$("motion-dismiss").addEventListener("click", () => {
+  const m = S.client?.gov.current();
+  if (m) S.ballot.dismissed.add(`${m.id}/${m.state}`);
+  scheduleRender();
+});
+$("motion-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  writeMotion();
+});
+$("set-quorum").addEventListener("click", () => {
+  const { rule, error } = ruleFromForm($select("quorum-kind").value, $input("quorum-value").value);
+  if (rule) hostAct("set_quorum", { rule });
+  else notice(error ?? "");
+});
+$("set-speaker-limit").addEventListener("click", () =>
+  hostAct("speaker_limit", { seconds: Math.max(0, Math.round(Number($input("speaker-limit").value) || 0)) }));
+$("minutes-md").addEventListener("click", () => downloadMinutes("markdown"));
+$("minutes-json").addEventListener("click", () => downloadMinutes("json"));
 $("mute-all").addEventListener("click", () => {
   hostAct("mute_all");
   notice("Muted everyone except the hosts.");

@@ -28,8 +28,12 @@
 //   "video_paused" {track_id, paused}  the server stopped (or resumed) a video for our
 //                                     connection's sake
 //   "dominant_speaker" {participant_id} who speaks now, as the server hears it
+//   "governance"   the server's message  a motion, a vote count, our vote, the quorum,
+//                                     the speakers (state in `client.gov`, governance.js)
 //   "error"        {code, message}    an error message from the server
 //   "log"          {message}          human-readable trace
+
+import { Governance } from "./governance.js";
 
 export const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 10_000;
@@ -118,6 +122,8 @@ export class PlenaryClient extends EventTarget {
     this.ownTracks = new Map();
     /** track id → remote track @type {Map<string, RemoteTrack>} */
     this.remote = new Map();
+    /** Motions, our votes, the quorum, the speakers (rebuilt after every welcome). */
+    this.gov = new Governance();
     /** remote track id → what we last told the server about it @type {Map<string, string>} */
     this.paused = new Map();
     /** remote video track ids the server paused for our connection @type {Set<string>} */
@@ -296,6 +302,14 @@ export class PlenaryClient extends EventTarget {
   }
 
   /**
+   * Votes on a motion (the server answers `vote_recorded`, or an error saying why not).
+   * @param {string} motionId @param {number[]} choices option indexes
+   */
+  vote(motionId, choices) {
+    this.send({ type: "vote", motion_id: motionId, choices });
+  }
+
+  /**
    * A host action: `host("mute", {participant_id})`, `host("lock", {locked: true})`…
    * @param {string} action
    * @param {object} [fields]
@@ -406,6 +420,13 @@ export class PlenaryClient extends EventTarget {
         // lost connection to come back from.
         if (msg.type === "closing") this.closeReason = msg.reason;
         if (msg.type === "error" && FINAL_ERRORS.has(msg.code)) this.fatalError = msg.code;
+        // Governance is not part of the signaling steps: applied at once, so countdowns
+        // start when the message arrives. The server sends it all again after a welcome.
+        if (msg.type === "welcome") this.gov = new Governance();
+        if (this.gov.apply(msg, Date.now())) {
+          this.emit("governance", msg);
+          return;
+        }
         if (!welcomed && msg.type === "welcome") {
           welcomed = true;
           resolve(msg);

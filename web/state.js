@@ -22,6 +22,12 @@ import { StatusBoard } from "./status.js";
  * @property {number} chatUnread
  * @property {Layout|null} layout
  *
+ * @typedef {object} Ballot
+ * @property {string|null} motionId       the motion the choice is for
+ * @property {number[]} chosen            options picked, not yet cast
+ * @property {boolean} sending            cast, waiting for the server's receipt
+ * @property {Set<string>} dismissed      "id/state" of motion cards hidden by the person
+ *
  * @typedef {object} AppState
  * @property {{dev_mode: boolean, version: string, join_muted_above?: number, sign_in?: boolean}} info
  * @property {{handle: string, display_name: string, is_host: boolean}|null} member
@@ -37,6 +43,7 @@ import { StatusBoard } from "./status.js";
  * @property {number} selfLevel
  * @property {{level: string, rtt: number|null, loss: number, state: string}|null} quality
  * @property {Set<string>} givenFloor       identities this host gave the floor to
+ * @property {Ballot} ballot                what this page is choosing on the motion card
  * @property {StatusBoard} status
  * @property {View} view
  */
@@ -74,6 +81,7 @@ export function createState() {
     selfLevel: 0,
     quality: null,
     givenFloor: new Set(),
+    ballot: { motionId: null, chosen: [], sending: false, dismissed: new Set() },
     status: new StatusBoard(),
     view: freshView(),
   };

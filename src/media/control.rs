@@ -12,20 +12,29 @@
 //! spread over every core. Peer ids name their shard and slot; the loop hands out a slot
 //! and takes it back only when the shard reports the peer gone, so ids stay unique across
 //! shards. Limits (per room, per server) count the whole server.
+//!
+//! Meetings: each room holds one meeting (an id, and its governance). When a room empties
+//! its meeting is parked, and goes on if someone comes back in time (also after a
+//! restart, from the store); the records the meetings produce go to the recorder
+//! ([`keep`]).
+
+mod keep;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plenary_meeting::{Entry, Meeting, MeetingConfig, Output, Pid, Refusal, Restore, Rights};
+pub use keep::clock;
+use keep::{Outbox, Parked};
+use plenary_meeting::{Entry, Meeting, Output, Pid, Refusal, Restore, Rights};
 use plenary_proto::{LeaveReason, ParticipantInfo, ServerMessage, TrackSource, PROTOCOL_VERSION};
 use plenary_sfu::{OverloadLevel, TrackKey};
 use tokio::sync::mpsc;
 
 use super::shard::{AddPeer, RoomKey, ShardCmd, ShardEvent, TrackSpec};
 use super::{
-    peer_id, shard_of, slot_of, AuditRecord, Command, JoinError, JoinOutcome, JoinRequest, Joined,
-    MediaSettings, PeerId, SessionEvent,
+    peer_id, shard_of, slot_of, Command, JoinError, JoinOutcome, JoinRequest, Joined,
+    MediaSettings, PeerId, RecordItem, SessionEvent,
 };
 use crate::grant::Permissions;
 use crate::metrics::Metrics;
@@ -75,6 +84,8 @@ impl Slots {
 struct RoomCtl {
     key: RoomKey,
     name: Arc<str>,
+    /// The meeting it holds (the key of its records).
+    meeting_id: Arc<str>,
     meeting: Meeting<JoinRequest>,
     /// Members per shard.
     on_shard: Vec<u32>,
@@ -122,6 +133,10 @@ pub struct Control {
     next_room: RoomKey,
     peers: HashMap<PeerId, PeerCtl>,
     resumable: HashMap<String, Resumable>,
+    /// Meetings of empty rooms that may go on.
+    parked: HashMap<Arc<str>, Parked>,
+    /// Records waiting for the recorder.
+    outbox: Outbox,
     shutting_down: bool,
     /// Each shard's overload level (a shard at `RefuseJoins` takes no newcomers).
     loads: Arc<super::ShardLoads>,
@@ -144,14 +159,15 @@ fn rights(p: &Permissions) -> Rights {
 impl Control {
     /// A control loop for these shards.
     pub fn new(
-        settings: MediaSettings,
+        mut settings: MediaSettings,
         metrics: Arc<Metrics>,
         shards: Arc<[mpsc::Sender<ShardCmd>]>,
         loads: Arc<super::ShardLoads>,
     ) -> Control {
         let n = shards.len();
         metrics.shards.set(n as i64);
-        Control {
+        let continued = std::mem::take(&mut settings.continued);
+        let mut control = Control {
             settings,
             metrics,
             shards,
@@ -160,9 +176,13 @@ impl Control {
             next_room: 1,
             peers: HashMap::new(),
             resumable: HashMap::new(),
+            parked: HashMap::new(),
+            outbox: Outbox::default(),
             shutting_down: false,
             loads,
-        }
+        };
+        control.park_continued(continued);
+        control
     }
 
     /// Runs until [`Command::Shutdown`], or until every session handle is gone.
@@ -209,7 +229,14 @@ impl Control {
                 let result = self.resume(&token, events, started);
                 self.reply_join(result, reply);
             }
-            Command::Chat { peer, text } => self.with_meeting(peer, |m, pid| m.chat(pid, &text)),
+            Command::Chat { peer, text } => {
+                self.with_meeting(peer, |m, pid| m.chat(pid, &text, clock()))
+            }
+            Command::Vote {
+                peer,
+                motion_id,
+                choices,
+            } => self.with_meeting(peer, |m, pid| m.vote(pid, &motion_id, &choices, clock())),
             Command::Data { peer, text } => self.with_meeting(peer, |m, pid| m.data(pid, text)),
             Command::RaiseHand { peer, raised } => {
                 self.with_meeting(peer, |m, pid| m.raise_hand(pid, raised))
@@ -220,7 +247,7 @@ impl Control {
                 muted,
             } => self.with_meeting(peer, |m, pid| m.mute(pid, &track_id, muted)),
             Command::Host { peer, action } => {
-                self.with_meeting(peer, |m, pid| m.host_action(pid, action))
+                self.with_meeting(peer, |m, pid| m.host_action(pid, action, clock()))
             }
             Command::Leave { peer, reason } => self.leave(peer, reason, true),
             // Routed to the shards by the handle; nothing to do here.
@@ -289,27 +316,24 @@ impl Control {
         }
     }
 
-    /// The room named `name`, opened if needed.
+    /// The room named `name`, opened if needed (with its meeting: one that goes on, or a
+    /// new one).
     fn room(&mut self, name: &Arc<str>) -> &mut RoomCtl {
-        let n = self.shards.len();
-        let next = &mut self.next_room;
-        let listener_mode_above = self.settings.listener_mode_above;
-        self.rooms.entry(Arc::clone(name)).or_insert_with(|| {
-            let key = *next;
-            *next = next.wrapping_add(1).max(1);
-            RoomCtl {
+        if !self.rooms.contains_key(name) {
+            let key = self.next_room;
+            self.next_room = self.next_room.wrapping_add(1).max(1);
+            let (meeting, meeting_id) = self.new_meeting(name);
+            let room = RoomCtl {
                 key,
                 name: Arc::clone(name),
-                meeting: Meeting::new(
-                    name.to_string(),
-                    MeetingConfig {
-                        listener_mode_above,
-                    },
-                ),
-                on_shard: vec![0; n],
+                meeting_id,
+                meeting,
+                on_shard: vec![0; self.shards.len()],
                 specs: HashMap::new(),
-            }
-        })
+            };
+            self.rooms.insert(Arc::clone(name), room);
+        }
+        self.rooms.get_mut(name).expect("opened above")
     }
 
     /// Puts a participant into the room on the least loaded shard.
@@ -344,13 +368,9 @@ impl Control {
             ..
         } = req;
         let room = self.room(name);
-        let welcome = room.meeting.enter(
-            Instant::now(),
-            Pid(id.0),
-            info,
-            rights(&permissions),
-            restore,
-        );
+        let welcome = room
+            .meeting
+            .enter(clock(), Pid(id.0), info, rights(&permissions), restore);
         let first_here = room.on_shard[shard] == 0;
         room.on_shard[shard] += 1;
         let tracks: Vec<TrackSpec> = welcome
@@ -381,14 +401,14 @@ impl Control {
         if first_here {
             self.to_room_shards(mask, |_| ShardCmd::RoomShards { room: key, mask });
         }
-        let resume_token = crate::membership::random_b64(32);
+        let resume_token = crate::secret::random_b64(32);
         self.peers.insert(
             id,
             PeerCtl {
                 room: Arc::clone(name),
                 events,
                 permissions,
-                resume_hash: crate::membership::store::hash_secret(&resume_token),
+                resume_hash: crate::secret::hash_secret(&resume_token),
             },
         );
         self.carry_out(name);
@@ -419,7 +439,7 @@ impl Control {
         events: mpsc::Sender<SessionEvent>,
         started: Instant,
     ) -> Result<JoinOutcome, JoinError> {
-        let hash = crate::membership::store::hash_secret(token);
+        let hash = crate::secret::hash_secret(token);
         let Some(r) = self.resumable.remove(&hash) else {
             return Err(JoinError::ResumeFailed);
         };
@@ -459,7 +479,7 @@ impl Control {
         let name = Arc::clone(&ctl.room);
         if let Some(room) = self.rooms.get_mut(&name) {
             let member = room.meeting.member(Pid(peer.0)).cloned();
-            room.meeting.leave(Pid(peer.0), reason);
+            room.meeting.leave(Pid(peer.0), reason, clock());
             let shard = shard_of(peer);
             if let Some(n) = room.on_shard.get_mut(shard) {
                 *n = n.saturating_sub(1);
@@ -500,7 +520,9 @@ impl Control {
             .get(name)
             .is_some_and(|r| r.meeting.is_empty() && r.on_shard.iter().all(|n| *n == 0));
         if empty {
-            self.rooms.remove(name);
+            if let Some(room) = self.rooms.remove(name) {
+                self.park(room);
+            }
             tracing::info!(room = %name, "room closed");
             self.metrics.rooms.set(self.rooms.len() as i64);
         }
@@ -569,6 +591,7 @@ impl Control {
             };
             let key = room.key;
             let mask = room.mask();
+            let meeting_id = Arc::clone(&room.meeting_id);
             match output {
                 Output::Send { to, msg } => self.tell(
                     plenary_sfu::ParticipantKey(to.0),
@@ -652,14 +675,13 @@ impl Control {
                 }
                 Output::Audit(a) => {
                     tracing::info!(target: "plenary::audit", kind = %a.kind, actor = %a.actor, room = %name, detail = %a.detail, "host action");
-                    if let Some(tx) = &self.settings.audit {
-                        let _ = tx.try_send(AuditRecord {
-                            kind: a.kind,
-                            actor: a.actor,
-                            room: name.to_string(),
-                            detail: a.detail,
-                        });
-                    }
+                    self.keep(name, &meeting_id, RecordItem::Audit(a));
+                }
+                Output::Record(r) => {
+                    // The audit row holds nothing secret (never a secret ballot's choice).
+                    let a = r.audit();
+                    tracing::info!(target: "plenary::audit", kind = %a.kind, actor = %a.actor, room = %name, detail = %a.detail, "meeting record");
+                    self.keep(name, &meeting_id, RecordItem::Record(r));
                 }
             }
         }
@@ -722,10 +744,12 @@ impl Control {
     // ---- time --------------------------------------------------------------------------
 
     fn tick(&mut self, now: Instant, every_second: bool) {
+        let time = clock();
+        self.flush_outbox();
         let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
         for name in names {
             if let Some(room) = self.rooms.get_mut(&name) {
-                room.meeting.tick(now);
+                room.meeting.tick(time);
                 if every_second {
                     room.meeting.retain_lobby(|req| !req.events.is_closed());
                 }
@@ -737,11 +761,23 @@ impl Control {
         }
         if every_second {
             self.resumable.retain(|_, r| r.expires > now);
+            self.expire_parked(time);
         }
     }
 
     async fn shutdown(&mut self) {
         self.shutting_down = true;
+        // Attendance and speaking turns end now; every record reaches the recorder before
+        // the loop ends (the recorder then writes them all before the server stops).
+        let now = clock();
+        let names: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        for name in &names {
+            if let Some(room) = self.rooms.get_mut(name) {
+                room.meeting.suspend(now);
+            }
+            self.carry_out(name);
+        }
+        self.drain_outbox().await;
         for room in self.rooms.values_mut() {
             room.meeting.retain_lobby(|req| {
                 let _ = req

@@ -18,7 +18,9 @@
 //! its own bounded channel; a broadcast is serialised once for everyone.
 //!
 //! The WebRTC library (str0m) appears only in [`peer`] and [`shard`]; the rest of the server
-//! sees commands and events.
+//! sees commands and events. What the meetings decide to keep (attendance, speakers,
+//! motions, votes, host actions) leaves as [`RoomRecord`]s on a channel; the media plane
+//! knows nothing of where they are stored.
 
 pub mod control;
 pub mod demux;
@@ -134,6 +136,15 @@ pub enum Command {
         peer: PeerId,
         /// The text.
         text: String,
+    },
+    /// Vote on a motion.
+    Vote {
+        /// Who.
+        peer: PeerId,
+        /// The motion.
+        motion_id: String,
+        /// Option indexes.
+        choices: Vec<u32>,
     },
     /// Raise or lower a hand.
     RaiseHand {
@@ -278,8 +289,15 @@ pub struct MediaSettings {
     pub ice_timeout: std::time::Duration,
     /// Rooms with more participants than this switch to listener mode.
     pub listener_mode_above: usize,
-    /// Where host actions are recorded (the audit log), if anywhere.
-    pub audit: Option<mpsc::Sender<AuditRecord>>,
+    /// Where the meetings' records and host actions go (the store), if anywhere; without
+    /// it they are only logged.
+    pub recorder: Option<mpsc::Sender<RoomRecord>>,
+    /// Quorum, speaking time and chat keeping of new meetings.
+    pub governance: plenary_meeting::GovernanceConfig,
+    /// A meeting whose room empties goes on when someone comes back within this time.
+    pub continue_within: std::time::Duration,
+    /// Meetings that go on from before a restart (read from the store at start).
+    pub continued: Vec<ContinuedMeeting>,
     /// Estimate each subscriber's bandwidth and choose its video layers.
     pub allocate: bool,
     /// Forward only this many loudest microphones in a room (0: all).
@@ -288,17 +306,49 @@ pub struct MediaSettings {
     pub audio_redundancy: bool,
 }
 
-/// A host action (or other meeting event) for the audit log.
+/// Something a meeting asks to keep, with the room and meeting it belongs to.
 #[derive(Debug, Clone)]
-pub struct AuditRecord {
-    /// What happened (`host_mute`, `host_remove`, ...).
-    pub kind: String,
-    /// Who did it (identity).
-    pub actor: String,
+pub struct RoomRecord {
+    /// The room.
+    pub room: Arc<str>,
+    /// The meeting (a room holds one meeting at a time; see [`ContinuedMeeting`]).
+    pub meeting_id: Arc<str>,
+    /// What to keep.
+    pub item: RecordItem,
+}
+
+/// What a [`RoomRecord`] carries.
+#[derive(Debug, Clone)]
+pub enum RecordItem {
+    /// A new meeting began in the room (an older one there, if any, is over).
+    Started {
+        /// When.
+        at: plenary_meeting::Time,
+        /// Its quorum rule.
+        quorum: plenary_proto::QuorumRule,
+        /// Its speaking-time limit.
+        speaker_limit_secs: Option<u32>,
+    },
+    /// Nobody came back to the empty room in time: the meeting is over (at its last
+    /// record).
+    Over,
+    /// A host action for the audit log only.
+    Audit(plenary_meeting::AuditEvent),
+    /// Attendance, speakers, motions, votes: kept with its audit row, in one transaction.
+    Record(plenary_meeting::Record),
+}
+
+/// A meeting that goes on: its id, its governance, and when it was last active.
+#[derive(Debug, Clone)]
+pub struct ContinuedMeeting {
     /// The room.
     pub room: String,
-    /// Details (JSON).
-    pub detail: serde_json::Value,
+    /// The meeting's id.
+    pub meeting_id: String,
+    /// Its rules and motions.
+    pub governance: plenary_meeting::Governance,
+    /// Its last record.
+    pub last_active: plenary_meeting::Time,
 }
 
 /// The signaling side's handle to the media plane: routes each command to the control loop

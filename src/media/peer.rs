@@ -193,10 +193,10 @@ impl Peer {
         candidates: &[Candidate],
         initial_estimate: Option<u64>,
     ) -> Peer {
-        let ufrag = random_token(8);
+        let ufrag = crate::secret::random_token(8);
         let creds = IceCreds {
             ufrag: ufrag.clone(),
-            pass: random_token(24),
+            pass: crate::secret::random_token(24),
         };
         let mut rtc = RtcConfig::new()
             .set_ice_lite(true)
@@ -626,14 +626,4 @@ pub fn first_codec(rtc: &Rtc, mid: Mid) -> Option<Codec> {
             .map(|p| p.spec().codec)
             .filter(|c| !matches!(c, Codec::Rtx | Codec::Null))
     })
-}
-
-/// A random alphanumeric token (ICE credentials).
-pub fn random_token(len: usize) -> String {
-    use rand::Rng;
-    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-        .collect()
 }

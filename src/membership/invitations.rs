@@ -12,9 +12,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::store::{self, Invitation, RoomMode, Session};
-use super::{random_b64, IssuedGrant, Membership, MembershipError, OFFLINE_GRACE_SECS};
+use super::{IssuedGrant, Membership, MembershipError, OFFLINE_GRACE_SECS};
 use crate::config::OpenRooms;
 use crate::grant::{unix_now, Claims, Permissions};
+use crate::secret::random_b64;
 use plenary_proto::{Role, TrackSource};
 
 /// Most redemptions one invitation may allow.
@@ -91,7 +92,7 @@ impl Membership {
         req: NewInvitation,
     ) -> Result<CreatedInvitation, MembershipError> {
         let bad = |m: &str| Err(MembershipError::BadRequest(m.into()));
-        if !crate::http::valid_room_name(&req.room) {
+        if !plenary_proto::valid_room_name(&req.room) {
             return bad("room must be 1 to 64 letters, digits, '-', '_' or '.'");
         }
         let label = req.label.trim().to_string();

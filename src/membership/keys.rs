@@ -46,7 +46,7 @@ pub fn rotate(store: &Store, dir: &Path, now: i64) -> Result<String, KeyError> {
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let key = SigningKey::from_bytes(&seed);
-    let kid = format!("ed-{}", &crate::grant::random_id()[..16]);
+    let kid = format!("ed-{}", &crate::secret::random_id()[..16]);
     let pem = key
         .to_pkcs8_pem(Default::default())
         .map_err(|e| KeyError::File {
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn first_use_creates_a_key_and_rotation_keeps_the_old_one_verifying() {
-        let dir = std::env::temp_dir().join(format!("plenary-keys-{}", crate::grant::random_id()));
+        let dir = std::env::temp_dir().join(format!("plenary-keys-{}", crate::secret::random_id()));
         let store = Store::open_in_memory().unwrap();
         let a = active(&store, &dir, 1000).unwrap();
         assert_eq!(active(&store, &dir, 1001).unwrap().kid, a.kid, "stable");

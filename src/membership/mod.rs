@@ -34,7 +34,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use base64::Engine;
 use plenary_proto::Role;
 use serde::Serialize;
 use url::Url;
@@ -501,7 +500,7 @@ impl Membership {
             }
         };
         let now = unix_now() as i64;
-        let cookie = random_b64(32);
+        let cookie = crate::secret::random_b64(32);
         let session = Session {
             id_hash: String::new(),
             instance: inst.config.id.clone(),
@@ -803,7 +802,7 @@ impl Membership {
         s: &Session,
         room: &str,
     ) -> Result<IssuedGrant, MembershipError> {
-        if !crate::http::valid_room_name(room) {
+        if !plenary_proto::valid_room_name(room) {
             return Err(MembershipError::BadRequest(
                 "room must be 1 to 64 letters, digits, '-', '_' or '.'".into(),
             ));
@@ -1086,17 +1085,6 @@ pub fn is_local_path(path: &str) -> bool {
         && !path.chars().any(|c| c.is_control())
 }
 
-/// `n` random bytes, base64url without padding.
-pub fn random_b64(n: usize) -> String {
-    let mut bytes = vec![0u8; n];
-    rand::fill(bytes.as_mut_slice());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1179,15 +1167,5 @@ mod tests {
         ] {
             assert!(!is_local_path(bad), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn random_values_are_long_and_distinct() {
-        let a = random_b64(32);
-        assert_eq!(a.len(), 43);
-        assert_ne!(a, random_b64(32));
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -14,8 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::sealing::Sealing;
-use super::store::hash_secret;
-use super::{constant_time_eq, random_b64};
+use crate::secret::{constant_time_eq, hash_secret, random_b64};
 
 /// The associated data of a sealed state.
 const CONTEXT: &[u8] = b"oauth state";
@@ -87,7 +86,7 @@ mod tests {
     #[test]
     fn a_state_opens_to_its_sign_in_and_hides_the_verifier() {
         let dir =
-            std::env::temp_dir().join(format!("plenary-pending-{}", crate::grant::random_id()));
+            std::env::temp_dir().join(format!("plenary-pending-{}", crate::secret::random_id()));
         let sealing = super::super::sealing::load_or_create(&dir).unwrap();
         let (p, cookie) = PendingSignIn::start("coop", "/room/gm", 1000, 600);
         assert_eq!(p.expires_at, 1600);

@@ -11,10 +11,13 @@
 //! - `GET /api/me`; `POST /api/grant {room}`; `PUT /api/rooms/{room}/mode {mode}`.
 //! - `GET /api/invitations[?all=1]`, `POST /api/invitations`, `DELETE /api/invitations/{id}`.
 //! - `POST /api/invitations/preview {token}`, `POST /api/invitations/redeem {token, name}`.
+//!
+//! The router takes only what it needs from the application's state ([`MembershipState`],
+//! through axum's `FromRef`), so this module does not depend on the HTTP side.
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -25,15 +28,23 @@ use serde::Deserialize;
 use super::invitations::NewInvitation;
 use super::store::{RoomMode, Session};
 use super::{Membership, MembershipError};
-use crate::http::AppState;
 
 /// The session cookie.
 pub const SESSION_COOKIE: &str = "plenary_session";
 /// The cookie that binds a pending sign-in (the OAuth `state`) to the browser.
 pub const STATE_COOKIE: &str = "plenary_oauth_state";
 
-/// The membership routes.
-pub fn routes() -> Router<AppState> {
+/// The membership service as the routes see it: `None` when no instance is configured
+/// (every route then answers 404). The application's state provides it with `FromRef`.
+#[derive(Clone, Default)]
+pub struct MembershipState(pub Option<Arc<Membership>>);
+
+/// The membership routes, for any application state that can provide a [`MembershipState`].
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    MembershipState: FromRef<S>,
+{
     Router::new()
         .route("/login", get(login_page))
         .route("/auth/{instance}/login", get(login))
@@ -121,10 +132,10 @@ pub fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-fn service(state: &AppState) -> Result<Arc<Membership>, MembershipError> {
+fn service(state: &MembershipState) -> Result<Arc<Membership>, MembershipError> {
     state
-        .membership()
-        .cloned()
+        .0
+        .clone()
         .ok_or_else(|| MembershipError::NotFound("sign-in is not configured on this server".into()))
 }
 
@@ -163,14 +174,15 @@ fn oauth_error_text(code: &str) -> String {
 /// A signed-in member (extractor). Rejects with 401 when there is no valid session.
 pub struct Member(pub Session, pub Arc<Membership>);
 
-impl FromRequestParts<AppState> for Member {
+impl<S> FromRequestParts<S> for Member
+where
+    S: Send + Sync,
+    MembershipState: FromRef<S>,
+{
     type Rejection = MembershipError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let svc = service(state)?;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let svc = service(&MembershipState::from_ref(state))?;
         let value = cookie(&parts.headers, SESSION_COOKIE).ok_or(MembershipError::NotSignedIn)?;
         let session = svc
             .session(&value)
@@ -180,7 +192,7 @@ impl FromRequestParts<AppState> for Member {
     }
 }
 
-async fn login_page(State(state): State<AppState>) -> Response {
+async fn login_page(State(state): State<MembershipState>) -> Response {
     let Ok(svc) = service(&state) else {
         return Page(MembershipError::NotFound(
             "sign-in is not configured on this server".into(),
@@ -219,7 +231,7 @@ struct LoginQuery {
 }
 
 async fn login(
-    State(state): State<AppState>,
+    State(state): State<MembershipState>,
     Path(instance): Path<String>,
     Query(q): Query<LoginQuery>,
 ) -> Result<Response, Page> {
@@ -251,7 +263,7 @@ struct CallbackQuery {
 }
 
 async fn callback(
-    State(state): State<AppState>,
+    State(state): State<MembershipState>,
     Path(instance): Path<String>,
     Query(q): Query<CallbackQuery>,
     headers: HeaderMap,
@@ -299,7 +311,7 @@ async fn callback(
 }
 
 async fn logout(
-    State(state): State<AppState>,
+    State(state): State<MembershipState>,
     headers: HeaderMap,
 ) -> Result<Response, MembershipError> {
     let svc = service(&state)?;
@@ -392,7 +404,7 @@ struct TokenRequest {
 }
 
 async fn preview_invitation(
-    State(state): State<AppState>,
+    State(state): State<MembershipState>,
     Json(req): Json<TokenRequest>,
 ) -> Result<Json<super::invitations::InvitationPreview>, MembershipError> {
     let svc = service(&state)?;
@@ -407,7 +419,7 @@ struct RedeemRequest {
 }
 
 async fn redeem_invitation(
-    State(state): State<AppState>,
+    State(state): State<MembershipState>,
     Json(req): Json<RedeemRequest>,
 ) -> Result<Json<super::IssuedGrant>, MembershipError> {
     let svc = service(&state)?;

@@ -128,7 +128,7 @@ mod tests {
     use super::*;
 
     fn temp_dir() -> PathBuf {
-        std::env::temp_dir().join(format!("plenary-sealing-{}", crate::grant::random_id()))
+        std::env::temp_dir().join(format!("plenary-sealing-{}", crate::secret::random_id()))
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Persistent state in an embedded SQLite database: instance app registrations (per instance
 //! id, base URL and redirect URI), sign-in
 //! sessions, used OAuth states, rooms, invitations, signing keys (public halves; private
-//! keys live in files), used grant ids, guest time, and the append-only audit log.
+//! keys live in files), used grant ids, guest time, the append-only audit log, and the
+//! record of meetings (its tables here; its reads and writes in `crate::record`).
 //!
 //! Every multi-step change runs in one transaction, so a failure leaves nothing half
 //! written. Secrets that identify a browser or a guest (session cookies, OAuth states,
@@ -12,9 +13,9 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use crate::secret::hash_secret;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -174,13 +175,99 @@ CREATE TABLE used_oauth_states (
     expires_at INTEGER NOT NULL
 );
 "#,
+    // 4: the record of meetings (`crate::record`): attendance, speakers, motions and votes.
+    // Times are Unix milliseconds. A secret ballot is two rows that share nothing: the
+    // voter in `ballot_voters` (no choice, no time), the choices in `secret_ballots` (no
+    // voter, no time, a random id so that the table's order is not the order of voting).
+    r#"
+CREATE TABLE meetings (
+    id TEXT PRIMARY KEY,
+    room TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    last_active INTEGER NOT NULL,
+    ended_at INTEGER,
+    ended_by TEXT,
+    quorum TEXT NOT NULL,
+    speaker_limit_secs INTEGER
+);
+CREATE INDEX meetings_room ON meetings(room, started_at);
+CREATE TABLE attendance (
+    meeting_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    invited_by TEXT,
+    is_host INTEGER NOT NULL,
+    joined_at INTEGER NOT NULL,
+    left_at INTEGER,
+    leave_reason TEXT
+);
+CREATE INDEX attendance_meeting ON attendance(meeting_id, identity);
+CREATE TABLE speakers (
+    meeting_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    given_by TEXT NOT NULL,
+    limit_secs INTEGER,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    ended_by TEXT
+);
+CREATE INDEX speakers_meeting ON speakers(meeting_id, identity);
+CREATE TABLE motions (
+    meeting_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    title TEXT NOT NULL,
+    text TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    options TEXT NOT NULL,
+    max_choices INTEGER NOT NULL,
+    allow_guests INTEGER NOT NULL,
+    duration_secs INTEGER,
+    state TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    opened_by TEXT,
+    opened_at INTEGER,
+    deadline INTEGER,
+    closed_by TEXT,
+    closed_at INTEGER,
+    result TEXT,
+    present TEXT,
+    PRIMARY KEY (meeting_id, id)
+);
+CREATE TABLE votes (
+    meeting_id TEXT NOT NULL,
+    motion_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    choices TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (meeting_id, motion_id, identity)
+);
+CREATE TABLE ballot_voters (
+    meeting_id TEXT NOT NULL,
+    motion_id TEXT NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (meeting_id, motion_id, identity)
+);
+CREATE TABLE secret_ballots (
+    id INTEGER PRIMARY KEY,
+    meeting_id TEXT NOT NULL,
+    motion_id TEXT NOT NULL,
+    choices TEXT NOT NULL
+);
+CREATE TABLE chat (
+    meeting_id TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    identity TEXT NOT NULL,
+    name TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX chat_meeting ON chat(meeting_id, at);
+"#,
 ];
-
-/// SHA-256 of a secret, hex-encoded (how cookies, states and tokens are stored).
-pub fn hash_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A handle to the database. Cheap to clone.
 #[derive(Clone)]

@@ -356,14 +356,16 @@ export class Harness {
 
   /**
    * A room grant signed with the test's API key (HS256), as a backend would mint it.
-   * `publish`: camera and microphone allowed.
+   * `publish`: camera and microphone allowed. `role` "guest" with `invitedBy` makes a
+   * guest grant as an invitation would.
    */
-  grant(room, identity, { publish = false, host = false } = {}) {
+  grant(room, identity, { publish = false, host = false, role, invitedBy, name = identity } = {}) {
     const b64 = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
     const now = Math.floor(Date.now() / 1000);
     const claims = {
-      iss: "test", aud: "plenary", sub: identity, name: identity, room,
-      role: host ? "host" : "member",
+      iss: "test", aud: "plenary", sub: identity, name, room,
+      role: role ?? (host ? "host" : "member"),
+      ...(invitedBy ? { invited_by: invitedBy } : {}),
       permissions: {
         can_publish: publish, can_publish_sources: [], can_subscribe: true,
         can_publish_data: true, is_host: host,

@@ -114,7 +114,7 @@ impl Env {
         let dir = std::env::temp_dir().join(format!(
             "plenary-membership-{}-{}",
             std::process::id(),
-            plenary::grant::random_id()
+            plenary::secret::random_id()
         ));
         std::fs::create_dir_all(&dir).expect("a temp dir");
         let addr = free_port();

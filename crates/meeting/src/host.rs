@@ -1,16 +1,21 @@
 //! Host actions, one small function each. [`Meeting::host_action`] checks that the actor is
 //! a host (anyone else gets `permission_denied`), runs the action, and records it for the
 //! audit log; each action checks its own target and produces its effects as outputs.
+//! Actions the minutes need (the floor, new hosts, motions, settings, the end) produce
+//! [`Record`]s, which carry their own audit rows.
 
 use plenary_proto::{ErrorCode, HostAction, LeaveReason, ServerMessage, TrackSource};
 
+use crate::governance::{person, GovernanceError};
 use crate::meeting::Meeting;
 use crate::output::Output;
+use crate::record::Record;
+use crate::time::Time;
 use crate::{parse_participant_id, participant_id, Pid};
 
 impl<W> Meeting<W> {
-    /// A host action by `actor`.
-    pub fn host_action(&mut self, actor: Pid, action: HostAction) {
+    /// A host action by `actor` at `now`.
+    pub fn host_action(&mut self, actor: Pid, action: HostAction, now: Time) {
         if !self.member(actor).is_some_and(|m| m.is_host) {
             return self.error(actor, ErrorCode::PermissionDenied, "only hosts may do that");
         }
@@ -23,9 +28,11 @@ impl<W> Meeting<W> {
                 .unwrap_or("action")
         );
         use HostAction as A;
+        // `true`: write the generic audit row. Recorded actions return `false`: their
+        // records carry their audit rows.
         let done = match action {
-            A::GiveFloor { participant_id } => self.give_floor(actor, &participant_id),
-            A::TakeFloor { participant_id } => self.take_floor(actor, &participant_id),
+            A::GiveFloor { participant_id } => self.give_floor(actor, &participant_id, now),
+            A::TakeFloor { participant_id } => self.take_floor(actor, &participant_id, now),
             A::ReorderQueue { order } => self.reorder_queue(&order),
             A::ClearQueue => self.clear_queue(),
             A::Mute { participant_id } => {
@@ -40,22 +47,49 @@ impl<W> Meeting<W> {
             A::Remove {
                 participant_id,
                 bar,
-            } => self.remove_member(actor, &participant_id, bar),
+            } => self.remove_member(actor, &participant_id, bar, now),
             A::Lock { locked } => self.lock(locked),
             A::Lobby { enabled } => self.set_lobby(enabled),
             A::Admit { participant_id } => self.admit(actor, &participant_id),
             A::Deny { participant_id } => self.deny(actor, &participant_id),
-            A::MakeHost { participant_id } => self.make_host(actor, &participant_id),
+            A::MakeHost { participant_id } => self.make_host(actor, &participant_id, now),
             A::EndMeeting => {
-                // Recorded first: the actor is gone afterwards.
-                self.audit(kind, actor, detail);
-                self.end_meeting();
+                self.end_meeting(actor, now);
                 return;
+            }
+            A::CreateMotion { motion } => {
+                let r = self.create_motion(actor, motion, now);
+                self.governed(actor, r)
+            }
+            A::OpenMotion { motion_id } => {
+                let r = self.open_motion(actor, &motion_id, now);
+                self.governed(actor, r)
+            }
+            A::CloseMotion { motion_id } => {
+                let r = self.close_motion(actor, &motion_id, now);
+                self.governed(actor, r)
+            }
+            A::SetQuorum { rule } => {
+                let r = self.set_quorum(actor, rule, now);
+                self.governed(actor, r)
+            }
+            A::SpeakerLimit { seconds } => {
+                let r = self.set_speaker_limit(actor, seconds, now);
+                self.governed(actor, r)
             }
         };
         if done {
             self.audit(kind, actor, detail);
         }
+    }
+
+    /// Tells the actor of a refused governance action; recorded actions never take the
+    /// generic audit row.
+    fn governed(&mut self, actor: Pid, result: Result<(), GovernanceError>) -> bool {
+        if let Err(e) = result {
+            self.refuse(actor, e);
+        }
+        false
     }
 
     /// The member a protocol id names; else tells the actor and returns `None`.
@@ -71,22 +105,25 @@ impl<W> Meeting<W> {
         pid
     }
 
-    /// Lets someone speak: raises their publish permission, lowers their hand.
-    fn give_floor(&mut self, actor: Pid, participant: &str) -> bool {
+    /// Lets someone speak: raises their publish permission, lowers their hand; their
+    /// speaking turn starts.
+    fn give_floor(&mut self, actor: Pid, participant: &str, now: Time) -> bool {
         let Some(t) = self.target(actor, participant) else {
             return false;
         };
         self.set_floor(t, true);
-        true
+        self.start_turn(t, actor, now);
+        false
     }
 
     /// Takes the floor back: they are told first (their client stops its tracks), then
-    /// their tracks leave the registry.
-    fn take_floor(&mut self, actor: Pid, participant: &str) -> bool {
+    /// their tracks leave the registry; their speaking turn ends.
+    fn take_floor(&mut self, actor: Pid, participant: &str, now: Time) -> bool {
         let Some(t) = self.target(actor, participant) else {
             return false;
         };
         self.set_floor(t, false);
+        self.end_turn(t, Some(actor), now);
         let mine = participant_id(t);
         let revoked: Vec<String> = {
             let lm = self.listener_mode;
@@ -101,7 +138,7 @@ impl<W> Meeting<W> {
                 .collect()
         };
         self.unpublish_tracks(t, revoked);
-        true
+        false
     }
 
     fn set_floor(&mut self, t: Pid, give: bool) {
@@ -256,7 +293,7 @@ impl<W> Meeting<W> {
         true
     }
 
-    fn remove_member(&mut self, actor: Pid, participant: &str, bar: bool) -> bool {
+    fn remove_member(&mut self, actor: Pid, participant: &str, bar: bool, now: Time) -> bool {
         let Some(t) = self.target(actor, participant) else {
             return false;
         };
@@ -265,7 +302,7 @@ impl<W> Meeting<W> {
                 self.barred.insert(identity);
             }
         }
-        self.remove(t, LeaveReason::Removed);
+        self.remove(t, LeaveReason::Removed, now);
         true
     }
 
@@ -322,22 +359,37 @@ impl<W> Meeting<W> {
         true
     }
 
-    fn make_host(&mut self, actor: Pid, participant: &str) -> bool {
+    /// Gives someone host powers: they see the lobby, the drafts and the quorum.
+    fn make_host(&mut self, actor: Pid, participant: &str, now: Time) -> bool {
         let Some(t) = self.target(actor, participant) else {
             return false;
         };
-        if let Some(m) = self.member_mut(t) {
-            m.is_host = true;
-        }
+        let Some(m) = self.member_mut(t) else {
+            return false;
+        };
+        m.is_host = true;
+        let person = person(m);
+        self.record(Record::MadeHost {
+            person,
+            by: self.identity_of(actor),
+            at: now,
+        });
         self.permissions_changed(t);
         if let Some(msg) = self.lobby_message() {
             self.send(t, msg);
         }
-        true
+        self.send_governance_to(t, true, now);
+        false
     }
 
-    /// Ends the meeting: the room locks, the lobby is turned away, everyone is removed.
-    fn end_meeting(&mut self) {
+    /// Ends the meeting: an open motion closes (its result kept), the room locks, the
+    /// lobby is turned away, everyone is removed.
+    fn end_meeting(&mut self, actor: Pid, now: Time) {
+        let by = self.identity_of(actor);
+        self.close_open_motions(by.clone(), now);
+        // Recorded first: the actor is gone afterwards.
+        self.record(Record::MeetingEnded { by, at: now });
+        self.gov.ended = true;
         self.locked = true;
         for w in std::mem::take(&mut self.lobby) {
             self.push(Output::TurnAway {
@@ -347,7 +399,7 @@ impl<W> Meeting<W> {
         }
         let members: Vec<Pid> = self.members.iter().map(|m| m.pid).collect();
         for m in members {
-            self.remove(m, LeaveReason::MeetingEnded);
+            self.remove(m, LeaveReason::MeetingEnded, now);
         }
     }
 }

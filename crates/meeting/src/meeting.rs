@@ -1,5 +1,6 @@
 //! One room's meeting: its members in join order, the tracks they publish, raised hands,
-//! the lobby, the lock, listener mode, and the participant changes waiting to be sent.
+//! the lobby, the lock, listener mode, the governance state, and the participant changes
+//! waiting to be sent.
 //!
 //! Participant changes are not sent one by one: joins, updates and departures collect in a
 //! diff and go out as one `participants_changed` per room on each [`Meeting::tick`] (the
@@ -7,15 +8,17 @@
 //! messages, and the driver serialises each batch once for everyone.
 
 use std::collections::{HashSet, VecDeque};
-use std::time::Instant;
 
 use plenary_proto::{
     ErrorCode, LeaveReason, LeftParticipant, ParticipantInfo, Permissions, RoomState,
     ServerMessage, TrackInfo,
 };
 
+use crate::governance::{Governance, GovernanceConfig, Live};
 use crate::output::{AuditEvent, Output};
+use crate::record::Record;
 use crate::rights::{effective, Rights};
+use crate::time::Time;
 use crate::{participant_id, Pid};
 
 /// Most characters in a chat message.
@@ -30,6 +33,8 @@ pub const MAX_LOBBY: usize = 1000;
 pub struct MeetingConfig {
     /// Rooms with more members than this switch to listener mode.
     pub listener_mode_above: usize,
+    /// Quorum, speaking time and chat keeping of a new meeting.
+    pub governance: GovernanceConfig,
 }
 
 /// Why someone may not come in.
@@ -77,7 +82,7 @@ pub struct Member {
     /// Hand raised.
     pub hand_raised: bool,
     /// When they came in.
-    pub joined_at: Instant,
+    pub joined_at: Time,
 }
 
 impl Member {
@@ -144,6 +149,8 @@ pub struct Meeting<W> {
     pub(crate) lobby: Vec<Waiting<W>>,
     pub(crate) barred: HashSet<String>,
     pub(crate) hands: Vec<Pid>,
+    pub(crate) gov: Governance,
+    pub(crate) live: Live,
     next_lobby: u64,
     diff: Diff,
     out: VecDeque<Output<W>>,
@@ -152,7 +159,13 @@ pub struct Meeting<W> {
 impl<W> Meeting<W> {
     /// An empty meeting for room `name`.
     pub fn new(name: impl Into<String>, config: MeetingConfig) -> Meeting<W> {
+        let gov = Governance::new(
+            config.governance.quorum,
+            config.governance.speaker_limit_secs,
+        );
         Meeting {
+            gov,
+            live: Live::default(),
             name: name.into(),
             config,
             members: Vec::new(),
@@ -276,7 +289,7 @@ impl<W> Meeting<W> {
     /// identity is replaced (removed with reason `replaced`).
     pub fn enter(
         &mut self,
-        now: Instant,
+        now: Time,
         pid: Pid,
         mut info: ParticipantInfo,
         rights: Rights,
@@ -289,7 +302,7 @@ impl<W> Meeting<W> {
             .map(|m| m.pid)
             .collect();
         for old in same {
-            self.remove(old, LeaveReason::Replaced);
+            self.remove(old, LeaveReason::Replaced, now);
         }
         info.id = participant_id(pid);
         let restore = restore.unwrap_or_default();
@@ -333,14 +346,16 @@ impl<W> Meeting<W> {
                 self.out.push_back(Output::Send { to: pid, msg });
             }
         }
+        self.governance_enter(pid, now);
         welcome
     }
 
     // ---- going -----------------------------------------------------------------------------
 
     /// A member left (or was removed): the others learn it in the next batch; their tracks
-    /// leave the registry; their hand goes down. Returns whether they were a member.
-    pub fn leave(&mut self, pid: Pid, reason: LeaveReason) -> bool {
+    /// leave the registry; their hand goes down; their attendance interval and speaking
+    /// turn end (their votes stay). Returns whether they were a member.
+    pub fn leave(&mut self, pid: Pid, reason: LeaveReason, now: Time) -> bool {
         let Some(pos) = self.members.iter().position(|m| m.pid == pid) else {
             return false;
         };
@@ -362,12 +377,13 @@ impl<W> Meeting<W> {
             self.hands.retain(|h| *h != pid);
             self.send_hand_queue();
         }
+        self.governance_leave(pid, member.info.identity, reason, now);
         true
     }
 
     /// Lets a member go and asks the driver to disconnect them.
-    pub(crate) fn remove(&mut self, pid: Pid, reason: LeaveReason) {
-        if self.leave(pid, reason) {
+    pub(crate) fn remove(&mut self, pid: Pid, reason: LeaveReason, now: Time) {
+        if self.leave(pid, reason, now) {
             self.out.push_back(Output::Remove { pid, reason });
         }
     }
@@ -453,8 +469,9 @@ impl<W> Meeting<W> {
 
     // ---- talking ----------------------------------------------------------------------------
 
-    /// A chat message to everyone (needs `can_chat`; 1 to 2000 characters).
-    pub fn chat(&mut self, pid: Pid, text: &str) {
+    /// A chat message to everyone (needs `can_chat`; 1 to 2000 characters). Kept for the
+    /// minutes when the operator asks for it.
+    pub fn chat(&mut self, pid: Pid, text: &str, now: Time) {
         let Some(m) = self.member(pid) else { return };
         if !m.rights.can_chat {
             return self.error(
@@ -477,7 +494,15 @@ impl<W> Meeting<W> {
             from_host: m.is_host,
             text: text.to_string(),
         };
+        let author = crate::governance::person(m);
         self.out.push_back(Output::Broadcast { except: None, msg });
+        if self.config.governance.record_chat {
+            self.record(Record::Chat {
+                author,
+                text: text.to_string(),
+                at: now,
+            });
+        }
     }
 
     /// A small application message to the others (needs `can_chat`; at most 4 KiB).
@@ -528,8 +553,11 @@ impl<W> Meeting<W> {
 
     // ---- time ------------------------------------------------------------------------------
 
-    /// Sends the participant changes collected since the last tick, as one message.
-    pub fn tick(&mut self, _now: Instant) {
+    /// Sends the participant changes collected since the last tick, as one message; closes
+    /// motions whose deadline passed; tells hosts of speaking time that ran out and of the
+    /// quorum; sends vote counts.
+    pub fn tick(&mut self, now: Time) {
+        self.governance_tick(now);
         if self.diff.joined.is_empty() && self.diff.updated.is_empty() && self.diff.left.is_empty()
         {
             return;

@@ -2,6 +2,7 @@
 
 use plenary_proto::{LeaveReason, Permissions, ServerMessage};
 
+use crate::record::Record;
 use crate::Pid;
 
 /// One thing for the driver to carry out, in order.
@@ -70,6 +71,9 @@ pub enum Output<W> {
     },
     /// Record this in the audit log.
     Audit(AuditEvent),
+    /// Keep this (attendance, speakers, motions, votes) with its audit row
+    /// ([`Record::audit`]) in one transaction.
+    Record(Record),
 }
 
 /// A host action (or another meeting event) for the audit log.

@@ -6,9 +6,19 @@
 //! grant; the server answers [`ServerMessage::Welcome`] or an [`ServerMessage::Error`] and a
 //! close. `docs/protocol.md` describes the flow; this crate is its single source of truth.
 //!
-//! This crate holds data types only: no I/O, no validation beyond what serde does.
+//! This crate holds data types and the rules every side shares about their values (room
+//! names, in [`room`]): no I/O.
 
 use serde::{Deserialize, Serialize};
+
+pub mod governance;
+pub mod room;
+
+pub use governance::{
+    ClosedBy, MotionInfo, MotionKind, MotionResult, MotionSpec, MotionState, OptionResult,
+    QuorumCheck, QuorumRule, QuorumStatus, Speaking,
+};
+pub use room::{valid_room_name, MAX_ROOM_NAME};
 
 /// The protocol version this crate speaks. A `join` with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -251,6 +261,31 @@ pub enum HostAction {
     },
     /// End the meeting for everyone.
     EndMeeting,
+    /// Write a motion (a draft only hosts see, until it is opened).
+    CreateMotion {
+        /// The motion.
+        motion: MotionSpec,
+    },
+    /// Open a draft motion for votes (one motion is open at a time).
+    OpenMotion {
+        /// Its id.
+        motion_id: String,
+    },
+    /// Close an open motion: the result goes to everyone.
+    CloseMotion {
+        /// Its id.
+        motion_id: String,
+    },
+    /// Set the room's quorum rule (not while a motion is open).
+    SetQuorum {
+        /// The rule.
+        rule: QuorumRule,
+    },
+    /// Set the speaking time each person given the floor from now on has (0: no limit).
+    SpeakerLimit {
+        /// Seconds (at most 3600).
+        seconds: u32,
+    },
 }
 
 /// A published track as the other participants see it.
@@ -372,6 +407,20 @@ pub enum ErrorCode {
     Barred,
     /// The session to resume is unknown or expired (join with a grant instead).
     ResumeFailed,
+    /// A motion a host wrote is not acceptable (empty title, text too long, bad options…).
+    InvalidMotion,
+    /// No motion with that id in this meeting.
+    UnknownMotion,
+    /// The motion takes no votes (a draft, or closed already), or cannot be opened again.
+    MotionNotOpen,
+    /// Another motion is open: close it first (or the quorum cannot change during a vote).
+    MotionInProgress,
+    /// The choices name an option the motion does not have, or too many, or none.
+    InvalidChoice,
+    /// A secret ballot is final: this member's ballot is cast.
+    AlreadyVoted,
+    /// This participant may not vote on this motion (a guest, unless a host allowed guests).
+    NotEligible,
 }
 
 impl ErrorCode {
@@ -446,6 +495,13 @@ pub enum ClientMessage {
     Chat {
         /// The text.
         text: String,
+    },
+    /// Vote on the open motion (one vote per member identity, not per tab).
+    Vote {
+        /// The motion.
+        motion_id: String,
+        /// Indexes of the chosen options (one, or up to the motion's `max_choices`).
+        choices: Vec<u32>,
     },
     /// Raise or lower one's hand.
     RaiseHand {
@@ -634,6 +690,49 @@ pub enum ServerMessage {
     Closing {
         /// Why.
         reason: LeaveReason,
+    },
+    /// A motion was written (hosts only, while a draft), opened or closed (with its
+    /// result). Also sent on joining, one per motion the newcomer may see.
+    Motion {
+        /// The motion.
+        motion: MotionInfo,
+    },
+    /// How many have voted on an open motion (sent at most a few times a second).
+    VotesCast {
+        /// The motion.
+        motion_id: String,
+        /// Voters so far.
+        votes_cast: u32,
+    },
+    /// To the voter: their vote counts. A recorded vote echoes the choices; a secret ballot
+    /// says only that it is cast. Also sent on joining for each motion already voted on.
+    VoteRecorded {
+        /// The motion.
+        motion_id: String,
+        /// The choices now counted (recorded votes only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        choices: Option<Vec<u32>>,
+    },
+    /// For hosts: members present and whether the quorum holds (on change).
+    Quorum {
+        /// The status.
+        status: QuorumStatus,
+    },
+    /// Who has the floor now, with their time left (on change, and on joining).
+    Speakers {
+        /// Floor holders, in the order they got it.
+        speaking: Vec<Speaking>,
+        /// The room's speaking-time limit for new turns, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit_secs: Option<u32>,
+    },
+    /// For hosts and the speaker: a speaker's time is up (the floor stays until a host
+    /// takes it back).
+    SpeakerTimeUp {
+        /// The speaker's participant id.
+        participant_id: String,
+        /// Their name.
+        name: String,
     },
     /// Answer to [`ClientMessage::Ping`].
     Pong {
