@@ -482,6 +482,12 @@ impl Track {
         self.layers = [VideoLayer::default(); MAX_LAYERS];
         self.layers[..layers.len()].copy_from_slice(layers);
         self.layer_count = layers.len();
+        // Fewer layers than before (the publisher's top layer stopped, so it is no longer
+        // counted): a target above them points at the highest there is now, and falls
+        // back further if that one does not arrive either.
+        let top = (layers.len() - 1) as u8;
+        self.cur = self.cur.map(|c| c.min(top));
+        self.plan = self.plan.map(|p| p.min(top));
         Ok(())
     }
 }
@@ -999,6 +1005,19 @@ mod tests {
         };
         t.set_layers(&camera(150_000, 500_000, 1_500_000)).unwrap();
         t
+    }
+
+    #[test]
+    fn a_target_above_fewer_layers_comes_down_to_them() {
+        let mut t = track(1, TrackPriority::Stage, Tile::shown(1280, 720));
+        t.cur = Some(2);
+        t.plan = Some(2);
+        // The top layer stopped and is no longer counted: two layers, not three.
+        let two = &camera(150_000, 500_000, 0)[..2];
+        t.set_layers(two).unwrap();
+        assert_eq!(t.layers().len(), 2);
+        assert_eq!((t.cur, t.plan), (Some(1), Some(1)));
+        assert_eq!(t.rate(t.cur), 500_000, "no index past the layers");
     }
 
     #[test]
