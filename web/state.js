@@ -38,6 +38,7 @@ import { StatusBoard } from "./status.js";
  * @property {{level: string, rtt: number|null, loss: number, state: string}|null} quality
  * @property {Set<string>} givenFloor       identities this host gave the floor to
  * @property {StatusBoard} status
+ * @property {boolean} mediaTrouble         media is being mended, or cannot get through
  * @property {View} view
  */
 
@@ -75,6 +76,7 @@ export function createState() {
     quality: null,
     givenFloor: new Set(),
     status: new StatusBoard(),
+    mediaTrouble: false,
     view: freshView(),
   };
 }
