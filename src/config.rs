@@ -1090,6 +1090,16 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_file_is_valid_and_says_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/plenary.example.toml"));
+        let c = Config::load(Some(path), Vec::new()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.turn.ttl, DEFAULT_TURN_TTL_SECS);
+        assert!(!c.tls.enabled());
+        assert_eq!(c.media.tcp_addr, None);
+    }
+
+    #[test]
     fn turn_tls_and_tcp_settings_are_checked() {
         let mut c = Config::default();
         c.turn.urls = vec!["turn:127.0.0.1:3478".into()];
