@@ -153,9 +153,13 @@ step("ICE-TCP: a page on a network that drops all UDP joins over TCP and receive
   net.log(`UDP-less page's selected pair: ${JSON.stringify(pair)}`);
   assert.equal(pair?.local?.protocol, "tcp", "media over TCP");
   assert.equal(pair?.remote?.port, tcpPort, "to the server's ICE-TCP port");
-  const metrics = await (await fetch(`${net.baseUrl}/metrics`)).text();
-  const open = Number(/^plenary_ice_tcp_connections (\d+)/m.exec(metrics)?.[1] ?? 0);
-  assert.ok(open >= 1, `the server counts the ICE-TCP connection (${open})`);
+  // The server's gauges are published once a second.
+  const open = await net.waitFor("the server to count the ICE-TCP connection", async () => {
+    const metrics = await (await fetch(`${net.baseUrl}/metrics`)).text();
+    const n = Number(/^plenary_ice_tcp_connections (\d+)/m.exec(metrics)?.[1] ?? 0);
+    return n >= 1 ? n : { ok: false, metrics: metrics.split("\n").filter((l) => l.includes("tcp")) };
+  }, 5000);
+  net.log(`ICE-TCP connections open at the server: ${open}`);
   await net.screenshot("tcp", "reach-ice-tcp");
 });
 
