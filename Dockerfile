@@ -35,7 +35,10 @@ ENV PLENARY_HTTP_ADDR=0.0.0.0:8080 \
     PLENARY_MEDIA_ADDR=0.0.0.0:7882 \
     PLENARY_LOG=info
 # Media shards listen on 7882 + their index; PLENARY_MEDIA_SHARDS (default: one per core)
-# says how many. Publish the same range with `docker run -p`.
-EXPOSE 8080/tcp 7882-7889/udp
+# says how many. Publish the same range with `docker run -p`. ICE over TCP, when turned on
+# with PLENARY_MEDIA_TCP_ADDR=0.0.0.0:7881, uses one TCP port for all shards. With built-in
+# TLS (PLENARY_TLS_CERT/KEY), publish 443 -> 8080 (and ICE-TCP may share it: set
+# PLENARY_MEDIA_TCP_ADDR to the HTTP address).
+EXPOSE 8080/tcp 7881/tcp 7882-7889/udp
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/plenary"]
 CMD ["serve"]

@@ -32,8 +32,13 @@ pub struct Config {
     pub media: MediaConfig,
     /// Who may mint room grants.
     pub auth: AuthConfig,
-    /// STUN/TURN servers handed to clients in `welcome`.
+    /// STUN/TURN servers handed to clients in `welcome` as they are.
     pub ice_servers: Vec<IceServer>,
+    /// A TURN server (coturn) sharing a secret with Plenary: each `welcome` carries
+    /// time-limited credentials for it.
+    pub turn: TurnConfig,
+    /// Built-in TLS for the HTTP side (HTTPS and `wss://`), instead of a reverse proxy.
+    pub tls: TlsConfig,
     /// Bounds that protect the server and other meetings.
     pub limits: LimitsConfig,
     /// Sign-in with Mastodon instances, member grants, rooms and invitations.
@@ -223,6 +228,76 @@ pub struct MediaConfig {
     /// Repeat recent audio packets (RFC 2198 RED) to listeners whose links lose packets,
     /// within what their bandwidth affords.
     pub audio_redundancy: bool,
+    /// ICE over TCP: where the passive TCP candidate listens (one port for every shard), for
+    /// attendees whose network blocks UDP. Unset: no ICE-TCP. It may be `http.addr` itself
+    /// (443 with built-in TLS, say): connections are told apart by their first bytes.
+    pub tcp_addr: Option<SocketAddr>,
+    /// The port announced in the TCP candidate when a stream proxy in front of Plenary
+    /// forwards another one (e.g. 443) to `tcp_addr`. Unset: `tcp_addr`'s port.
+    pub tcp_announce_port: Option<u16>,
+}
+
+/// `[turn]`: a TURN server that trusts Plenary's credentials (coturn with
+/// `use-auth-secret` and the same `static-auth-secret`; the TURN REST API scheme).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` / `turns:` URLs handed to clients, e.g. `turn:turn.example.coop:3478`,
+    /// `turn:turn.example.coop:3478?transport=tcp`, `turns:turn.example.coop:443?transport=tcp`.
+    pub urls: Vec<String>,
+    /// coturn's `static-auth-secret`. Never sent to clients, never logged.
+    pub secret: String,
+    /// How long the credentials in a `welcome` stay valid, in seconds.
+    pub ttl: u64,
+}
+
+/// `[tls]`: HTTPS on `http.addr` with a certificate chain and key in PEM files, read again
+/// on SIGHUP (after a renewal). Both unset: plain HTTP (put a reverse proxy in front).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: String,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+}
+
+impl TlsConfig {
+    /// Whether built-in TLS is on.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() || !self.key.is_empty()
+    }
+}
+
+/// The default of `turn.ttl`: a day, so that a long meeting never outlives its credentials
+/// (TURN allocations are refreshed with the credentials they were made with).
+pub const DEFAULT_TURN_TTL_SECS: u64 = 24 * 3600;
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            urls: Vec::new(),
+            secret: String::new(),
+            ttl: DEFAULT_TURN_TTL_SECS,
+        }
+    }
+}
+
+impl fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("urls", &self.urls)
+            .field(
+                "secret",
+                &if self.secret.is_empty() {
+                    ""
+                } else {
+                    "<hidden>"
+                },
+            )
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 /// `[auth]`
@@ -296,6 +371,8 @@ impl Default for MediaConfig {
             allocate_bandwidth: true,
             loudest_speakers: 3,
             audio_redundancy: true,
+            tcp_addr: None,
+            tcp_announce_port: None,
         }
     }
 }
@@ -343,6 +420,8 @@ impl fmt::Debug for Config {
             .field("media", &self.media)
             .field("auth", &self.auth)
             .field("ice_servers", &self.ice_servers.len())
+            .field("turn", &self.turn)
+            .field("tls", &self.tls)
             .field("limits", &self.limits)
             .field("membership", &self.membership)
             .field("meetings", &self.meetings)
@@ -414,9 +493,6 @@ pub enum ConfigError {
     /// The TOML (file or environment) does not fit the schema.
     #[error("invalid configuration: {0}")]
     Parse(String),
-    /// An environment variable names no known key.
-    #[error("unknown environment variable {0}: no such configuration key")]
-    UnknownEnv(String),
     /// The values do not make sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -424,11 +500,24 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads the file (if any), applies `PLENARY_*` variables from `env`, and returns the
-    /// result unvalidated (flags come next; call [`Config::validate`] last).
+    /// result unvalidated (flags come next; call [`Config::validate`] last). What is odd but
+    /// harmless (an unknown `PLENARY_*` variable) is logged as a warning.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        let (config, warnings) = Config::load_with_warnings(path, env)?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(config)
+    }
+
+    /// [`Config::load`], returning the warnings instead of logging them.
+    pub fn load_with_warnings(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
         let text = match path {
             Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
                 path: p.display().to_string(),
@@ -438,10 +527,11 @@ impl Config {
         };
         let mut table: toml::Table =
             toml::from_str(&text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        apply_env(&mut table, env)?;
-        toml::Value::Table(table)
+        let warnings = apply_env(&mut table, env)?;
+        let config = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))
+            .map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+        Ok((config, warnings))
     }
 
     /// A configuration for tests: HTTP and media on ephemeral loopback ports, one API key.
@@ -527,7 +617,54 @@ impl Config {
             return invalid("limits: timeouts must be at least 1 second".into());
         }
         self.meetings.validate().map_err(ConfigError::Invalid)?;
+        self.validate_reachability()?;
         self.validate_membership()
+    }
+
+    /// `[turn]`, `[tls]` and ICE-TCP.
+    fn validate_reachability(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let turn = &self.turn;
+        if turn.urls.is_empty() != turn.secret.is_empty() {
+            return invalid(
+                "turn: set both urls and secret (coturn's static-auth-secret), or neither".into(),
+            );
+        }
+        for url in &turn.urls {
+            if !(url.starts_with("turn:") || url.starts_with("turns:")) {
+                return invalid(format!(
+                    "turn.urls: {url:?} is not a turn: or turns: URL (plain STUN servers go in \
+                     [[ice_servers]])"
+                ));
+            }
+        }
+        if !turn.secret.is_empty() && turn.secret.len() < 16 {
+            return invalid("turn.secret is shorter than 16 characters".into());
+        }
+        if !turn.urls.is_empty() && !(60..=7 * 24 * 3600).contains(&turn.ttl) {
+            return invalid("turn.ttl must be 60 seconds to 7 days".into());
+        }
+        if self.tls.enabled() && (self.tls.cert.is_empty() || self.tls.key.is_empty()) {
+            return invalid("tls: set both cert and key (PEM files), or neither".into());
+        }
+        if let Some(tcp) = self.media.tcp_addr {
+            if tcp.ip().is_unspecified() && self.media.announce_ips.is_empty() {
+                return invalid(format!(
+                    "media.tcp_addr {tcp} is a wildcard address: set media.announce_ips to the \
+                     address(es) clients should connect to"
+                ));
+            }
+        }
+        if self.media.tcp_announce_port == Some(0) {
+            return invalid("media.tcp_announce_port must not be 0".into());
+        }
+        Ok(())
+    }
+
+    /// Whether ICE-TCP shares the HTTP listener (`media.tcp_addr` = `http.addr`, with a
+    /// fixed port: two ephemeral ports are two listeners).
+    pub fn tcp_shares_http(&self) -> bool {
+        self.media.tcp_addr == Some(self.http.addr) && self.http.addr.port() != 0
     }
 
     fn validate_membership(&self) -> Result<(), ConfigError> {
@@ -656,13 +793,44 @@ impl Config {
     }
 }
 
-/// Applies `PLENARY_SECTION_KEY=value` variables onto the TOML table.
+/// Something odd about the configuration that does not stop Plenary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigWarning {
+    /// A `PLENARY_*` variable names no configuration key. Not an error: Kubernetes gives
+    /// every pod `PLENARY_SERVICE_HOST`, `PLENARY_PORT`, … for a Service named `plenary`.
+    UnknownEnv(String),
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigWarning::UnknownEnv(name) => write!(
+                f,
+                "ignoring environment variable {name}: no such configuration key (a typo? \
+                 keys are PLENARY_<SECTION>_<KEY>, e.g. PLENARY_HTTP_ADDR)"
+            ),
+        }
+    }
+}
+
+/// Every configuration key, as a TOML table of sections (options set, so that keys that
+/// default to nothing are known too).
+fn schema() -> Result<toml::Table, ConfigError> {
+    let mut full = Config::default();
+    full.media.tcp_addr = Some(full.media.addr);
+    full.media.tcp_announce_port = Some(443);
+    toml::Table::try_from(full).map_err(|e| ConfigError::Parse(e.to_string()))
+}
+
+/// Applies `PLENARY_SECTION_KEY=value` variables onto the TOML table. A variable naming no
+/// key is returned as a warning; a known key with a value of the wrong shape fails later,
+/// when the table is read into [`Config`].
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
-    let defaults =
-        toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Parse(e.to_string()))?;
+) -> Result<Vec<ConfigWarning>, ConfigError> {
+    let schema = schema()?;
+    let mut warnings = Vec::new();
     // Config keys that are not sections (top-level values).
     let top_level = ["ice_servers"];
     for (name, value) in env {
@@ -679,7 +847,7 @@ fn apply_env(
             table.insert((*key).to_string(), parsed);
             continue;
         }
-        let (section, key) = defaults
+        let found = schema
             .iter()
             .filter_map(|(section, v)| {
                 let keys = v.as_table()?;
@@ -687,8 +855,11 @@ fn apply_env(
                 keys.contains_key(key)
                     .then(|| (section.clone(), key.to_string()))
             })
-            .next()
-            .ok_or_else(|| ConfigError::UnknownEnv(name.clone()))?;
+            .next();
+        let Some((section, key)) = found else {
+            warnings.push(ConfigWarning::UnknownEnv(name.clone()));
+            continue;
+        };
         let entry = table
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -699,7 +870,7 @@ fn apply_env(
         };
         section_table.insert(key, parsed);
     }
-    Ok(())
+    Ok(warnings)
 }
 
 /// Reads an environment value as a TOML value (number, bool, array, inline table) when it
@@ -768,9 +939,61 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused() {
-        let err = Config::load(None, env(&[("PLENARY_HTTP_PORTT", "1")])).unwrap_err();
-        assert!(matches!(err, ConfigError::UnknownEnv(_)), "{err}");
+    fn unknown_variables_warn_and_malformed_known_ones_refuse() {
+        // What Kubernetes sets for a Service named `plenary`, and a typo: warnings only.
+        let (c, warnings) = Config::load_with_warnings(
+            None,
+            env(&[
+                ("PLENARY_SERVICE_HOST", "10.0.0.7"),
+                ("PLENARY_PORT", "tcp://10.0.0.7:8080"),
+                ("PLENARY_PORT_8080_TCP_PROTO", "tcp"),
+                ("PLENARY_HTTP_PORTT", "1"),
+                ("PLENARY_MEDIA_SHARDS", "3"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.media.shards, 3, "known variables still apply");
+        let names: Vec<String> = warnings
+            .iter()
+            .map(|ConfigWarning::UnknownEnv(n)| n.clone())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "PLENARY_SERVICE_HOST",
+                "PLENARY_PORT",
+                "PLENARY_PORT_8080_TCP_PROTO",
+                "PLENARY_HTTP_PORTT"
+            ]
+        );
+        assert!(
+            warnings[0].to_string().contains("ignoring"),
+            "{}",
+            warnings[0]
+        );
+        // A known key with a malformed value is refused.
+        let err = Config::load(None, env(&[("PLENARY_HTTP_ADDR", "not-an-address")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse(_)), "{err}");
+        let err = Config::load(None, env(&[("PLENARY_MEDIA_SHARDS", "many")])).unwrap_err();
+        assert!(err.to_string().contains("shards"), "{err}");
+        // Keys that default to nothing are known too.
+        let c = Config::load(
+            None,
+            env(&[
+                ("PLENARY_MEDIA_TCP_ADDR", "127.0.0.1:7881"),
+                ("PLENARY_TURN_URLS", "[\"turn:127.0.0.1:3478\"]"),
+                ("PLENARY_TURN_SECRET", "a-turn-secret-long-enough"),
+                ("PLENARY_TLS_CERT", "/etc/plenary/cert.pem"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.media.tcp_addr, Some("127.0.0.1:7881".parse().unwrap()));
+        assert_eq!(c.turn.urls, ["turn:127.0.0.1:3478"]);
+        assert_eq!(c.tls.cert, "/etc/plenary/cert.pem");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
         let dir = std::env::temp_dir().join(format!("plenary-cfg2-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("c.toml");
@@ -874,9 +1097,63 @@ mod tests {
 
     #[test]
     fn debug_hides_secrets() {
-        let c = Config::for_tests();
+        let mut c = Config::for_tests();
+        c.turn.urls = vec!["turn:127.0.0.1:3478".into()];
+        c.turn.secret = "the-turn-secret-123".into();
         let shown = format!("{c:?}");
         assert!(shown.contains("test-key"));
         assert!(!shown.contains("test-secret"));
+        assert!(shown.contains("turn:127.0.0.1:3478"));
+        assert!(!shown.contains("the-turn-secret"), "{shown}");
+    }
+
+    #[test]
+    fn the_annotated_example_file_is_valid_and_says_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/plenary.example.toml"));
+        let c = Config::load(Some(path), Vec::new()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.turn.ttl, DEFAULT_TURN_TTL_SECS);
+        assert!(!c.tls.enabled());
+        assert_eq!(c.media.tcp_addr, None);
+    }
+
+    #[test]
+    fn turn_tls_and_tcp_settings_are_checked() {
+        let mut c = Config::default();
+        c.turn.urls = vec!["turn:127.0.0.1:3478".into()];
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("both urls and secret"), "{err}");
+        c.turn.secret = "0123456789abcdef".into();
+        c.validate().unwrap();
+        c.turn.urls.push("stun:127.0.0.1:3478".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not a turn:"));
+        c.turn.urls.pop();
+        c.turn.ttl = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("turn.ttl"));
+
+        let mut c = Config::default();
+        c.tls.cert = "cert.pem".into();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("both cert and key"));
+        c.tls.key = "key.pem".into();
+        c.validate().unwrap();
+
+        let mut c = Config::default();
+        c.media.tcp_addr = Some("0.0.0.0:443".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("wildcard"));
+        c.media.announce_ips = vec!["203.0.113.7".parse().unwrap()];
+        c.media.addr = "0.0.0.0:7882".parse().unwrap();
+        c.validate().unwrap();
+        assert!(!c.tcp_shares_http());
+        c.http.addr = "127.0.0.1:443".parse().unwrap();
+        c.media.tcp_addr = Some(c.http.addr);
+        assert!(c.tcp_shares_http());
     }
 }

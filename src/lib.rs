@@ -4,15 +4,18 @@
 //! - [`config`]: the one typed configuration (file, `PLENARY_*` environment, flags).
 //! - [`grant`]: room grants (JWT) — minting and the checks made on every join.
 //! - [`http`]: the axum router — web client, JSON API, `/rtc` WebSocket, health, metrics.
+//! - [`listen`]: the HTTP port's listener — plain or TLS, and ICE-TCP when it shares the port.
+//! - [`tls`]: built-in TLS (rustls), certificate files reloaded on SIGHUP.
 //! - [`signal`]: one signaling session per WebSocket (docs/protocol.md).
-//! - [`media`]: the media plane — UDP socket, WebRTC peers (str0m), demux, and the
-//!   forwarding core from the `plenary-sfu` crate.
+//! - [`media`]: the media plane — UDP sockets, ICE-TCP, WebRTC peers (str0m), demux, and
+//!   the forwarding core from the `plenary-sfu` crate.
 //! - [`membership`]: Mastodon sign-in, member grants (Ed25519), rooms, invitations, the
 //!   SQLite store and its audit log.
 //! - [`record`]: the record of meetings (attendance, speakers, motions, votes) in the
 //!   store, the meetings that go on after a restart, and the minutes.
 //! - [`metrics`]: Prometheus metrics, fed from plain counters once a second.
 //! - [`secret`]: random tokens and the hashing of secrets (the only copy of each).
+//! - [`turn`]: time-limited TURN credentials (coturn's shared-secret scheme).
 //!
 //! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
 //! media thread and the HTTP server, and returns a [`Server`] handle; the binary only parses
@@ -21,12 +24,15 @@
 pub mod config;
 pub mod grant;
 pub mod http;
+pub mod listen;
 pub mod media;
 pub mod membership;
 pub mod metrics;
 pub mod record;
 pub mod secret;
 pub mod signal;
+pub mod tls;
+pub mod turn;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,6 +64,17 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The ICE-TCP address could not be bound.
+    #[error("cannot listen for ICE-TCP on {addr}: {source}")]
+    BindTcp {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS certificate or key cannot be used.
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(#[from] tls::TlsError),
     /// The media plane could not start.
     #[error("cannot start the media plane: {0}")]
     Media(std::io::Error),
@@ -76,6 +93,8 @@ pub struct Server {
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     media_threads: media::MediaThreads,
     media_addrs: Vec<SocketAddr>,
+    tcp_addr: Option<SocketAddr>,
+    tls: Option<Arc<tls::TlsFiles>>,
     grace: Duration,
     recorder: Option<record::Recorder>,
 }
@@ -94,6 +113,25 @@ impl Server {
     /// Every media shard's UDP address (one port per shard).
     pub fn media_addrs(&self) -> &[SocketAddr] {
         &self.media_addrs
+    }
+
+    /// Where ICE-TCP listens, when on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Whether HTTP is served over TLS (`https://`, `wss://`).
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Reads the TLS certificate and key again (what SIGHUP does). On failure the
+    /// current certificate stays.
+    pub fn reload_tls(&self) -> Result<(), tls::TlsError> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Whether dev mode is on.
@@ -158,6 +196,38 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         sockets.push((udp, announce));
     }
     let media_addr = media_addrs[0];
+    let tls = match config.tls.enabled() {
+        true => Some(Arc::new(tls::TlsFiles::load(
+            std::path::Path::new(&config.tls.cert),
+            std::path::Path::new(&config.tls.key),
+        )?)),
+        false => None,
+    };
+    // ICE-TCP: its own listener, or the HTTP one when they share the address.
+    let (tcp_listener, tcp_addr) = match config.media.tcp_addr {
+        None => (None, None),
+        Some(_) if config.tcp_shares_http() => (None, Some(http_addr)),
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::BindTcp { addr, source })?;
+            let bound = l
+                .local_addr()
+                .map_err(|source| StartError::BindTcp { addr, source })?;
+            (Some(l), Some(bound))
+        }
+    };
+    let tcp_announce: Vec<SocketAddr> = match tcp_addr {
+        None => Vec::new(),
+        Some(bound) => {
+            let port = config.media.tcp_announce_port.unwrap_or(bound.port());
+            config
+                .announce_ips(bound)
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect()
+        }
+    };
     let dev_mode = config.dev_mode();
     let mut keys = config.key_ring();
     if dev_mode && config.auth.api_keys.is_empty() {
@@ -217,6 +287,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     let metrics = Arc::new(metrics::Metrics::new());
     let settings = media::MediaSettings {
         ice_servers: config.ice_servers.clone(),
+        turn: config.turn.clone(),
         max_participants_per_room: config.limits.max_participants_per_room,
         max_participants: config.limits.max_participants,
         ice_timeout: Duration::from_secs(config.limits.ice_timeout_secs),
@@ -229,8 +300,8 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         loudest_speakers: config.media.loudest_speakers,
         audio_redundancy: config.media.audio_redundancy,
     };
-    let (media, media_threads) =
-        media::spawn(sockets, settings, metrics.clone()).map_err(StartError::Media)?;
+    let (media, media_threads) = media::spawn(sockets, tcp_announce, settings, metrics.clone())
+        .map_err(StartError::Media)?;
 
     if dev_mode {
         tracing::warn!(
@@ -252,12 +323,34 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         shutdown_rx.clone(),
     );
     let router = http::app(state);
+    let intake = tcp_addr.map(|_| media.tcp_intake());
+    if let (Some(l), Some(intake)) = (tcp_listener, intake.clone()) {
+        intake.spawn_accept_loop(l, shutdown_rx.clone());
+    }
+    let sharing = listen::PortSharing {
+        tls: tls.clone(),
+        ice_tcp: if config.tcp_shares_http() {
+            intake
+        } else {
+            None
+        },
+    };
+    let incoming = listen::spawn(listener, sharing, shutdown_rx.clone()).map_err(|source| {
+        StartError::BindHttp {
+            addr: http_addr,
+            source,
+        }
+    })?;
     let http_task = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(incoming, router)
             .with_graceful_shutdown(signal::wait_until_true(shutdown_rx))
             .await
     });
-    tracing::info!(%http_addr, ?media_addrs, shards, "Plenary is listening");
+    if let Some(files) = &tls {
+        reload_on_sighup(Arc::clone(files));
+    }
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%http_addr, scheme, ?media_addrs, ?tcp_addr, shards, "Plenary is listening");
     Ok(Server {
         http_addr,
         media_addr,
@@ -267,7 +360,34 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         http_task,
         media_threads,
         media_addrs,
+        tcp_addr,
+        tls,
         grace: Duration::from_secs(config.limits.shutdown_grace_secs),
         recorder,
     })
+}
+
+/// Reads the TLS files again on every SIGHUP (after `certbot renew`, say).
+fn reload_on_sighup(files: Arc<tls::TlsFiles>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGHUP (TLS reloads): {e}");
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match files.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::warn!("SIGHUP: keeping the current TLS certificate: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = files;
 }

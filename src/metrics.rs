@@ -65,6 +65,16 @@ pub struct Metrics {
     pub join_latency: Histogram,
     /// Joins refused, by reason.
     pub joins_refused: IntCounterVec,
+    /// ICE-TCP frames received.
+    pub tcp_frames_in: IntCounter,
+    /// ICE-TCP frames sent.
+    pub tcp_frames_out: IntCounter,
+    /// Open ICE-TCP connections.
+    pub ice_tcp_connections: IntGauge,
+    /// ICE-TCP connections refused or cut off (bad framing, not ours, too many).
+    pub ice_tcp_refused: IntCounter,
+    /// ICE restarts clients made (a path that broke and was mended on the same session).
+    pub ice_restarts: IntCounter,
 }
 
 impl Metrics {
@@ -151,6 +161,17 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            tcp_frames_in: counter("ice_tcp_frames_in_total", "ICE-TCP frames received"),
+            tcp_frames_out: counter("ice_tcp_frames_out_total", "ICE-TCP frames sent"),
+            ice_tcp_connections: gauge("ice_tcp_connections", "Open ICE-TCP connections"),
+            ice_tcp_refused: counter(
+                "ice_tcp_refused_total",
+                "ICE-TCP connections refused or cut off (bad framing, not ours, too many)",
+            ),
+            ice_restarts: counter(
+                "ice_restarts_total",
+                "ICE restarts by clients (media path mended on the same session)",
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -208,12 +229,16 @@ pub struct MediaCounters {
     pub relayed: u64,
     /// Relays dropped (a full ring).
     pub relay_drops: u64,
+    /// ICE-TCP frames received.
+    pub tcp_frames_in: u64,
+    /// ICE-TCP frames sent.
+    pub tcp_frames_out: u64,
 }
 
 impl MediaCounters {
     /// Adds what changed since `last` to the metrics and remembers the new values.
     pub fn publish(&self, last: &mut MediaCounters, m: &Metrics) {
-        let pairs: [(&IntCounter, u64, u64); 15] = [
+        let pairs: [(&IntCounter, u64, u64); 17] = [
             (&m.packets_in, self.packets_in, last.packets_in),
             (&m.packets_out, self.packets_out, last.packets_out),
             (&m.bytes_in, self.bytes_in, last.bytes_in),
@@ -245,6 +270,8 @@ impl MediaCounters {
             (&m.send_calls, self.send_calls, last.send_calls),
             (&m.relayed, self.relayed, last.relayed),
             (&m.relay_drops, self.relay_drops, last.relay_drops),
+            (&m.tcp_frames_in, self.tcp_frames_in, last.tcp_frames_in),
+            (&m.tcp_frames_out, self.tcp_frames_out, last.tcp_frames_out),
         ];
         for (metric, now, before) in pairs {
             metric.inc_by(now.saturating_sub(before));

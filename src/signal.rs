@@ -27,6 +27,8 @@ use crate::media::{
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 /// Time to wait for the media plane to answer a join.
 const JOIN_REPLY: Duration = Duration::from_secs(10);
+/// Longest wait for the media plane to carry out a leave before the socket closes anyway.
+const LEAVE_REPLY: Duration = Duration::from_secs(2);
 /// Time one message may take to reach a slow client before the session is dropped.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Messages a client may send in a burst, and per second after that.
@@ -96,8 +98,17 @@ pub async fn run(socket: WebSocket, state: AppState) {
             End::Gone => LeaveReason::Disconnected,
         };
         // Replaced/shutdown sessions were already removed by the media plane; a second
-        // removal of the same peer id is a no-op there.
-        let _ = state.media().send(Command::Leave { peer, reason }).await;
+        // removal of the same peer id is a no-op there. The socket closes only once the
+        // leave is carried out (bounded), so that the others see why this member went.
+        let (done, carried_out) = oneshot::channel();
+        let leave = Command::Leave {
+            peer,
+            reason,
+            done: Some(done),
+        };
+        if state.media().send(leave).await.is_ok() {
+            let _ = tokio::time::timeout(LEAVE_REPLY, carried_out).await;
+        }
     }
     if let End::Close(reason) = end {
         let _ = session.send(&ServerMessage::Closing { reason }).await;

@@ -8,6 +8,7 @@
 //   chat.js     Chat tab                            status.js  the status line (pure)
 //   quality.js  connection quality (pure)          dom.js     DOM helpers
 //   governance.js motions, votes, quorum (pure)    motions.js the motion card, host motions
+//   path.js     is the media path alive (pure, used by client.js for ICE restarts)
 // Devices are opened only when the person both wants and may use them: at join once the
 // server has said what this participant may publish, or when a host gives the floor.
 
@@ -418,7 +419,9 @@ async function join() {
     const g = await getGrant(room, name);
     S.name = name;
     S.room = room;
-    const client = new PlenaryClient({ url: wsUrlFrom(g.ws_url), grant: g.grant, room, openMedia });
+    // `?relay=1`: media only through the TURN server, to check one works.
+    const relayOnly = params.get("relay") === "1";
+    const client = new PlenaryClient({ url: wsUrlFrom(g.ws_url), grant: g.grant, room, openMedia, relayOnly });
     S.client = client;
     wireClient(client);
     say("join", "Joining…");
@@ -477,8 +480,34 @@ function wireClient(c) {
   on("dominant_speaker", scheduleRender);
   on("unpublished", onUnpublished);
   on("governance", onGovernance);
+  const mediaBack = () => {
+    if (!S.mediaTrouble) return;
+    S.mediaTrouble = false;
+    hideBanner();
+    unsay("media");
+    notice("Audio and video are connected.");
+  };
   on("connection", (d) => {
-    if (d.state === "connected") updateQuality();
+    if (d.state !== "connected") return;
+    updateQuality();
+    mediaBack();
+  });
+  on("media_restored", mediaBack);
+  on("ice_restart", () => {
+    S.mediaTrouble = true;
+    say("media", "The network changed: reconnecting audio and video…");
+  });
+  on("media_unreachable", () => {
+    S.mediaTrouble = true;
+    const text = "Audio and video cannot get through: this network seems to block the " +
+      "meeting's media connection (UDP and TCP). You can still follow the chat. Try another " +
+      "network (your phone's, say), or ask the meeting's organisers to set up a TURN server.";
+    say("media", "Audio and video cannot get through on this network.");
+    showBanner(text, [["Try again", () => {
+      hideBanner();
+      say("media", "Trying the media connection again…");
+      c.retryMedia();
+    }, "primary"]], "warn");
   });
   on("log", (d) => console.info("plenary:", d.message));
   on("error", ({ code, message }) => {

@@ -25,6 +25,10 @@
 //   "unpublished"  {source, reason}   one of our tracks stopped: "revoked" | "refused" |
 //                                     "not_allowed" | "ended" (the device went away)
 //   "connection"   {state}            the peer connection's state
+//   "ice_restart"  {count}            the media path broke; ICE restarts on this session
+//   "media_restored" {}               the path is back after ICE restarts
+//   "media_unreachable" {reason}      media never got through (the network blocks UDP and
+//                                     TCP to the server, and no TURN server helps)
 //   "video_paused" {track_id, paused}  the server stopped (or resumed) a video for our
 //                                     connection's sake
 //   "dominant_speaker" {participant_id} who speaks now, as the server hears it
@@ -34,6 +38,7 @@
 //   "log"          {message}          human-readable trace
 
 import { Governance } from "./governance.js";
+import { PathWatch } from "./path.js";
 
 export const PROTOCOL_VERSION = 1;
 const PING_INTERVAL_MS = 10_000;
@@ -47,8 +52,16 @@ export const CAMERA_LAYERS = [
   { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 350_000 },
   { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 900_000 },
 ];
-/** Media "disconnected" for this long (no ICE answers): come back on a new connection. */
-const MEDIA_LOST_MS = 6_000;
+/** Media "disconnected" for this long (no ICE answers): restart ICE on the same session. */
+const ICE_RESTART_AFTER_MS = 1_000;
+/** An ICE restart that has not brought the path back after this long is tried again… */
+const ICE_RESTART_WAIT_MS = 4_000;
+/** How often the selected candidate pair is looked at (see path.js). */
+const PATH_WATCH_MS = 500;
+/** …this many times, before coming back on a new connection (join.resume). */
+const ICE_RESTARTS_BEFORE_RESUME = 5;
+/** A first media connection that has not come up after this long will not: say so. */
+const MEDIA_CONNECT_MS = 15_000;
 /** Leave reasons after which we do not try to come back. */
 const FINAL_REASONS = new Set([
   "left", "replaced", "removed", "meeting_ended", "denied", "server_shutdown", "protocol_error",
@@ -85,9 +98,11 @@ export class PlenaryClient extends EventTarget {
    *        opened for a participant who may not use it). Tracks it returns that we may not
    *        send are stopped.
    * @param {boolean} [opts.reconnect] restore the session after a drop (default true)
+   * @param {boolean} [opts.relayOnly] media only through the TURN server (to test one)
    */
-  constructor({ url, grant, room, openMedia, reconnect = true }) {
+  constructor({ url, grant, room, openMedia, reconnect = true, relayOnly = false }) {
     super();
+    this.relayOnly = relayOnly;
     this.url = url;
     this.grant = grant;
     this.room = room;
@@ -161,6 +176,21 @@ export class PlenaryClient extends EventTarget {
     this.resumeTimer = null;
     /** @type {any} */
     this.mediaLostTimer = null;
+    /** @type {any} */
+    this.connectTimer = null;
+    /** the current peer connection has been connected at least once */
+    this.mediaConnected = false;
+    /** ICE restarts made (every one, for the page and tests) */
+    this.iceRestarts = 0;
+    /** ICE restarts since the media path was last seen alive */
+    this.restartsInRow = 0;
+    /** when ICE was last restarted (ms) */
+    this.lastRestartAt = 0;
+    /** @type {any} */
+    this.watchTimer = null;
+    this.pathWatch = new PathWatch();
+    /** media never got through on the current connection (see "media_unreachable") */
+    this.mediaUnreachable = false;
   }
 
   /**
@@ -508,7 +538,9 @@ export class PlenaryClient extends EventTarget {
   /** Closes the peer connection but keeps our live local tracks, for the resume. */
   teardownMedia() {
     clearInterval(this.pingTimer);
+    clearInterval(this.watchTimer);
     clearTimeout(this.mediaLostTimer);
+    clearTimeout(this.connectTimer);
     this.pingTimer = null;
     try {
       this.pc?.close();
@@ -801,6 +833,7 @@ export class PlenaryClient extends EventTarget {
 
     const pc = new RTCPeerConnection({
       iceServers: this.iceServers,
+      iceTransportPolicy: this.relayOnly ? "relay" : "all",
       bundlePolicy: "max-bundle",
       rtcpMuxPolicy: "require",
     });
@@ -829,6 +862,16 @@ export class PlenaryClient extends EventTarget {
       if (pc !== this.pc) return;
       this.onConnectionState(pc.connectionState);
     };
+    this.mediaConnected = false;
+    this.mediaUnreachable = false;
+    this.restartsInRow = 0;
+    clearTimeout(this.connectTimer);
+    this.connectTimer = setTimeout(() => {
+      if (pc === this.pc && !this.mediaConnected) this.onMediaUnreachable("timeout");
+    }, MEDIA_CONNECT_MS);
+    this.pathWatch = new PathWatch();
+    clearInterval(this.watchTimer);
+    this.watchTimer = setInterval(() => this.watchPath(), PATH_WATCH_MS);
     // Always a data channel, so the offer has an m-line even for a pure listener.
     this.dc = pc.createDataChannel("plenary");
 
@@ -858,21 +901,119 @@ export class PlenaryClient extends EventTarget {
   }
 
   /**
-   * The media path: a connection that fails, or stays disconnected (no answers to ICE
-   * checks) for a few seconds, is rebuilt with the resume token.
+   * The media path. A connection that came up and then breaks (Wi-Fi → 4G, a network that
+   * drops out) restarts ICE on the same session — same participant, same hand, floor and
+   * place in the queue. The break is noticed by the browser's state ("disconnected",
+   * "failed") or, sooner, by watchPath(); only when several restarts do not help does the
+   * client come back on a new connection with the resume token. A first connection that
+   * never comes up is reported ("media_unreachable"), not retried forever in silence.
    * @param {RTCPeerConnectionState} state
    */
   onConnectionState(state) {
     this.log(`media ${state}`);
     this.emit("connection", { state });
     clearTimeout(this.mediaLostTimer);
-    if (!this.autoReconnect || !this.resumeToken) return;
-    if (state === "failed") this.startReconnect("media connection failed");
-    else if (state === "disconnected") {
-      this.mediaLostTimer = setTimeout(() => {
-        if (this.pc?.connectionState === "disconnected") this.startReconnect("media connection lost");
-      }, MEDIA_LOST_MS);
+    if (state === "connected") {
+      this.mediaConnected = true;
+      this.mediaUnreachable = false;
+      clearTimeout(this.connectTimer);
+      return;
     }
+    if (!this.mediaConnected) {
+      if (state === "failed") this.onMediaUnreachable("failed");
+      return;
+    }
+    if (!this.autoReconnect || this.state !== "joined") return;
+    if (state === "disconnected" || state === "failed") {
+      const pc = this.pc;
+      const check = () => {
+        const now = pc?.connectionState;
+        if (pc !== this.pc || (now !== "disconnected" && now !== "failed")) return;
+        this.restartIce("media path lost");
+        this.mediaLostTimer = setTimeout(check, ICE_RESTART_WAIT_MS);
+      };
+      this.mediaLostTimer = setTimeout(check, state === "failed" ? 0 : ICE_RESTART_AFTER_MS);
+    }
+  }
+
+  /** Looks at the selected candidate pair: a path gone quiet restarts ICE (see path.js). */
+  async watchPath() {
+    const pc = this.pc;
+    if (!pc || !this.mediaConnected || !this.autoReconnect || this.state !== "joined") return;
+    /** @type {any} */
+    let pair = null;
+    try {
+      const report = await pc.getStats();
+      report.forEach((s) => {
+        if (s.type === "transport" && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+      });
+    } catch {
+      return;
+    }
+    if (pc !== this.pc) return;
+    const figures = pair && {
+      id: String(pair.id),
+      bytesReceived: pair.bytesReceived ?? 0,
+      requestsSent: pair.requestsSent ?? 0,
+      responsesReceived: pair.responsesReceived ?? 0,
+    };
+    const verdict = this.pathWatch.update(figures, Date.now());
+    if (verdict === "alive") {
+      if (this.restartsInRow > 0) {
+        this.restartsInRow = 0;
+        this.log("media path back");
+        this.emit("media_restored", {});
+      }
+    } else if (verdict === "quiet" && Date.now() - this.lastRestartAt >= ICE_RESTART_WAIT_MS) {
+      this.restartIce("no answer on the media path");
+    }
+  }
+
+  /**
+   * Restarts ICE on this session: new credentials, new candidates, a new offer through the
+   * signaling socket (protocol §2), and the server answers on the same session.
+   * @param {string} why
+   */
+  restartIce(why) {
+    const pc = this.pc;
+    if (!pc || this.state !== "joined") return;
+    if (Date.now() - this.lastRestartAt < ICE_RESTART_AFTER_MS) return;
+    if (this.restartsInRow >= ICE_RESTARTS_BEFORE_RESUME) {
+      if (this.resumeToken) this.startReconnect(why);
+      return;
+    }
+    this.restartsInRow += 1;
+    this.iceRestarts += 1;
+    this.lastRestartAt = Date.now();
+    this.log(`restarting ICE (${why})`);
+    this.emit("ice_restart", { count: this.iceRestarts });
+    pc.restartIce();
+    this.offerWanted = true;
+    this.enqueue(() => this.sendOffer());
+  }
+
+  /** Tries the media connection again after "media_unreachable" (a button on the page). */
+  retryMedia() {
+    if (!this.pc || this.mediaConnected) return;
+    this.mediaUnreachable = false;
+    this.restartsInRow = 0;
+    const pc = this.pc;
+    clearTimeout(this.connectTimer);
+    this.connectTimer = setTimeout(() => {
+      if (pc === this.pc && !this.mediaConnected) this.onMediaUnreachable("timeout");
+    }, MEDIA_CONNECT_MS);
+    this.log("trying the media connection again");
+    pc.restartIce();
+    this.offerWanted = true;
+    this.enqueue(() => this.sendOffer());
+  }
+
+  /** @param {string} reason */
+  onMediaUnreachable(reason) {
+    if (this.mediaUnreachable || this.state !== "joined") return;
+    this.mediaUnreachable = true;
+    this.log(`media cannot get through (${reason})`);
+    this.emit("media_unreachable", { reason });
   }
 
   /** Sends our own offer; only from the `stable` state (protocol §2.4). */
@@ -995,13 +1136,32 @@ export class PlenaryClient extends EventTarget {
     clearInterval(this.pingTimer);
     clearTimeout(this.resumeTimer);
     clearTimeout(this.mediaLostTimer);
+    clearTimeout(this.connectTimer);
+    clearInterval(this.watchTimer);
     this.pingTimer = null;
-    try {
-      this.pc?.close();
-    } catch {}
-    try {
-      this.ws?.close();
-    } catch {}
+    // After a leave, the media connection closes once the server has said goodbye (it
+    // closes the socket when the others know we left), bounded: hanging up first would
+    // look like a lost connection to them.
+    const pc = this.pc;
+    const ws = this.ws;
+    const closePc = () => {
+      try {
+        pc?.close();
+      } catch {}
+    };
+    if (reason === "left" && ws && ws.readyState === WebSocket.OPEN) {
+      this.ws = null; // what the server still says is no longer ours to act on
+      const timer = setTimeout(closePc, 2000);
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        closePc();
+      });
+    } else {
+      closePc();
+      try {
+        ws?.close();
+      } catch {}
+    }
     for (const p of [...this.publish, ...this.kept]) {
       p.track.onended = null;
       p.track.stop();

@@ -45,6 +45,7 @@ import { StatusBoard } from "./status.js";
  * @property {Set<string>} givenFloor       identities this host gave the floor to
  * @property {Ballot} ballot                what this page is choosing on the motion card
  * @property {StatusBoard} status
+ * @property {boolean} mediaTrouble         media is being mended, or cannot get through
  * @property {View} view
  */
 
@@ -83,6 +84,7 @@ export function createState() {
     givenFloor: new Set(),
     ballot: { motionId: null, chosen: [], sending: false, dismissed: new Set() },
     status: new StatusBoard(),
+    mediaTrouble: false,
     view: freshView(),
   };
 }

@@ -302,6 +302,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         shard: (0, 1),
         network: None,
         turn: None,
+        relay: false,
         simulcast: false,
         live: Live::default(),
     });

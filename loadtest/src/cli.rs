@@ -138,6 +138,11 @@ pub struct RunArgs {
     /// talks about 60 % of the time.
     #[arg(long, value_parser = parse_duration)]
     pub turns: Option<Duration>,
+    /// Send every attendee's media through the TURN server the welcome names (Plenary's
+    /// `[turn]`, e.g. coturn), with the welcome's credentials: a relayed meeting. Implies
+    /// --full-decrypt.
+    #[arg(long)]
+    pub turn: bool,
     /// Decrypt every received packet with webrtc-rs (the old, costly receive path) instead of
     /// accounting from RTP headers and decrypting a sample.
     #[arg(long)]
@@ -191,6 +196,7 @@ impl RunArgs {
         c.server_pid = self.server_pid;
         c.full_decrypt = self.full_decrypt;
         c.turn = self.turns.filter(|t| !t.is_zero());
+        c.relay = self.turn;
         c.network = self.network.clone();
         c.shard = self.shard_of.unwrap_or((0, 1));
         c.thresholds = Thresholds {

@@ -86,6 +86,9 @@ pub struct RunConfig {
     /// Microphone speakers take turns of this length, one at a time (`None`: each talks
     /// ~60 % of the time on its own pattern).
     pub turn: Option<Duration>,
+    /// `--turn`: every attendee's media goes through the TURN server its welcome names
+    /// (every received packet is then decrypted by webrtc-rs).
+    pub relay: bool,
     /// This process simulates participant `pid` only if `pid % n == i` (`(i, n)`); several
     /// processes with `0/n` … `n-1/n` share one run.
     pub shard: (usize, usize),
@@ -121,6 +124,7 @@ impl RunConfig {
             server_pid: None,
             full_decrypt: false,
             turn: None,
+            relay: false,
             network: None,
             shard: (0, 1),
             thresholds: Thresholds::default(),

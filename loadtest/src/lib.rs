@@ -14,6 +14,7 @@
 //! - [`stats`]: loss, jitter, latency histogram, percentiles.
 //! - [`report`]: aggregation, rendering, thresholds.
 //! - [`server`]: the server's URL and `/metrics`; [`tls`]: `https://` / `wss://`.
+//! - [`turn`]: `--turn`, every attendee's media through the welcome's TURN server.
 //! - [`cpu`]: this process's CPU time.
 //! - [`run`]: one load test, start to report.
 //! - [`floor`] and [`bench`]: the `bench` subcommand.
@@ -44,6 +45,7 @@ pub mod signal;
 pub mod stats;
 pub mod synth;
 pub mod tls;
+pub mod turn;
 
 pub use config::RunConfig;
 pub use report::Report;

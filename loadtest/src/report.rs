@@ -144,6 +144,9 @@ pub struct Report {
     /// Whether every packet was decrypted by webrtc-rs (else: headers counted, a sample
     /// decrypted and verified).
     pub full_decrypt: bool,
+    /// Whether every attendee's media went through the TURN server (`--turn`).
+    #[serde(default)]
+    pub relayed: bool,
     /// What the fast receive path verified and counted.
     pub checks: crate::group::RxChecks,
     /// Video frames (fast path only).
@@ -447,6 +450,12 @@ impl Report {
             p.sent, p.received, p.lost, p.loss_pct, p.worst_stream_loss_pct, p.duplicates, p.unrecognised, p.datagrams_in
         );
         let c = &self.checks;
+        if self.relayed {
+            let _ = writeln!(
+                o,
+                "network path     every attendee through the TURN server named in the welcome (--turn)"
+            );
+        }
         if self.full_decrypt {
             let _ = writeln!(
                 o,

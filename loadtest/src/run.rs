@@ -81,6 +81,7 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
         full_decrypt: cfg.full_decrypt,
         shard: cfg.shard,
         turn: cfg.turn,
+        relay: cfg.relay,
         simulcast: cfg.simulcast,
         network: cfg.network.clone(),
         live: Live::default(),
@@ -234,7 +235,8 @@ pub async fn run(cfg: &RunConfig) -> Result<Report, RunError> {
     if cfg.shard.1 > 1 {
         report.shard = Some(cfg.shard);
     }
-    report.full_decrypt = cfg.full_decrypt;
+    report.full_decrypt = cfg.full_decrypt || cfg.relay;
+    report.relayed = cfg.relay;
     if let Some(mix) = &cfg.network {
         for (k, c) in report.classes.iter_mut().enumerate() {
             if let Some(m) = mix.classes.get(k) {

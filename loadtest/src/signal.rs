@@ -69,7 +69,7 @@ pub async fn session(
             Ok(None) => break Err("WebSocket closed before welcome".to_owned()),
             Ok(Some(Err(e))) => break Err(format!("WebSocket: {e}")),
             Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<ServerMessage>(&t) {
-                Ok(ServerMessage::Welcome { .. }) => break Ok(()),
+                Ok(ServerMessage::Welcome { ice_servers, .. }) => break Ok(ice_servers),
                 Ok(ServerMessage::Error { code, message }) => {
                     break Err(format!("refused: {code:?}: {message}"))
                 }
@@ -80,13 +80,21 @@ pub async fn session(
             Ok(Some(Ok(_))) => {}
         }
     };
-    if let Err(reason) = welcome {
-        let _ = group.send(fail(reason)).await;
-        return;
-    }
+    let ice_servers = match welcome {
+        Ok(s) => s,
+        Err(reason) => {
+            let _ = group.send(fail(reason)).await;
+            return;
+        }
+    };
     let (to_ws, mut from_group) = mpsc::unbounded_channel();
     if group
-        .send(GroupCmd::Welcome { pid, t0, to_ws })
+        .send(GroupCmd::Welcome {
+            pid,
+            t0,
+            to_ws,
+            ice_servers,
+        })
         .await
         .is_err()
     {

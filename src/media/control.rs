@@ -249,7 +249,12 @@ impl Control {
             Command::Host { peer, action } => {
                 self.with_meeting(peer, |m, pid| m.host_action(pid, action, clock()))
             }
-            Command::Leave { peer, reason } => self.leave(peer, reason, true),
+            Command::Leave { peer, reason, done } => {
+                self.leave(peer, reason, true);
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
             // Routed to the shards by the handle; nothing to do here.
             Command::Offer { .. }
             | Command::Answer { .. }
@@ -414,6 +419,7 @@ impl Control {
         self.carry_out(name);
         self.metrics.participants.set(self.peers.len() as i64);
         self.metrics.rooms.set(self.rooms.len() as i64);
+        let ice_servers = self.ice_servers_for(&welcome.me.identity);
         Ok(Joined {
             peer: id,
             welcome: ServerMessage::Welcome {
@@ -422,13 +428,25 @@ impl Control {
                 me: welcome.me,
                 participants: welcome.participants,
                 tracks: welcome.tracks,
-                ice_servers: self.settings.ice_servers.clone(),
+                ice_servers,
                 permissions: welcome.permissions,
                 room_state: welcome.room_state,
                 hand_queue: welcome.hand_queue,
                 resume_token,
             },
         })
+    }
+
+    /// The STUN/TURN servers for a member's `welcome`: the configured ones, and the TURN
+    /// server with credentials made for them (never the shared secret).
+    fn ice_servers_for(&self, identity: &str) -> Vec<plenary_proto::IceServer> {
+        let mut servers = self.settings.ice_servers.clone();
+        servers.extend(crate::turn::ice_server(
+            &self.settings.turn,
+            identity,
+            crate::grant::unix_now(),
+        ));
+        servers
     }
 
     /// A dropped session comes back with its resume token (skipping lobby and lock, which

@@ -57,6 +57,20 @@ impl Demux {
         self.by_ufrag.insert(ufrag, peer);
     }
 
+    /// The peer whose local ufrag is `ufrag`.
+    pub fn peer_by_ufrag(&self, ufrag: &str) -> Option<PeerId> {
+        self.by_ufrag.get(ufrag).copied()
+    }
+
+    /// After an ICE restart: `peer`'s checks name `new` from now on (its addresses stay
+    /// known until the new checks replace them).
+    pub fn rename(&mut self, peer: PeerId, old: &str, new: String) {
+        if self.by_ufrag.get(old) == Some(&peer) {
+            self.by_ufrag.remove(old);
+        }
+        self.by_ufrag.insert(new, peer);
+    }
+
     /// Forgets a peer and every address it was known by.
     pub fn remove_peer(&mut self, peer: PeerId, ufrag: &str) {
         if self.by_ufrag.get(ufrag) == Some(&peer) {
@@ -158,7 +172,12 @@ mod tests {
             Some(a),
             "b's removal keeps a's address"
         );
-        m.remove_peer(a, "ua");
+        // An ICE restart gives a a new ufrag: checks naming the old one find nobody.
+        m.rename(a, "ua", "ua2".into());
+        assert_eq!(m.lookup(src, &stun_with_username("ua:x")), None);
+        assert_eq!(m.lookup(src, &stun_with_username("ua2:y")), Some(a));
+        assert_eq!(m.peer_by_ufrag("ua2"), Some(a));
+        m.remove_peer(a, "ua2");
         assert_eq!(m.lookup(src, &[0x80]), None);
         assert_eq!(m.peer_count(), 0);
     }

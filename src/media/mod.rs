@@ -26,7 +26,9 @@ pub mod control;
 pub mod demux;
 pub mod exchange;
 pub mod peer;
+pub mod sdp;
 pub mod shard;
+pub mod tcp;
 pub mod udp;
 
 use std::net::SocketAddr;
@@ -173,6 +175,10 @@ pub enum Command {
         peer: PeerId,
         /// Why.
         reason: LeaveReason,
+        /// Told once the meeting has let them go and the others' `left` is queued, so the
+        /// session closes its socket only then (a client that hangs up its media on the
+        /// close must not race its own `leave`).
+        done: Option<oneshot::Sender<()>>,
     },
     /// Close every session and stop.
     Shutdown,
@@ -281,6 +287,8 @@ pub enum SessionEvent {
 pub struct MediaSettings {
     /// Handed to clients in `welcome`.
     pub ice_servers: Vec<IceServer>,
+    /// A TURN server whose credentials each `welcome` carries.
+    pub turn: crate::config::TurnConfig,
     /// Room limit.
     pub max_participants_per_room: usize,
     /// Server limit.
@@ -353,10 +361,20 @@ pub struct ContinuedMeeting {
 
 /// The signaling side's handle to the media plane: routes each command to the control loop
 /// or to the shard that holds the peer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MediaHandle {
     control: mpsc::Sender<Command>,
     shards: Arc<[mpsc::Sender<shard::ShardCmd>]>,
+    routes: Arc<tcp::UfragRoutes>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl std::fmt::Debug for MediaHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaHandle")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MediaHandle {
@@ -382,6 +400,15 @@ impl MediaHandle {
             return Ok(()); // not an id we handed out: nothing to do
         };
         tx.send(cmd).await.map_err(|_| MediaGone)
+    }
+
+    /// What takes ICE-TCP connections and hands each to the shard of its peer.
+    pub fn tcp_intake(&self) -> tcp::TcpIntake {
+        tcp::TcpIntake::new(
+            Arc::clone(&self.routes),
+            Arc::clone(&self.shards),
+            Arc::clone(&self.metrics),
+        )
     }
 
     /// Asks the media plane to close every session and stop.
@@ -422,9 +449,11 @@ impl MediaThreads {
 }
 
 /// Starts the media plane: one shard thread per socket (each announces its own port in its
-/// candidates), and the control loop as a task on the current runtime.
+/// candidates, and the shared ICE-TCP addresses `tcp_announce`, if any), and the control
+/// loop as a task on the current runtime.
 pub fn spawn(
     sockets: Vec<(std::net::UdpSocket, Vec<SocketAddr>)>,
+    tcp_announce: Vec<SocketAddr>,
     settings: MediaSettings,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> std::io::Result<(MediaHandle, MediaThreads)> {
@@ -442,6 +471,7 @@ pub fn spawn(
     let shards: Arc<[mpsc::Sender<shard::ShardCmd>]> = shard_tx.into();
     let loads = Arc::new(ShardLoads::new(n));
     let mut exchanges = exchange::Exchange::mesh(n);
+    let routes = Arc::new(tcp::UfragRoutes::default());
     let mut threads = Vec::with_capacity(n);
     for (index, ((socket, announce), commands)) in
         sockets.into_iter().zip(shard_rx).enumerate().rev()
@@ -454,7 +484,9 @@ pub fn spawn(
             shards: Arc::clone(&shards),
             exchange: exchanges.pop().expect("one exchange per shard"),
             loads: Arc::clone(&loads),
+            routes: Arc::clone(&routes),
         };
+        let tcp_announce = tcp_announce.clone();
         let metrics = Arc::clone(&metrics);
         let shard_settings = shard::ShardSettings {
             ice_timeout: settings.ice_timeout,
@@ -477,7 +509,15 @@ pub fn spawn(
                 };
                 let run = std::panic::AssertUnwindSafe(|| {
                     runtime.block_on(async move {
-                        match shard::Shard::new(socket, announce, shard_settings, metrics, links) {
+                        let shard = shard::Shard::new(
+                            socket,
+                            announce,
+                            tcp_announce,
+                            shard_settings,
+                            metrics,
+                            links,
+                        );
+                        match shard {
                             Ok(shard) => shard.run().await,
                             Err(e) => tracing::error!("media shard {index}: cannot start: {e}"),
                         }
@@ -495,12 +535,14 @@ pub fn spawn(
             })?;
         threads.push(thread);
     }
-    let control = control::Control::new(settings, metrics, Arc::clone(&shards), loads);
+    let control = control::Control::new(settings, Arc::clone(&metrics), Arc::clone(&shards), loads);
     let control = tokio::spawn(control.run(control_rx, events_rx));
     Ok((
         MediaHandle {
             control: control_tx,
             shards,
+            routes,
+            metrics,
         },
         MediaThreads {
             shards: threads,

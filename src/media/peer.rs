@@ -109,8 +109,10 @@ pub struct Peer {
     pub events: mpsc::Sender<SessionEvent>,
     /// The WebRTC state machine.
     pub rtc: Rtc,
-    /// Our ICE username fragment for it.
+    /// Our ICE username fragment for it (a new one after each ICE restart).
     pub ufrag: String,
+    /// ICE restarts the client made.
+    pub ice_restarts: u32,
     /// When the client asked to join.
     pub started: Instant,
     /// ICE and DTLS are up.
@@ -224,6 +226,7 @@ impl Peer {
             events: add.events.clone(),
             rtc,
             ufrag,
+            ice_restarts: 0,
             started: add.started,
             connected: false,
             disconnected_since: None,
@@ -290,7 +293,21 @@ impl Peer {
             .accept_offer(offer)
             .map_err(|e| format!("the offer cannot be applied: {e}"))?;
         self.offered = true;
-        Ok(answer.to_sdp_string())
+        Ok(super::sdp::candidates_in_every_section(
+            &answer.to_sdp_string(),
+        ))
+    }
+
+    /// After an offer: when it restarted ICE (new client credentials), str0m answered with
+    /// new credentials of ours too. Records the new ufrag and returns the old one, so the
+    /// shard can route STUN by the new one.
+    pub fn take_ice_restart(&mut self) -> Option<String> {
+        let ufrag = self.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag == self.ufrag {
+            return None;
+        }
+        self.ice_restarts += 1;
+        Some(std::mem::replace(&mut self.ufrag, ufrag))
     }
 
     /// Whether `mid` is an m-line the client sends on.
@@ -359,7 +376,7 @@ impl Peer {
             Some((offer, pending)) => {
                 self.pending = Some(pending);
                 let msg = ServerMessage::Offer {
-                    sdp: offer.to_sdp_string(),
+                    sdp: super::sdp::candidates_in_every_section(&offer.to_sdp_string()),
                     tracks: self.mappings(),
                 };
                 (Some(msg), Vec::new())

@@ -30,14 +30,15 @@ use plenary_sfu::{
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
 use tokio::sync::mpsc;
 
-use super::demux::{is_stun, Demux};
+use super::demux::{is_stun, stun_local_ufrag, Demux};
 use super::exchange::{Exchange, Relay};
 use super::peer::{core_media, first_codec, InParams, InTrack, OutState, OutTrack, Peer};
+use super::tcp::{TcpConn, TcpEvent, TcpLinks, UfragRoutes};
 use super::udp::{BatchSocket, SendQueue};
 use super::{shard_of, slot_of, PeerId, SessionEvent};
 use crate::metrics::{MediaCounters, Metrics};
@@ -52,6 +53,8 @@ const READ_BATCHES: usize = 4;
 const RELAY_BATCH: usize = 1024;
 /// Most commands handled per turn before the loop looks at the socket again.
 const COMMAND_BATCH: usize = 64;
+/// Most ICE-TCP frames handled per turn.
+const TCP_BATCH: usize = 256;
 /// Bound of the shards' event queue into the control loop.
 pub const EVENT_QUEUE: usize = 16384;
 /// A peer whose client closed the connection is removed after this, unless its session's
@@ -196,6 +199,8 @@ pub enum ShardCmd {
         /// The changes.
         tracks: Vec<SubscriptionUpdate>,
     },
+    /// An ICE-TCP connection whose first frame named a peer of this shard.
+    TcpConnection(Box<TcpConn>),
     /// Close every session and stop.
     Shutdown,
 }
@@ -255,12 +260,15 @@ pub struct Links {
     pub exchange: Exchange,
     /// Every shard's overload level (this shard writes its own).
     pub loads: Arc<super::ShardLoads>,
+    /// Which shard holds each ICE ufrag (for the ICE-TCP intake).
+    pub routes: Arc<UfragRoutes>,
 }
 
 /// What ended a wait of the shard's loop.
 enum Woke {
     Command(Option<ShardCmd>),
     Readable(bool),
+    Tcp(TcpEvent),
     Other,
 }
 
@@ -306,6 +314,11 @@ pub struct Shard {
     out: SendQueue,
     /// The address put in `Receive::destination` (our announced candidate).
     local: SocketAddr,
+    /// The same for ICE-TCP (our passive TCP candidate), when on.
+    tcp_local: Option<SocketAddr>,
+    /// ICE-TCP connections of this shard's peers.
+    tcp: TcpLinks,
+    routes: Arc<UfragRoutes>,
     /// The port the media socket is bound to (for the kernel's drop counter).
     local_port: Option<u16>,
     settings: ShardSettings,
@@ -324,8 +337,9 @@ pub struct Shard {
     to_remove: Vec<(PeerId, LeaveReason)>,
     counters: MediaCounters,
     published: MediaCounters,
-    /// Gauges this shard last added to the shared metrics (subscriptions, kernel drops).
-    gauges_published: (i64, i64),
+    /// Gauges this shard last added to the shared metrics (subscriptions, kernel drops,
+    /// ICE-TCP connections).
+    gauges_published: (i64, i64, i64),
     commands: mpsc::Receiver<ShardCmd>,
     control: mpsc::Sender<ShardEvent>,
     /// Events the control loop's queue had no room for yet (sent first, next turn).
@@ -355,10 +369,12 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A shard around a bound, non-blocking socket, announcing `announce` as its candidates.
+    /// A shard around a bound, non-blocking socket, announcing `announce` as its UDP
+    /// candidates and `tcp_announce` as passive TCP ones (the server's shared ICE-TCP port).
     pub fn new(
         socket: std::net::UdpSocket,
         announce: Vec<SocketAddr>,
+        tcp_announce: Vec<SocketAddr>,
         settings: ShardSettings,
         metrics: Arc<Metrics>,
         links: Links,
@@ -369,10 +385,19 @@ impl Shard {
             .dtls_provider
             .generate_certificate()
             .ok_or("cannot generate a DTLS certificate")?;
-        let candidates = announce
+        let mut candidates = announce
             .iter()
             .map(|a| Candidate::host(*a, "udp").map_err(|e| format!("candidate {a}: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        for a in &tcp_announce {
+            let c = Candidate::builder()
+                .tcp()
+                .host(*a)
+                .tcptype(TcpType::Passive)
+                .build()
+                .map_err(|e| format!("TCP candidate {a}: {e}"))?;
+            candidates.push(c);
+        }
         let local = *announce.first().ok_or("no address to announce")?;
         let Links {
             index,
@@ -381,6 +406,7 @@ impl Shard {
             shards,
             exchange,
             loads,
+            routes,
         } = links;
         Ok(Shard {
             index,
@@ -388,6 +414,9 @@ impl Shard {
             io: Some(BatchSocket::new(socket)),
             out: SendQueue::default(),
             local,
+            tcp_local: tcp_announce.first().copied(),
+            tcp: TcpLinks::default(),
+            routes,
             settings,
             metrics,
             cert,
@@ -403,7 +432,7 @@ impl Shard {
             to_remove: Vec::new(),
             counters: MediaCounters::default(),
             published: MediaCounters::default(),
-            gauges_published: (0, 0),
+            gauges_published: (0, 0, 0),
             commands,
             control,
             outbox: VecDeque::new(),
@@ -446,6 +475,7 @@ impl Shard {
                 cmd = self.commands.recv() => Woke::Command(cmd),
                 ready = readable(&self.io) => Woke::Readable(ready.is_ok()),
                 _ = self.exchange.woken() => Woke::Other,
+                Some(event) = self.tcp.events.recv() => Woke::Tcp(event),
                 _ = tokio::time::sleep_until(next_timer.into()) => Woke::Other,
             };
             // From here to the end of the turn the loop works (for the overload monitor).
@@ -457,7 +487,15 @@ impl Shard {
                 }
                 Woke::Command(Some(cmd)) => self.handle_command(cmd),
                 Woke::Readable(true) => self.read_datagrams(),
+                Woke::Tcp(event) => self.handle_tcp_event(Instant::now(), event),
                 Woke::Readable(false) | Woke::Other => {}
+            }
+            // More ICE-TCP frames that are already waiting, bounded per turn.
+            for _ in 0..TCP_BATCH {
+                match self.tcp.events.try_recv() {
+                    Ok(event) => self.handle_tcp_event(Instant::now(), event),
+                    Err(_) => break,
+                }
             }
             // More commands that are already waiting (a join storm), bounded per turn.
             for _ in 0..COMMAND_BATCH {
@@ -608,6 +646,68 @@ impl Shard {
         self.drive(id);
     }
 
+    fn handle_tcp_event(&mut self, now: Instant, event: TcpEvent) {
+        match event {
+            TcpEvent::Frame { remote, data } => self.handle_tcp_frame(now, remote, &data),
+            TcpEvent::Closed { remote, refusal } => {
+                if let Some(why) = refusal {
+                    tracing::debug!(%remote, "ICE-TCP connection cut off: {why}");
+                    self.metrics.ice_tcp_refused.inc();
+                }
+                self.tcp.closed(remote);
+            }
+        }
+    }
+
+    /// One ICE-TCP frame: to the peer its STUN ufrag names, else to the peer its connection
+    /// belongs to. A connection whose frames keep being refused is cut off.
+    fn handle_tcp_frame(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) {
+        self.counters.tcp_frames_in += 1;
+        let (Some(bound), Some(destination)) = (self.tcp.peer_of(remote), self.tcp_local) else {
+            return; // cut off meanwhile
+        };
+        let named = match stun_local_ufrag(data) {
+            Some(ufrag) => self.demux.peer_by_ufrag(ufrag),
+            None => bound,
+        };
+        let accepted = match named {
+            Some(id) if bound.is_none_or(|b| b == id) => {
+                let stun = is_stun(data);
+                let ok = self.peer_mut(id).is_some_and(|peer| {
+                    let Ok(contents) = data.try_into() else {
+                        return false;
+                    };
+                    let input = Input::Receive(
+                        now,
+                        Receive {
+                            proto: Protocol::Tcp,
+                            source: remote,
+                            destination,
+                            contents,
+                        },
+                    );
+                    peer.rtc.accepts(&input) && peer.rtc.handle_input(input).is_ok()
+                });
+                if ok && (!stun || self.tcp.bind(remote, id)) {
+                    self.drive(id);
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
+        if accepted {
+            self.tcp.accepted(remote);
+        } else {
+            self.counters.datagrams_rejected += 1;
+            if self.tcp.rejected(remote) {
+                tracing::debug!(%remote, "ICE-TCP connection cut off: its frames are refused");
+                self.metrics.ice_tcp_refused.inc();
+            }
+        }
+    }
+
     fn send_datagram(&mut self, dest: SocketAddr, data: Vec<u8>) {
         if !self.out.push(dest, data) {
             self.counters.send_errors += 1;
@@ -621,7 +721,11 @@ impl Shard {
                 return;
             };
             if !peer.rtc.is_alive() {
-                self.to_remove.push((id, LeaveReason::Disconnected));
+                // A client that hung up (DTLS close) is removed after CLOSE_GRACE unless its
+                // session's `leave`, with the real reason, comes first.
+                if peer.closed_at.is_none() {
+                    self.to_remove.push((id, LeaveReason::Disconnected));
+                }
                 return;
             }
             let output = match peer.rtc.poll_output() {
@@ -639,6 +743,13 @@ impl Shard {
                         self.timers.push(Reverse((at, id.0)));
                     }
                     return;
+                }
+                Output::Transmit(t) if t.proto == Protocol::Tcp => {
+                    if self.tcp.send(t.destination, t.contents.into()) {
+                        self.counters.tcp_frames_out += 1;
+                    } else {
+                        self.counters.send_errors += 1;
+                    }
                 }
                 Output::Transmit(t) => self.send_datagram(t.destination, t.contents.into()),
                 Output::Event(e) => self.handle_event(id, e),
@@ -1261,6 +1372,13 @@ impl Shard {
             ShardCmd::Subscription { peer, tracks } => {
                 self.client_subscription(Instant::now(), peer, tracks)
             }
+            ShardCmd::TcpConnection(conn) => {
+                let remote = conn.remote;
+                match self.tcp.adopt(*conn) {
+                    Ok(first) => self.handle_tcp_frame(Instant::now(), remote, &first),
+                    Err(e) => tracing::debug!(%remote, "ICE-TCP connection lost: {e}"),
+                }
+            }
             ShardCmd::Shutdown => {}
         }
     }
@@ -1335,6 +1453,7 @@ impl Shard {
         );
         peer.red = plenary_sfu::RedPolicy::new(self.settings.audio_redundancy);
         self.demux.add_peer(id, peer.ufrag.clone());
+        self.routes.insert(&peer.ufrag, self.index);
         self.peers[slot] = Some(peer);
         if let Some(entry) = self.room_mut(room) {
             let _ = entry.core.handle_join(id, add.can_subscribe);
@@ -1361,6 +1480,14 @@ impl Shard {
                 return;
             }
         };
+        if let Some(old) = peer.take_ice_restart() {
+            // The client restarted ICE (its path broke): same session, new credentials.
+            tracing::info!(peer = id.0, restarts = peer.ice_restarts, "ICE restart");
+            self.demux.rename(id, &old, peer.ufrag.clone());
+            self.routes.remove(&old);
+            self.routes.insert(&peer.ufrag, index);
+            self.metrics.ice_restarts.inc();
+        }
 
         let mut errors = Vec::new();
         let mut new_tracks = Vec::new();
@@ -1556,6 +1683,8 @@ impl Shard {
             return;
         };
         self.demux.remove_peer(id, &peer.ufrag);
+        self.routes.remove(&peer.ufrag);
+        self.tcp.cut_peer(id);
         let _ = peer.events.try_send(SessionEvent::Close(reason));
         tracing::info!(peer = id.0, ?reason, "left");
         self.emit(ShardEvent::PeerLeft { peer: id, reason });
@@ -1674,10 +1803,12 @@ impl Shard {
                 .and_then(super::udp::kernel_drops)
                 .map(|d| d as i64)
                 .unwrap_or(0);
-            let (last_subs, last_drops) = self.gauges_published;
+            let tcp = self.tcp.len() as i64;
+            let (last_subs, last_drops, last_tcp) = self.gauges_published;
             self.metrics.subscriptions.add(subscriptions - last_subs);
             self.metrics.kernel_drops.add(drops - last_drops);
-            self.gauges_published = (subscriptions, drops);
+            self.metrics.ice_tcp_connections.add(tcp - last_tcp);
+            self.gauges_published = (subscriptions, drops, tcp);
             self.sample_overload(now, drops as u64);
         }
     }
@@ -1734,9 +1865,10 @@ impl Shard {
             peer.rtc.disconnect();
         }
         self.counters.publish(&mut self.published, &self.metrics);
-        let (subs, drops) = self.gauges_published;
+        let (subs, drops, tcp) = self.gauges_published;
         self.metrics.subscriptions.sub(subs);
         self.metrics.kernel_drops.sub(drops);
+        self.metrics.ice_tcp_connections.sub(tcp);
         tracing::info!(shard = self.index, "media shard stopped");
     }
 }

@@ -1,7 +1,7 @@
 // Every attendee can join, and devices stay private: real Chromium instances with no
 // devices, with devices the person refuses, with only a microphone, a microphone that goes
 // away mid-meeting, a listener given the floor and then not, switching devices during the
-// meeting, the lobby, a media path that breaks, and the layout at desktop and phone sizes
+// meeting, the lobby, a media path that breaks (mended by ICE restart), and the layout at desktop and phone sizes
 // (screenshots in test-output/browser/). Machinery: harness.mjs.
 
 import { test, before, after } from "node:test";
@@ -236,22 +236,27 @@ step("a speaker switches microphone during the meeting; the others keep hearing 
   await h.expectAudioFrom("lis", ids.sam);
 });
 
-step("a page whose media path breaks comes back by itself", async () => {
+step("a page whose media path breaks comes back by itself, by ICE restart on the same session", async () => {
   const tess = h.page("tess");
   await tess.evaluate(() => {
     window.__marker = "same page";
   });
   await h.recordStates("tess");
+  const before = await tess.evaluate(() => window.plenary.client.iceRestarts);
   const restore = await h.cutMedia("tess");
   try {
-    await h.waitFor("tess to show it is reconnecting", () =>
-    tess.evaluate(() => window.__seen.includes("reconnecting") &&
-      window.__seen.some((x) => /Connection lost: reconnecting/.test(x))));
-    ids.tess = await h.waitFor("tess to be back", () =>
+    await h.waitFor("tess to notice and restart ICE", () =>
+      tess.evaluate((n) => window.plenary.client.iceRestarts > n, before));
+    await h.waitFor("tess to say it is mending the media", () =>
+      tess.evaluate(() => /reconnecting audio and video/.test(document.getElementById("status").textContent)));
+    await h.waitFor("tess to be back on the same session", () =>
       tess.evaluate((old) => window.plenary.client.state === "joined" && window.__marker === "same page" &&
-        window.plenary.client.me.id !== old && window.plenary.client.me.id, ids.tess));
+        window.plenary.client.me.id === old && window.plenary.client.pc.connectionState === "connected", ids.tess));
     await h.expectMediaFrom("tess", [ids.sam]);
     await h.expectMediaFrom("sam", [ids.tess]);
+    assert.ok(!(await tess.evaluate(() => window.__seen.includes("reconnecting"))), "no new session was needed");
+    await h.waitFor("tess's status to forget the trouble", () =>
+      tess.evaluate(() => !/reconnecting audio and video/.test(document.getElementById("status").textContent)));
   } finally {
     restore();
   }

@@ -85,7 +85,7 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 /** A timer that does not keep node alive: for bounding cleanup steps. */
 export const bound = (ms) => new Promise((r) => setTimeout(r, ms).unref());
 
-function freeTcpPort(host = "127.0.0.1") {
+export function freeTcpPort(host = "127.0.0.1") {
   return new Promise((resolve, reject) => {
     const srv = createServer();
     srv.once("error", reject);
@@ -189,7 +189,7 @@ export class Harness {
       ? {}
       : { PLENARY_AUTH_API_KEYS: `{ test = "${this.apiSecret}" }` };
     const log = createWriteStream(this.logFile);
-    // The server refuses unknown PLENARY_* variables (PLENARY_BIN and PLENARY_URL are ours).
+    // PLENARY_BIN and PLENARY_URL are ours, not the server's (it would only warn about them).
     const env = Object.fromEntries(
       Object.entries(process.env).filter(([k]) => !k.startsWith("PLENARY_")),
     );

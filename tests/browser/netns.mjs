@@ -52,6 +52,25 @@ export class Netns {
     run("ip", ["netns", "exec", this.name, "nft", "-f", "-"], script);
   }
 
+  /**
+   * Blocks, inside the namespace, all UDP (both ways) when `udp`, and TCP to and from each
+   * of the host's `tcpPorts` — a network that lets only some TCP through.
+   */
+  block({ udp = false, tcpPorts = [] }) {
+    this.clear();
+    const rules = [
+      "add table inet shape",
+      "add chain inet shape in { type filter hook input priority 0; policy accept; }",
+      "add chain inet shape out { type filter hook output priority 0; policy accept; }",
+    ];
+    if (udp) rules.push("add rule inet shape in meta l4proto udp drop", "add rule inet shape out meta l4proto udp drop");
+    for (const port of tcpPorts) {
+      rules.push(`add rule inet shape out ip daddr ${this.hostIp} tcp dport ${port} drop`);
+      rules.push(`add rule inet shape in ip saddr ${this.hostIp} tcp sport ${port} drop`);
+    }
+    run("ip", ["netns", "exec", this.name, "nft", "-f", "-"], rules.join("\n"));
+  }
+
   /** Polices the media downlink to `kbit` kbit/s (a bottleneck with a small buffer). */
   cap(kbit) {
     const kbytes = Math.max(1, Math.round(kbit / 8));

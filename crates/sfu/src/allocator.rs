@@ -1012,6 +1012,19 @@ mod tests {
     }
 
     #[test]
+    fn a_target_above_fewer_layers_comes_down_to_them() {
+        let mut t = track(1, TrackPriority::Stage, Tile::shown(1280, 720));
+        t.cur = Some(2);
+        t.plan = Some(2);
+        // The top layer stopped and is no longer counted: two layers, not three.
+        let two = &camera(150_000, 500_000, 0)[..2];
+        t.set_layers(two).unwrap();
+        assert_eq!(t.layers().len(), 2);
+        assert_eq!((t.cur, t.plan), (Some(1), Some(1)));
+        assert_eq!(t.rate(t.cur), 500_000, "no index past the layers");
+    }
+
+    #[test]
     fn plan_gives_lowest_layers_first_then_upgrades_in_priority_order() {
         let mut tracks = vec![
             track(1, TrackPriority::Stage, Tile::shown(1280, 720)),

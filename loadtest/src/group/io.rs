@@ -86,7 +86,19 @@ pub(super) fn read_inputs(
                             Verdict::Lost | Verdict::QueueFull => arena.clear(),
                         }
                     }
-                    if !arena.is_empty() {
+                    if let Some(t) = slot.tunnel.as_mut().filter(|t| t.server() == from) {
+                        // Through the TURN relay: what it carries comes from the server.
+                        let mut relayed = std::mem::take(&mut slot.relayed);
+                        t.handle_read(now, arena.split(), |peer, payload| {
+                            relayed.push((peer, payload))
+                        });
+                        flush_tunnel(&slot.peer.socket, t);
+                        for (peer, payload) in relayed.drain(..) {
+                            slot.remote = Some(peer);
+                            to_rtc(slot, payload, peer, now);
+                        }
+                        slot.relayed = relayed;
+                    } else if !arena.is_empty() {
                         if fast_path(slot, arena, now, shared, latency) {
                             arena.clear();
                         } else {
@@ -343,11 +355,29 @@ pub(super) fn drain(
             v.src.request_keyframe();
         }
     }
-    while let Some(out) = pc.poll_write() {
-        let _ = slot
-            .peer
-            .socket
-            .try_send_to(&out.message, out.transport.peer_addr);
+    while let Some(out) = slot.peer.pc.poll_write() {
+        send_out(slot, out.now, &out.message, out.transport.peer_addr);
     }
     failed
+}
+
+/// Sends what the peer connection wrote: straight to its destination, or through the TURN
+/// relay with `--turn`.
+pub(super) fn send_out(slot: &mut Slot, now: Instant, data: &[u8], dest: std::net::SocketAddr) {
+    match slot.tunnel.as_mut() {
+        Some(t) => {
+            t.send(now, data, dest);
+            flush_tunnel(&slot.peer.socket, t);
+        }
+        None => {
+            let _ = slot.peer.socket.try_send_to(data, dest);
+        }
+    }
+}
+
+/// Sends what the TURN client has queued (allocation, permissions, relayed data).
+pub(super) fn flush_tunnel(socket: &tokio::net::UdpSocket, t: &mut crate::turn::TurnTunnel) {
+    while let Some((dest, bytes)) = t.poll_transmit() {
+        let _ = socket.try_send_to(&bytes, dest);
+    }
 }

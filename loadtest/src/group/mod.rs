@@ -56,6 +56,8 @@ pub enum GroupCmd {
         t0: Instant,
         /// Messages to send on its WebSocket.
         to_ws: mpsc::UnboundedSender<ClientMessage>,
+        /// The welcome's STUN/TURN servers (with `--turn`, media goes through its TURN).
+        ice_servers: Vec<plenary_proto::IceServer>,
     },
     /// A server message for the participant.
     Signal {
@@ -114,6 +116,8 @@ pub struct GroupShared {
     /// Speakers take turns of this length, one talking at a time (`None`: each talks on its
     /// own pattern).
     pub turn: Option<Duration>,
+    /// Every attendee's media goes through the TURN server its welcome names.
+    pub relay: bool,
     /// Progress counters.
     pub live: Live,
 }
@@ -143,8 +147,12 @@ struct Slot {
     audio: Option<AudioTx>,
     /// One camera stream, or one per simulcast layer.
     video: Vec<VideoTx>,
-    /// The fast receive path (`None` with `--full-decrypt`).
+    /// The fast receive path (`None` with `--full-decrypt` or `--turn`).
     fast: Option<Box<fast::FastRx>>,
+    /// With `--turn`: the relay everything goes through.
+    tunnel: Option<Box<crate::turn::TurnTunnel>>,
+    /// Payloads the relay unwrapped this turn (reused).
+    relayed: Vec<(std::net::SocketAddr, BytesMut)>,
     /// With simulcast: what the server's answer said about it.
     simulcast_answer: Option<crate::peer::SimulcastAnswer>,
     /// Network class (index into the mix) and its downlink shaper (`None` for a good link).
@@ -420,7 +428,12 @@ impl Group {
 
     fn on_cmd(&mut self, cmd: GroupCmd) {
         match cmd {
-            GroupCmd::Welcome { pid, t0, to_ws } => self.on_welcome(pid, t0, to_ws),
+            GroupCmd::Welcome {
+                pid,
+                t0,
+                to_ws,
+                ice_servers,
+            } => self.on_welcome(pid, t0, to_ws, &ice_servers),
             GroupCmd::Signal { pid, msg } => self.on_signal(pid, *msg),
             GroupCmd::Failed { pid, t0, reason } => {
                 let Some(i) = self.slot_index(pid) else {
@@ -461,7 +474,13 @@ impl Group {
         }
     }
 
-    fn on_welcome(&mut self, pid: usize, t0: Instant, to_ws: mpsc::UnboundedSender<ClientMessage>) {
+    fn on_welcome(
+        &mut self,
+        pid: usize,
+        t0: Instant,
+        to_ws: mpsc::UnboundedSender<ClientMessage>,
+        ice_servers: &[plenary_proto::IceServer],
+    ) {
         let Some(i) = self.slot_index(pid) else {
             return;
         };
@@ -477,7 +496,7 @@ impl Group {
             video,
             ssrc_base(pid),
             &name,
-            !self.shared.full_decrypt,
+            !self.shared.full_decrypt && !self.shared.relay,
             self.shared.simulcast,
         )
         .and_then(|mut peer| peer.create_offer().map(|offer| (peer, offer)));
@@ -489,6 +508,26 @@ impl Group {
                     .push(PeerOutcome::failed(pid, format!("peer: {e}")));
                 return;
             }
+        };
+        // --turn: a relay on the welcome's TURN server, allocated now (the offer's ICE
+        // checks are retried until it and its permission are there).
+        let tunnel = if self.shared.relay {
+            let made = crate::turn::turn_server(ice_servers).and_then(|(server, user, pass)| {
+                crate::turn::TurnTunnel::new(server, peer.local_addr, user, pass, Instant::now())
+            });
+            match made {
+                Ok(mut t) => {
+                    io::flush_tunnel(&peer.socket, &mut t);
+                    Some(Box::new(t))
+                }
+                Err(e) => {
+                    self.shared.live.failed.fetch_add(1, Ordering::Relaxed);
+                    self.done.push(PeerOutcome::failed(pid, e.to_string()));
+                    return;
+                }
+            }
+        } else {
+            None
         };
         let _ = to_ws.send(ClientMessage::Offer { sdp, tracks });
         let stream = participant.audio_stream();
@@ -568,7 +607,9 @@ impl Group {
             receivers: Vec::new(),
             audio: audio_tx,
             video: video_tx,
-            fast: (!self.shared.full_decrypt).then(|| {
+            tunnel,
+            relayed: Vec::new(),
+            fast: (!self.shared.full_decrypt && !self.shared.relay).then(|| {
                 // Listeners' RTCP goes out as an SSRC of their own, like a browser's.
                 Box::new(fast::FastRx::new(
                     ssrc_base(pid),
@@ -663,6 +704,23 @@ impl Group {
     fn tick(&mut self, now: Instant) {
         let timeout = self.shared.join_timeout;
         for i in 0..self.slots.len() {
+            // The relay's retransmissions and refreshes; a relay refused before media
+            // connected fails the join.
+            let relay_failed = self.slots[i].as_mut().and_then(|s| {
+                let t = s.tunnel.as_mut()?;
+                t.handle_timeout(now);
+                io::flush_tunnel(&s.peer.socket, t);
+                match &t.state {
+                    crate::turn::TunnelState::Failed(why) if s.connected.is_none() => {
+                        Some(why.clone())
+                    }
+                    _ => None,
+                }
+            });
+            if let Some(why) = relay_failed {
+                self.fail(i, format!("TURN allocation refused: {why}"));
+                continue;
+            }
             let expired = self.slots[i]
                 .as_ref()
                 .is_some_and(|s| s.connected.is_none() && now.duration_since(s.t0) > timeout);
@@ -775,10 +833,7 @@ impl Group {
                 // what it measured, stop driving a connection nobody answers.
                 let _ = slot.peer.pc.close();
                 while let Some(out) = slot.peer.pc.poll_write() {
-                    let _ = slot
-                        .peer
-                        .socket
-                        .try_send_to(&out.message, out.transport.peer_addr);
+                    io::send_out(slot, now, &out.message, out.transport.peer_addr);
                 }
                 slot.closed = true;
                 slot.timeout = None;
@@ -823,10 +878,7 @@ impl Group {
         }
         let _ = slot.peer.pc.close();
         while let Some(out) = slot.peer.pc.poll_write() {
-            let _ = slot
-                .peer
-                .socket
-                .try_send_to(&out.message, out.transport.peer_addr);
+            io::send_out(&mut slot, now, &out.message, out.transport.peer_addr);
         }
         let since = |t: Option<Instant>| t.map(|t| t.saturating_duration_since(slot.t0));
         let end_us = self
