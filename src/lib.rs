@@ -1,9 +1,11 @@
 //! Plenary: a self-hosted WebRTC SFU for the general meetings of co-operatives.
 //!
 //! # Layout
+//! - [`admission`]: per-address limits on signaling sessions, and the live-session count.
 //! - [`config`]: the one typed configuration (file, `PLENARY_*` environment, flags).
 //! - [`grant`]: room grants (JWT) — minting and the checks made on every join.
 //! - [`http`]: the axum router — web client, JSON API, `/rtc` WebSocket, health, metrics.
+//! - [`lifecycle`]: serving → draining → stopping, as sessions and handlers see it.
 //! - [`signal`]: one signaling session per WebSocket (docs/protocol.md).
 //! - [`media`]: the media plane — UDP socket, WebRTC peers (str0m), demux, and the
 //!   forwarding core from the `plenary-sfu` crate.
@@ -13,11 +15,13 @@
 //!
 //! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
 //! media thread and the HTTP server, and returns a [`Server`] handle; the binary only parses
-//! flags, sets up logging and waits for Ctrl-C or SIGTERM.
+//! flags, sets up logging and waits for Ctrl-C or SIGTERM, then calls [`Server::shutdown`].
 
+pub mod admission;
 pub mod config;
 pub mod grant;
 pub mod http;
+pub mod lifecycle;
 pub mod media;
 pub mod membership;
 pub mod metrics;
@@ -27,9 +31,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use lifecycle::Phase;
 
 pub use config::Config;
+
+/// Kernel send buffer of each HTTP connection: bounds what a client that stops reading
+/// holds in the kernel (signaling messages are small; an SDP of a few hundred KiB still
+/// goes out in a few writes).
+const HTTP_SEND_BUFFER: usize = 256 * 1024;
+/// Longest wait for the audit log's last rows at shutdown.
+const AUDIT_FLUSH: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +77,15 @@ pub struct Server {
     http_addr: SocketAddr,
     media_addr: SocketAddr,
     dev_mode: bool,
-    shutdown: watch::Sender<bool>,
+    stopper: lifecycle::Stopper,
+    admission: Arc<admission::Admission>,
+    metrics: Arc<metrics::Metrics>,
     media: media::MediaHandle,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     media_threads: media::MediaThreads,
     media_addrs: Vec<SocketAddr>,
+    audit_task: Option<tokio::task::JoinHandle<()>>,
+    drain: Duration,
     grace: Duration,
 }
 
@@ -95,17 +110,43 @@ impl Server {
         self.dev_mode
     }
 
-    /// Stops taking joins, tells every client, and stops within the configured grace time.
+    /// Stops, in order: drains for `limits.drain_secs` (joins refused with `shutting_down`,
+    /// every client told `going_away`, `/healthz` 503), then closes every session (`closing`
+    /// `server_shutdown`), waits up to `limits.shutdown_grace_secs` for sessions and the
+    /// HTTP server to end, stops the media plane, and writes the audit log's last rows.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let sessions = self.admission.live();
+        self.stopper.enter(Phase::Draining);
+        self.metrics.draining.set(1);
+        tracing::info!(
+            sessions,
+            "draining: joins refused, clients told; closing in {:?}",
+            self.drain
+        );
+        tokio::time::sleep(self.drain).await;
+        self.stopper.enter(Phase::Stopping);
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.media.shutdown().await;
-        match tokio::time::timeout(self.grace, self.http_task).await {
+        if !self.admission.wait_idle(self.grace).await {
+            tracing::warn!(
+                left = self.admission.live(),
+                "sessions did not end within the grace time"
+            );
+        }
+        match tokio::time::timeout_at(deadline, self.http_task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
             Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
-            Err(_) => tracing::warn!("clients did not leave within the grace time"),
+            Err(_) => tracing::warn!("HTTP connections did not close within the grace time"),
         }
         self.media_threads.join().await;
+        // The control loop held the audit log's sender: the writer now drains and ends.
+        if let Some(task) = self.audit_task {
+            if tokio::time::timeout(AUDIT_FLUSH, task).await.is_err() {
+                tracing::warn!("the audit log's last rows were not written in time");
+            }
+        }
+        tracing::info!(sessions, "stopped");
     }
 }
 
@@ -171,24 +212,14 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
     };
     // Host actions from the media plane go to the audit log (with sign-in configured) or
     // to the server log.
-    let audit = membership.as_ref().map(|m| {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<media::AuditRecord>(1024);
-        let store = m.store().clone();
-        tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                let now = grant::unix_now() as i64;
-                let res = store
-                    .run(move |c| {
-                        membership::store::audit(c, now, &r.kind, &r.actor, &r.room, r.detail)
-                    })
-                    .await;
-                if let Err(e) = res {
-                    tracing::warn!("cannot write the audit log: {e}");
-                }
-            }
-        });
-        tx
-    });
+    let (audit, audit_task) = match &membership {
+        Some(m) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<media::AuditRecord>(1024);
+            let task = tokio::spawn(write_audit(m.store().clone(), rx));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     let metrics = Arc::new(metrics::Metrics::new());
     let settings = media::MediaSettings {
         ice_servers: config.ice_servers.clone(),
@@ -208,23 +239,38 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "DEV MODE: anyone who can reach http://{http_addr} may mint grants from the page"
         );
     }
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (stopper, life) = lifecycle::lifecycle(Duration::from_secs(config.limits.drain_secs));
+    let admission = admission::Admission::new(
+        admission::AddressLimits {
+            sessions: config.limits.sessions_per_address,
+            per_sec: config.limits.session_rate_per_address,
+        },
+        config.http.trusted_proxies.clone(),
+    );
     let state = http::AppState::new(
         keys,
         membership,
         media.clone(),
-        metrics,
+        metrics.clone(),
         http::HttpSettings {
             dev_mode,
             idle_timeout: Duration::from_secs(config.limits.signaling_idle_secs),
             join_muted_above: config.limits.join_muted_above,
         },
-        shutdown_rx.clone(),
+        life.clone(),
+        Arc::clone(&admission),
     );
-    let router = http::app(state);
+    let router = http::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = nix::sys::socket::setsockopt(
+            &*tcp,
+            nix::sys::socket::sockopt::SndBuf,
+            &HTTP_SEND_BUFFER,
+        );
+    });
     let http_task = tokio::spawn(async move {
         axum::serve(listener, router)
-            .with_graceful_shutdown(signal::wait_until_true(shutdown_rx))
+            .with_graceful_shutdown(async move { life.reached(Phase::Stopping).await })
             .await
     });
     tracing::info!(%http_addr, ?media_addrs, shards, "Plenary is listening");
@@ -232,11 +278,48 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         http_addr,
         media_addr,
         dev_mode,
-        shutdown: shutdown_tx,
+        stopper,
+        admission,
+        metrics,
         media,
         http_task,
         media_threads,
         media_addrs,
+        audit_task,
+        drain: Duration::from_secs(config.limits.drain_secs),
         grace: Duration::from_secs(config.limits.shutdown_grace_secs),
     })
+}
+
+/// Writes host actions to the audit log until the media plane drops its sender, then a
+/// last row saying the server stopped.
+async fn write_audit(
+    store: membership::store::Store,
+    mut rx: tokio::sync::mpsc::Receiver<media::AuditRecord>,
+) {
+    while let Some(r) = rx.recv().await {
+        let now = grant::unix_now() as i64;
+        let res = store
+            .run(move |c| membership::store::audit(c, now, &r.kind, &r.actor, &r.room, r.detail))
+            .await;
+        if let Err(e) = res {
+            tracing::warn!("cannot write the audit log: {e}");
+        }
+    }
+    let now = grant::unix_now() as i64;
+    let res = store
+        .run(move |c| {
+            membership::store::audit(
+                c,
+                now,
+                "server_shutdown",
+                "operator",
+                "",
+                serde_json::json!({}),
+            )
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::warn!("cannot write the audit log: {e}");
+    }
 }
