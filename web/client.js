@@ -28,6 +28,9 @@
 //   "video_paused" {track_id, paused}  the server stopped (or resumed) a video for our
 //                                     connection's sake
 //   "dominant_speaker" {participant_id} who speaks now, as the server hears it
+//   "going_away"   {closes_in_ms, reconnect_after_ms, message}  the server is shutting down:
+//                                     the session closes soon ("server_shutdown"); join again
+//                                     after reconnect_after_ms, with a fresh grant
 //   "error"        {code, message}    an error message from the server
 //   "log"          {message}          human-readable trace
 
@@ -149,6 +152,8 @@ export class PlenaryClient extends EventTarget {
     this.closeReason = null;
     /** @type {string|null} */
     this.fatalError = null;
+    /** The server's `going_away`, if it said it is shutting down. @type {{closes_in_ms: number, reconnect_after_ms: number, message: string}|null} */
+    this.goingAway = null;
     this.dropAt = 0;
     this.reconnects = 0;
     /** @type {any} */
@@ -633,6 +638,17 @@ export class PlenaryClient extends EventTarget {
       case "closing":
         this.closeReason = msg.reason;
         this.log(`server closing session: ${msg.reason}`);
+        return;
+      case "going_away":
+        // The server drains before a stop: no resume will work across it, so the page
+        // joins again later (see rejoin.js) once this session has closed.
+        this.goingAway = {
+          closes_in_ms: msg.closes_in_ms,
+          reconnect_after_ms: msg.reconnect_after_ms,
+          message: msg.message,
+        };
+        this.log(`server going away: ${msg.message}`);
+        this.emit("going_away", this.goingAway);
         return;
       case "pong":
         this.lastPong = Date.now();
