@@ -110,8 +110,9 @@ impl Server {
         self.dev_mode
     }
 
-    /// Stops, in order: drains for `limits.drain_secs` (joins refused with `shutting_down`,
-    /// every client told `going_away`, `/healthz` 503), then closes every session (`closing`
+    /// Stops, in order: drains for `limits.drain_secs` if any session is open (joins refused
+    /// with `shutting_down`, every client told `going_away`, `/healthz` 503), then closes
+    /// every session (`closing`
     /// `server_shutdown`), waits up to `limits.shutdown_grace_secs` for sessions and the
     /// HTTP server to end, stops the media plane, and writes the audit log's last rows.
     pub async fn shutdown(self) {
@@ -123,7 +124,10 @@ impl Server {
             "draining: joins refused, clients told; closing in {:?}",
             self.drain
         );
-        tokio::time::sleep(self.drain).await;
+        // Nobody to tell: no reason to wait.
+        if sessions > 0 {
+            tokio::time::sleep(self.drain).await;
+        }
         self.stopper.enter(Phase::Stopping);
         let deadline = tokio::time::Instant::now() + self.grace;
         self.media.shutdown().await;
