@@ -205,6 +205,10 @@ impl Default for MembershipConfig {
 pub struct HttpConfig {
     /// Address the HTTP server listens on.
     pub addr: SocketAddr,
+    /// Reverse proxies whose `X-Forwarded-For` is believed: a connection from one of these
+    /// counts as coming from the last address the header names that is not itself a
+    /// trusted proxy (for the per-address session limits). Empty: the peer address counts.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 /// `[media]`
@@ -347,6 +351,15 @@ pub struct LimitsConfig {
     pub signaling_idle_secs: u64,
     /// Seconds to wait for clients to go at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Seconds between telling every client the server is going away (`going_away`; joins
+    /// are refused meanwhile with `shutting_down`) and closing their sessions.
+    pub drain_secs: u64,
+    /// Most signaling sessions (WebSockets at `/rtc`) open at once from one address; more
+    /// are refused with HTTP 429. 0: no limit. Raise it for a load test from one machine.
+    pub sessions_per_address: usize,
+    /// New signaling sessions one address may open per second, after a burst of
+    /// `sessions_per_address`; more are refused with HTTP 429. 0: no limit.
+    pub session_rate_per_address: u32,
     /// Rooms with more participants than this switch to listener mode: only hosts and
     /// those given the floor may publish.
     pub listener_mode_above: usize,
@@ -358,6 +371,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -396,6 +410,9 @@ impl Default for LimitsConfig {
             ice_timeout_secs: 5,
             signaling_idle_secs: 30,
             shutdown_grace_secs: 5,
+            drain_secs: 2,
+            sessions_per_address: 100,
+            session_rate_per_address: 10,
             listener_mode_above: 50,
             join_muted_above: 20,
         }
@@ -544,6 +561,8 @@ impl Config {
             "test-secret-that-is-at-least-32-characters".into(),
         );
         config.limits.ice_timeout_secs = 3;
+        // Tests stop many servers: no pause between `going_away` and the close.
+        config.limits.drain_secs = 0;
         // Tests exercise the split media plane even on a one-core machine; PLENARY_TEST_SHARDS
         // picks another count (1 runs everything on one shard).
         config.media.shards = std::env::var("PLENARY_TEST_SHARDS")
@@ -618,6 +637,13 @@ impl Config {
         }
         self.meetings.validate().map_err(ConfigError::Invalid)?;
         self.validate_reachability()?;
+        if self.limits.drain_secs > 60 || self.limits.shutdown_grace_secs > 60 {
+            return invalid(
+                "limits.drain_secs and limits.shutdown_grace_secs are at most 60 seconds each \
+                 (their sum plus a second or two is how long a stop takes)"
+                    .into(),
+            );
+        }
         self.validate_membership()
     }
 

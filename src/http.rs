@@ -5,27 +5,30 @@
 //! Routes:
 //! - `GET /` and `GET /{file}`: the web client in `web/`, embedded in the binary (`x.html`
 //!   is also served as `/x`).
-//! - `GET /healthz`: `ok` while the server takes joins, 503 while it shuts down.
+//! - `GET /healthz`: `ok` while the server takes joins, 503 while it drains or stops.
 //! - `GET /metrics`: Prometheus text format.
 //! - `GET /api/info`: `{"dev_mode":bool,"version":"…","join_muted_above":n,"sign_in":bool}`.
 //! - `POST /api/dev/grant`: dev mode only; `{"room","name","publish","host"}` →
 //!   `{"grant","ws_url","identity"}`.
 //! - `GET /rtc`: the signaling WebSocket (docs/protocol.md).
 //! - `GET /api/minutes/{room}`: a meeting's minutes, for hosts (`crate::record::routes`).
+//! - `GET /rtc`: the signaling WebSocket (docs/protocol.md); 429 past the per-address
+//!   session limits ([`crate::admission`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRef, Path, State, WebSocketUpgrade};
-use axum::http::{header, StatusCode};
+use axum::extract::{ConnectInfo, FromRef, Path, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use plenary_proto::Role;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
+use crate::admission::Admission;
 use crate::grant::{Claims, KeyRing, Permissions};
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::media::MediaHandle;
 use crate::metrics::Metrics;
 
@@ -57,11 +60,13 @@ struct Inner {
     metrics: Arc<Metrics>,
     dev_mode: bool,
     idle_timeout: Duration,
-    shutdown: watch::Receiver<bool>,
+    lifecycle: Lifecycle,
+    admission: Arc<Admission>,
 }
 
 impl AppState {
     /// State for the router.
+    #[allow(clippy::too_many_arguments)] // each is one of the state's parts, named
     pub fn new(
         keys: KeyRing,
         membership: Option<Arc<crate::membership::Membership>>,
@@ -69,7 +74,8 @@ impl AppState {
         media: MediaHandle,
         metrics: Arc<Metrics>,
         settings: HttpSettings,
-        shutdown: watch::Receiver<bool>,
+        lifecycle: Lifecycle,
+        admission: Arc<Admission>,
     ) -> AppState {
         let HttpSettings {
             dev_mode,
@@ -85,7 +91,8 @@ impl AppState {
             metrics,
             dev_mode,
             idle_timeout,
-            shutdown,
+            lifecycle,
+            admission,
         }))
     }
 
@@ -114,13 +121,14 @@ impl AppState {
         self.0.idle_timeout
     }
 
-    /// Becomes `true` when the server shuts down.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.0.shutdown.clone()
+    /// Where the server is in its stop sequence.
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.0.lifecycle
     }
 
-    fn shutting_down(&self) -> bool {
-        *self.0.shutdown.borrow()
+    /// Per-address session limits and the live-session count.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.0.admission
     }
 }
 
@@ -186,7 +194,7 @@ async fn static_file(Path(file): Path<String>) -> Response {
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    if state.shutting_down() {
+    if state.lifecycle().refuses_joins() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else {
         "ok".into_response()
@@ -318,15 +326,41 @@ async fn dev_grant(
     }))
 }
 
-async fn rtc(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    if state.shutting_down() {
+async fn rtc(
+    State(state): State<AppState>,
+    ConnectInfo(crate::listen::ClientAddr(peer)): ConnectInfo<crate::listen::ClientAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // While draining, sessions still open so that a join gets the typed `shutting_down`.
+    if state.lifecycle().phase() == Phase::Stopping {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
     }
+    let ip = state.admission().client_ip(peer.ip(), &headers);
+    let permit = match state.admission().admit(ip, std::time::Instant::now()) {
+        Ok(p) => p,
+        Err(refusal) => {
+            state
+                .metrics()
+                .signaling_refused(refusal.metric_label())
+                .inc();
+            tracing::debug!(%ip, "signaling session refused: {refusal}");
+            let mut response =
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, refusal.to_string()).into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, refusal.retry_after_secs().into());
+            return response;
+        }
+    };
     // Frames a little over the protocol limit reach the session, which answers `too_large`
     // with a reason instead of a bare protocol error.
     // tungstenite zero-fills its whole read buffer on every read, so its size is resident
     // memory per attendee: 8 KiB (not the default 128 KiB); bigger messages grow it.
     ws.max_message_size(2 * plenary_proto::MAX_SDP_MESSAGE_BYTES)
         .read_buffer_size(8 * 1024)
-        .on_upgrade(move |socket| crate::signal::run(socket, state))
+        .on_upgrade(move |socket| async move {
+            crate::signal::run(socket, state).await;
+            drop(permit);
+        })
 }

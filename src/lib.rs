@@ -1,11 +1,13 @@
 //! Plenary: a self-hosted WebRTC SFU for the general meetings of co-operatives.
 //!
 //! # Layout
+//! - [`admission`]: per-address limits on signaling sessions, and the live-session count.
 //! - [`config`]: the one typed configuration (file, `PLENARY_*` environment, flags).
 //! - [`grant`]: room grants (JWT) — minting and the checks made on every join.
 //! - [`http`]: the axum router — web client, JSON API, `/rtc` WebSocket, health, metrics.
 //! - [`listen`]: the HTTP port's listener — plain or TLS, and ICE-TCP when it shares the port.
 //! - [`tls`]: built-in TLS (rustls), certificate files reloaded on SIGHUP.
+//! - [`lifecycle`]: serving → draining → stopping, as sessions and handlers see it.
 //! - [`signal`]: one signaling session per WebSocket (docs/protocol.md).
 //! - [`media`]: the media plane — UDP sockets, ICE-TCP, WebRTC peers (str0m), demux, and
 //!   the forwarding core from the `plenary-sfu` crate.
@@ -19,11 +21,13 @@
 //!
 //! [`start`] binds the sockets named in the config (port 0 works, for tests), spawns the
 //! media thread and the HTTP server, and returns a [`Server`] handle; the binary only parses
-//! flags, sets up logging and waits for Ctrl-C or SIGTERM.
+//! flags, sets up logging and waits for Ctrl-C or SIGTERM, then calls [`Server::shutdown`].
 
+pub mod admission;
 pub mod config;
 pub mod grant;
 pub mod http;
+pub mod lifecycle;
 pub mod listen;
 pub mod media;
 pub mod membership;
@@ -38,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use lifecycle::Phase;
 
 pub use config::Config;
 
@@ -88,13 +92,16 @@ pub struct Server {
     http_addr: SocketAddr,
     media_addr: SocketAddr,
     dev_mode: bool,
-    shutdown: watch::Sender<bool>,
+    stopper: lifecycle::Stopper,
+    admission: Arc<admission::Admission>,
+    metrics: Arc<metrics::Metrics>,
     media: media::MediaHandle,
     http_task: tokio::task::JoinHandle<std::io::Result<()>>,
     media_threads: media::MediaThreads,
     media_addrs: Vec<SocketAddr>,
     tcp_addr: Option<SocketAddr>,
     tls: Option<Arc<tls::TlsFiles>>,
+    drain: Duration,
     grace: Duration,
     recorder: Option<record::Recorder>,
 }
@@ -139,21 +146,45 @@ impl Server {
         self.dev_mode
     }
 
-    /// Stops taking joins, tells every client, and stops within the configured grace time.
+    /// Stops, in order: drains for `limits.drain_secs` if any session is open (joins refused
+    /// with `shutting_down`, every client told `going_away`, `/healthz` 503), then closes
+    /// every session (`closing`
+    /// `server_shutdown`), waits up to `limits.shutdown_grace_secs` for sessions and the
+    /// HTTP server to end, stops the media plane, and writes the audit log's last rows.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
+        let sessions = self.admission.live();
+        self.stopper.enter(Phase::Draining);
+        self.metrics.draining.set(1);
+        tracing::info!(
+            sessions,
+            "draining: joins refused, clients told; closing in {:?}",
+            self.drain
+        );
+        // Nobody to tell: no reason to wait.
+        if sessions > 0 {
+            tokio::time::sleep(self.drain).await;
+        }
+        self.stopper.enter(Phase::Stopping);
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.media.shutdown().await;
-        match tokio::time::timeout(self.grace, self.http_task).await {
+        if !self.admission.wait_idle(self.grace).await {
+            tracing::warn!(
+                left = self.admission.live(),
+                "sessions did not end within the grace time"
+            );
+        }
+        match tokio::time::timeout_at(deadline, self.http_task).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!("HTTP server ended with an error: {e}"),
             Ok(Err(e)) => tracing::warn!("HTTP server task failed: {e}"),
-            Err(_) => tracing::warn!("clients did not leave within the grace time"),
+            Err(_) => tracing::warn!("HTTP connections did not close within the grace time"),
         }
         self.media_threads.join().await;
         // The media plane has handed over its last records; wait until they are written.
         if let Some(r) = self.recorder {
             r.finish().await;
         }
+        tracing::info!(sessions, "stopped");
     }
 }
 
@@ -308,21 +339,38 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             "DEV MODE: anyone who can reach http://{http_addr} may mint grants from the page"
         );
     }
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (stopper, life) = lifecycle::lifecycle(Duration::from_secs(config.limits.drain_secs));
+    let admission = admission::Admission::new(
+        admission::AddressLimits {
+            sessions: config.limits.sessions_per_address,
+            per_sec: config.limits.session_rate_per_address,
+        },
+        config.http.trusted_proxies.clone(),
+    );
     let state = http::AppState::new(
         keys,
         membership,
         store,
         media.clone(),
-        metrics,
+        metrics.clone(),
         http::HttpSettings {
             dev_mode,
             idle_timeout: Duration::from_secs(config.limits.signaling_idle_secs),
             join_muted_above: config.limits.join_muted_above,
         },
-        shutdown_rx.clone(),
+        life.clone(),
+        Arc::clone(&admission),
     );
-    let router = http::app(state);
+    let router = http::app(state).into_make_service_with_connect_info::<listen::ClientAddr>();
+    // The listener and the ICE-TCP intake stop when the stop sequence reaches `Stopping`.
+    let (stop_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    {
+        let life = life.clone();
+        tokio::spawn(async move {
+            life.reached(Phase::Stopping).await;
+            let _ = stop_tx.send(true);
+        });
+    }
     let intake = tcp_addr.map(|_| media.tcp_intake());
     if let (Some(l), Some(intake)) = (tcp_listener, intake.clone()) {
         intake.spawn_accept_loop(l, shutdown_rx.clone());
@@ -335,15 +383,14 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
             None
         },
     };
-    let incoming = listen::spawn(listener, sharing, shutdown_rx.clone()).map_err(|source| {
-        StartError::BindHttp {
+    let incoming =
+        listen::spawn(listener, sharing, shutdown_rx).map_err(|source| StartError::BindHttp {
             addr: http_addr,
             source,
-        }
-    })?;
+        })?;
     let http_task = tokio::spawn(async move {
         axum::serve(incoming, router)
-            .with_graceful_shutdown(signal::wait_until_true(shutdown_rx))
+            .with_graceful_shutdown(async move { life.reached(Phase::Stopping).await })
             .await
     });
     if let Some(files) = &tls {
@@ -355,13 +402,16 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         http_addr,
         media_addr,
         dev_mode,
-        shutdown: shutdown_tx,
+        stopper,
+        admission,
+        metrics,
         media,
         http_task,
         media_threads,
         media_addrs,
         tcp_addr,
         tls,
+        drain: Duration::from_secs(config.limits.drain_secs),
         grace: Duration::from_secs(config.limits.shutdown_grace_secs),
         recorder,
     })

@@ -99,6 +99,24 @@ impl axum::serve::Listener for Incoming {
     }
 }
 
+/// Kernel send buffer of each HTTP connection: bounds what a client that stops reading
+/// holds in the kernel (signaling messages are small; an SDP of a few hundred KiB still
+/// goes out in a few writes).
+const HTTP_SEND_BUFFER: usize = 256 * 1024;
+
+/// The client's address as handlers see it (`ConnectInfo<ClientAddr>`): the TCP peer of
+/// the connection, TLS or not.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Incoming>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
 /// What the HTTP port serves besides plain HTTP.
 #[derive(Clone, Default)]
 pub struct PortSharing {
@@ -118,7 +136,7 @@ pub fn spawn(
     let (ready_tx, ready) = mpsc::channel(READY_QUEUE);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
-        let stop = crate::signal::wait_until_true(shutdown);
+        let stop = crate::lifecycle::wait_until_true(shutdown);
         tokio::pin!(stop);
         loop {
             let (stream, remote) = tokio::select! {
@@ -160,6 +178,11 @@ async fn sort(stream: TcpStream, remote: SocketAddr, sharing: &PortSharing) -> O
             return None;
         }
     }
+    let _ = nix::sys::socket::setsockopt(
+        &stream,
+        nix::sys::socket::sockopt::SndBuf,
+        &HTTP_SEND_BUFFER,
+    );
     match &sharing.tls {
         None => Some(Conn::Plain(stream)),
         Some(files) => match files.acceptor().accept(stream).await {

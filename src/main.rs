@@ -366,6 +366,10 @@ fn token(config: &Config, args: TokenArgs) -> ExitCode {
 }
 
 fn serve(config: Config) -> ExitCode {
+    // However the drain and the close go, the process ends this long after the signal.
+    let stop_limit =
+        Duration::from_secs(config.limits.drain_secs + config.limits.shutdown_grace_secs)
+            + Duration::from_secs(2);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -376,7 +380,7 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let server = match plenary::start(config).await {
             Ok(s) => s,
             Err(e) => {
@@ -391,10 +395,20 @@ fn serve(config: Config) -> ExitCode {
             );
         }
         wait_for_signal().await;
-        tracing::info!("shutting down: no new joins, telling clients");
-        server.shutdown().await;
+        tracing::info!("shutting down (a second SIGTERM or Ctrl-C stops at once)");
+        tokio::select! {
+            done = tokio::time::timeout(stop_limit, server.shutdown()) => {
+                if done.is_err() {
+                    tracing::warn!("the shutdown took longer than {stop_limit:?}: stopping now");
+                }
+            }
+            _ = wait_for_signal() => tracing::warn!("second signal: stopping now"),
+        }
         ExitCode::SUCCESS
-    })
+    });
+    // Blocking work still running (a database call) gets a moment, not forever.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn wait_for_signal() {

@@ -75,7 +75,119 @@ pub struct Metrics {
     pub ice_tcp_refused: IntCounter,
     /// ICE restarts clients made (a path that broke and was mended on the same session).
     pub ice_restarts: IntCounter,
+    /// Datagrams the media plane dropped, by reason (handles resolved once, at start).
+    pub dropped: DroppedDatagrams,
+    /// WebSocket upgrades refused with 429, by reason.
+    signaling_refused: Labelled,
+    /// Sessions the server cut off for their behaviour, by reason.
+    sessions_cut: Labelled,
+    /// 1 while the server drains before a stop (joins refused, clients told).
+    pub draining: IntGauge,
+    /// RTP packets received from publishers.
+    pub rtp_received: IntCounter,
+    /// RTP packets publishers sent that never reached the server (estimated from the
+    /// streams' sequence numbers).
+    pub rtp_lost_in: IntCounter,
+    /// RTP packets forwarded that subscribers reported lost (from their receiver reports).
+    pub rtp_lost_out: IntCounter,
 }
+
+/// Why the media plane dropped a datagram: the `reason` label of
+/// `plenary_media_dropped_datagrams_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not STUN, from an address no peer on the shard is known by.
+    UnknownSource,
+    /// STUN naming an ICE username fragment no peer on the shard has.
+    UnknownUfrag,
+    /// The peer it was routed to did not take it (STUN whose integrity check failed, or
+    /// from an address that is none of its candidate pairs).
+    NotAccepted,
+    /// Not a datagram WebRTC knows (neither STUN, DTLS, RTP nor RTCP).
+    Malformed,
+    /// The peer's WebRTC stack refused it while processing it.
+    Refused,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 5] = [
+        DropReason::UnknownSource,
+        DropReason::UnknownUfrag,
+        DropReason::NotAccepted,
+        DropReason::Malformed,
+        DropReason::Refused,
+    ];
+
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::UnknownSource => "unknown_source",
+            DropReason::UnknownUfrag => "unknown_ufrag",
+            DropReason::NotAccepted => "not_accepted",
+            DropReason::Malformed => "malformed",
+            DropReason::Refused => "refused",
+        }
+    }
+}
+
+/// `plenary_media_dropped_datagrams_total`, one handle per reason.
+pub struct DroppedDatagrams {
+    handles: [IntCounter; 5],
+}
+
+impl DroppedDatagrams {
+    /// The counter of `reason`.
+    pub fn get(&self, reason: DropReason) -> &IntCounter {
+        &self.handles[reason as usize]
+    }
+}
+
+/// A counter vector whose every label value is created (so it shows at 0) and resolved at
+/// start.
+struct Labelled {
+    handles: Vec<(&'static str, IntCounter)>,
+    other: IntCounter,
+}
+
+impl Labelled {
+    fn new(registry: &Registry, name: &str, help: &str, labels: &[&'static str]) -> Labelled {
+        let vec = IntCounterVec::new(Opts::new(name, help), &["reason"]).expect("valid metric");
+        registry
+            .register(Box::new(vec.clone()))
+            .expect("metric names are unique");
+        Labelled {
+            handles: labels
+                .iter()
+                .map(|l| (*l, vec.with_label_values(&[*l])))
+                .collect(),
+            other: vec.with_label_values(&["other"]),
+        }
+    }
+
+    fn get(&self, label: &str) -> &IntCounter {
+        self.handles
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(&self.other, |(_, c)| c)
+    }
+}
+
+/// The `reason` labels of `plenary_sessions_cut_total`.
+pub const CUT_REASONS: [&str; 4] = ["slow_consumer", "rate_limited", "too_large", "idle"];
+
+/// The `reason` labels of `plenary_joins_refused_total` (created at start, so they show at 0).
+pub const JOIN_REFUSAL_REASONS: [&str; 9] = [
+    "invalid_grant",
+    "wrong_room",
+    "room_full",
+    "server_full",
+    "shutting_down",
+    "locked",
+    "barred",
+    "lobby_full",
+    "resume_failed",
+];
 
 impl Metrics {
     /// All metrics, registered, plus the process collector (CPU, memory, file descriptors).
@@ -172,14 +284,68 @@ impl Metrics {
                 "ice_restarts_total",
                 "ICE restarts by clients (media path mended on the same session)",
             ),
+            dropped: {
+                let vec = reg(
+                    &registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "media_dropped_datagrams_total",
+                            "Datagrams the media plane dropped, by reason",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("valid metric"),
+                );
+                DroppedDatagrams {
+                    handles: DropReason::ALL.map(|r| vec.with_label_values(&[r.label()])),
+                }
+            },
+            signaling_refused: Labelled::new(
+                &registry,
+                "signaling_refused_total",
+                "Signaling WebSockets refused (HTTP 429) by the per-address limits, by reason",
+                &crate::admission::REFUSAL_LABELS,
+            ),
+            sessions_cut: Labelled::new(
+                &registry,
+                "sessions_cut_total",
+                "Signaling sessions the server cut off for their behaviour, by reason",
+                &CUT_REASONS,
+            ),
+            draining: gauge(
+                "draining",
+                "1 while the server drains before stopping (joins refused, clients told)",
+            ),
+            rtp_received: counter("rtp_received_total", "RTP packets received from publishers"),
+            rtp_lost_in: counter(
+                "rtp_lost_in_total",
+                "RTP packets publishers sent that never reached the server (estimated)",
+            ),
+            rtp_lost_out: counter(
+                "rtp_lost_out_total",
+                "RTP packets forwarded that subscribers reported lost (receiver reports)",
+            ),
             registry,
         };
+        for reason in JOIN_REFUSAL_REASONS {
+            m.joins_refused.with_label_values(&[reason]);
+        }
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = m.registry.register(Box::new(pc));
         }
         m
+    }
+
+    /// `plenary_signaling_refused_total{reason}`.
+    pub fn signaling_refused(&self, reason: &str) -> &IntCounter {
+        self.signaling_refused.get(reason)
+    }
+
+    /// `plenary_sessions_cut_total{reason}` (one of [`CUT_REASONS`]).
+    pub fn sessions_cut(&self, reason: &str) -> &IntCounter {
+        self.sessions_cut.get(reason)
     }
 
     /// The text exposition format.
@@ -233,12 +399,27 @@ pub struct MediaCounters {
     pub tcp_frames_in: u64,
     /// ICE-TCP frames sent.
     pub tcp_frames_out: u64,
+    /// Datagrams dropped, by [`DropReason`] (its index).
+    pub dropped: [u64; 5],
+    /// RTP packets received from publishers.
+    pub rtp_received: u64,
+    /// RTP packets lost on the way from publishers (estimated).
+    pub rtp_lost_in: u64,
+    /// RTP packets subscribers reported lost.
+    pub rtp_lost_out: u64,
+}
+
+impl MediaCounters {
+    /// Counts a dropped datagram.
+    pub fn drop_datagram(&mut self, reason: DropReason) {
+        self.dropped[reason as usize] += 1;
+    }
 }
 
 impl MediaCounters {
     /// Adds what changed since `last` to the metrics and remembers the new values.
     pub fn publish(&self, last: &mut MediaCounters, m: &Metrics) {
-        let pairs: [(&IntCounter, u64, u64); 17] = [
+        let pairs: [(&IntCounter, u64, u64); 20] = [
             (&m.packets_in, self.packets_in, last.packets_in),
             (&m.packets_out, self.packets_out, last.packets_out),
             (&m.bytes_in, self.bytes_in, last.bytes_in),
@@ -272,9 +453,18 @@ impl MediaCounters {
             (&m.relay_drops, self.relay_drops, last.relay_drops),
             (&m.tcp_frames_in, self.tcp_frames_in, last.tcp_frames_in),
             (&m.tcp_frames_out, self.tcp_frames_out, last.tcp_frames_out),
+            (&m.rtp_received, self.rtp_received, last.rtp_received),
+            (&m.rtp_lost_in, self.rtp_lost_in, last.rtp_lost_in),
+            (&m.rtp_lost_out, self.rtp_lost_out, last.rtp_lost_out),
         ];
         for (metric, now, before) in pairs {
             metric.inc_by(now.saturating_sub(before));
+        }
+        for reason in DropReason::ALL {
+            let i = reason as usize;
+            m.dropped
+                .get(reason)
+                .inc_by(self.dropped[i].saturating_sub(last.dropped[i]));
         }
         *last = *self;
     }
@@ -301,5 +491,44 @@ mod tests {
         let text = m.render();
         assert!(text.contains("plenary_udp_packets_in_total 15"), "{text}");
         assert!(text.contains("plenary_join_latency_seconds_bucket"));
+        assert!(
+            text.contains(r#"plenary_joins_refused_total{reason="shutting_down"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"plenary_signaling_refused_total{reason="too_many_sessions"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn dropped_datagrams_publish_by_reason() {
+        let m = Metrics::new();
+        let mut last = MediaCounters::default();
+        let mut c = MediaCounters::default();
+        c.drop_datagram(DropReason::UnknownSource);
+        c.drop_datagram(DropReason::UnknownSource);
+        c.drop_datagram(DropReason::NotAccepted);
+        c.publish(&mut last, &m);
+        c.drop_datagram(DropReason::UnknownSource);
+        c.publish(&mut last, &m);
+        let text = m.render();
+        assert!(
+            text.contains(r#"plenary_media_dropped_datagrams_total{reason="unknown_source"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"plenary_media_dropped_datagrams_total{reason="not_accepted"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"plenary_media_dropped_datagrams_total{reason="malformed"} 0"#),
+            "{text}"
+        );
+        m.sessions_cut("rate_limited").inc();
+        m.sessions_cut("nonsense").inc();
+        let text = m.render();
+        assert!(text.contains(r#"plenary_sessions_cut_total{reason="rate_limited"} 1"#));
+        assert!(text.contains(r#"plenary_sessions_cut_total{reason="other"} 1"#));
     }
 }

@@ -5,7 +5,11 @@
 //! valid requests to the media plane as [`Command`]s and the media plane's
 //! [`SessionEvent`]s back to the client. A misbehaving client only ever gets errors and,
 //! for the serious ones, a close: never a panic, and never a stuck room (leaving, a dropped
-//! socket or silence all end in a `Leave`).
+//! socket or silence all end in a `Leave`). [`check_text`] is the first of those checks as
+//! a plain function (the fuzz target `signaling` calls it).
+//!
+//! When the server starts to drain, each session tells its client `going_away` and refuses
+//! a `join` with `shutting_down`; when it stops, the session closes with `closing`.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::grant::{Claims, GrantError, Signer};
 use crate::http::AppState;
+use crate::lifecycle::Phase;
 use crate::media::{
     Command, JoinError, JoinOutcome, JoinRequest, PeerId, SessionEvent, SESSION_QUEUE,
 };
@@ -125,8 +130,11 @@ pub async fn run(socket: WebSocket, state: AppState) {
 
 impl Session {
     async fn serve(&mut self) -> End {
-        let shutdown = wait_until_true(self.state.shutdown_signal());
-        tokio::pin!(shutdown);
+        let lifecycle = self.state.lifecycle().clone();
+        let draining = lifecycle.reached(Phase::Draining);
+        let stopping = lifecycle.reached(Phase::Stopping);
+        tokio::pin!(draining, stopping);
+        let mut told_going_away = false;
         let join_deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
         let idle = self.state.idle_timeout();
         let mut last_heard = tokio::time::Instant::now();
@@ -181,10 +189,18 @@ impl Session {
                     } else {
                         "no join message in time"
                     };
+                    self.state.metrics().sessions_cut("idle").inc();
                     let _ = self.fatal(ErrorCode::OutOfOrder, what).await;
                     return End::Gone;
                 }
-                _ = &mut shutdown => {
+                _ = &mut draining, if !told_going_away => {
+                    told_going_away = true;
+                    let notice = lifecycle.going_away();
+                    if self.send(&notice).await.is_err() {
+                        return End::Gone;
+                    }
+                }
+                _ = &mut stopping => {
                     return End::Close(LeaveReason::ServerShutdown);
                 }
             }
@@ -207,37 +223,21 @@ impl Session {
             Message::Ping(_) | Message::Pong(_) => return None,
         };
         if !self.take_token() {
+            self.state.metrics().sessions_cut("rate_limited").inc();
             return self
                 .fatal(ErrorCode::RateLimited, "more than 50 messages a second")
                 .await;
         }
-        if text.len() > MAX_SDP_MESSAGE_BYTES {
-            return self
-                .fatal(
-                    ErrorCode::TooLarge,
-                    &format!(
-                        "offer and answer messages are limited to {MAX_SDP_MESSAGE_BYTES} bytes"
-                    ),
-                )
-                .await;
+        match check_text(text.as_str()) {
+            Ok(msg) => self.handle_message(msg).await,
+            Err(Refused { code, message }) if code.is_fatal() => {
+                if code == ErrorCode::TooLarge {
+                    self.state.metrics().sessions_cut("too_large").inc();
+                }
+                self.fatal(code, &message).await
+            }
+            Err(Refused { code, message }) => self.error(code, &message).await,
         }
-        let msg = match parse(text.as_str()) {
-            Ok(m) => m,
-            Err((code, message)) => return self.error(code, &message).await,
-        };
-        let carries_sdp = matches!(
-            msg,
-            ClientMessage::Offer { .. } | ClientMessage::Answer { .. }
-        );
-        if !carries_sdp && text.len() > MAX_MESSAGE_BYTES {
-            return self
-                .fatal(
-                    ErrorCode::TooLarge,
-                    &format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
-                )
-                .await;
-        }
-        self.handle_message(msg).await
     }
 
     async fn handle_message(&mut self, msg: ClientMessage) -> Option<End> {
@@ -258,6 +258,19 @@ impl Session {
                 };
             }
             return match msg {
+                ClientMessage::Join { .. } if self.state.lifecycle().refuses_joins() => {
+                    self.state
+                        .metrics()
+                        .joins_refused
+                        .with_label_values(&["shutting_down"])
+                        .inc();
+                    self.fatal(
+                        ErrorCode::ShuttingDown,
+                        "the server is shutting down (for a restart or maintenance): join \
+                         again in a moment",
+                    )
+                    .await
+                }
                 ClientMessage::Join { protocol, .. } if protocol != PROTOCOL_VERSION => {
                     self.fatal(
                         ErrorCode::UnsupportedVersion,
@@ -404,6 +417,7 @@ impl Session {
                     JoinError::Locked => ErrorCode::RoomLocked,
                     JoinError::Barred => ErrorCode::Barred,
                     JoinError::ResumeFailed => ErrorCode::ResumeFailed,
+                    JoinError::ShuttingDown => ErrorCode::ShuttingDown,
                     _ => ErrorCode::Unavailable,
                 };
                 self.fatal(code, &e.to_string()).await
@@ -479,7 +493,12 @@ impl Session {
         match tokio::time::timeout(SEND_TIMEOUT, self.socket.send(Message::Text(json.into()))).await
         {
             Ok(Ok(())) => Ok(()),
-            _ => Err(()),
+            Ok(Err(_)) => Err(()),
+            Err(_) => {
+                // The client has not read for SEND_TIMEOUT with its socket buffer full.
+                self.state.metrics().sessions_cut("slow_consumer").inc();
+                Err(())
+            }
         }
     }
 
@@ -523,24 +542,49 @@ impl Session {
     }
 }
 
-/// Resolves when the watched flag becomes true (never, if its sender is gone first).
-pub async fn wait_until_true(mut rx: tokio::sync::watch::Receiver<bool>) {
-    loop {
-        let set = *rx.borrow_and_update();
-        if set {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
 async fn recv_event(events: &mut Option<mpsc::Receiver<SessionEvent>>) -> Option<SessionEvent> {
     match events {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Why a client's text frame was refused: the error the client is told. Fatal codes
+/// ([`ErrorCode::is_fatal`]) end the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The error code.
+    pub code: ErrorCode,
+    /// The explanation.
+    pub message: String,
+}
+
+/// The checks every text frame passes before it means anything: its size (64 KiB, or
+/// 1 MiB for `offer` and `answer`), JSON, an object with a known `type`, and that type's
+/// shape. What the message asks is checked later, by the media plane and the meeting rules.
+pub fn check_text(text: &str) -> Result<ClientMessage, Refused> {
+    let refuse = |code, message: String| Err(Refused { code, message });
+    if text.len() > MAX_SDP_MESSAGE_BYTES {
+        return refuse(
+            ErrorCode::TooLarge,
+            format!("offer and answer messages are limited to {MAX_SDP_MESSAGE_BYTES} bytes"),
+        );
+    }
+    let msg = match parse(text) {
+        Ok(m) => m,
+        Err((code, message)) => return refuse(code, message),
+    };
+    let carries_sdp = matches!(
+        msg,
+        ClientMessage::Offer { .. } | ClientMessage::Answer { .. }
+    );
+    if !carries_sdp && text.len() > MAX_MESSAGE_BYTES {
+        return refuse(
+            ErrorCode::TooLarge,
+            format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+        );
+    }
+    Ok(msg)
 }
 
 /// Parses one client message, telling a bad shape from an unknown type.
@@ -587,6 +631,23 @@ mod tests {
             parse(r#"{"type":"leave"}"#),
             Ok(ClientMessage::Leave)
         ));
+    }
+
+    #[test]
+    fn check_text_limits_sizes_by_type() {
+        let big_data = format!(
+            r#"{{"type":"data","text":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert_eq!(check_text(&big_data).unwrap_err().code, ErrorCode::TooLarge);
+        let big_offer = format!(
+            r#"{{"type":"offer","sdp":"{}"}}"#,
+            "x".repeat(MAX_MESSAGE_BYTES)
+        );
+        assert!(check_text(&big_offer).is_ok());
+        let huge = "x".repeat(MAX_SDP_MESSAGE_BYTES + 1);
+        assert!(check_text(&huge).unwrap_err().code.is_fatal());
+        assert_eq!(check_text("{").unwrap_err().code, ErrorCode::BadMessage);
     }
 
     #[test]

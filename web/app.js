@@ -30,6 +30,7 @@ import { addChat, showUnread, sendTyped, clearChat } from "./chat.js";
 import { qualityLevel, lossBetween } from "./quality.js";
 import { ruleFromForm, specFromForm } from "./governance.js";
 import { renderGovernance, tickGovernance, resetGovernanceView } from "./motions.js";
+import { rejoinDelay, mayRetryJoin, REJOIN_ATTEMPTS } from "./rejoin.js";
 
 /**
  * @typedef {import("./client.js").Source} Source
@@ -403,8 +404,45 @@ async function openMedia(permissions) {
 
 // ---- join / leave ------------------------------------------------------------------------
 
+/**
+ * Joining again after the server went away: attempts so far, the timer, the server's hint.
+ * @type {{attempt: number, timer: any, hintMs: number|null}}
+ */
+const rejoin = { attempt: 0, timer: null, hintMs: null };
+
+/** Schedules the next attempt to join again (or gives up after a while). @param {string} why */
+function scheduleRejoin(why) {
+  clearTimeout(rejoin.timer);
+  if (rejoin.attempt >= REJOIN_ATTEMPTS) {
+    rejoin.attempt = 0;
+    const msg = `${why} It is not back yet: join again later.`;
+    say("join", msg);
+    showBanner(msg, [["Join again", () => join(), "primary"]], "warn");
+    return;
+  }
+  const delay = rejoinDelay(rejoin.attempt, rejoin.hintMs);
+  rejoin.attempt += 1;
+  const secs = Math.max(1, Math.round(delay / 1000));
+  say("join", `${why} Joining again in ${secs} seconds.`);
+  showBanner(`${why} Joining again in ${secs} s…`, [
+    ["Join now", () => join(), "primary"],
+    ["Cancel", cancelRejoin, "secondary"],
+  ], "warn");
+  rejoin.timer = setTimeout(() => join(), delay);
+}
+
+function cancelRejoin() {
+  clearTimeout(rejoin.timer);
+  rejoin.timer = null;
+  rejoin.attempt = 0;
+  hideBanner();
+  say("join", "Press Join when you want to go back in.");
+}
+
 async function join() {
   if (S.client && S.client.state !== "closed") return;
+  clearTimeout(rejoin.timer);
+  rejoin.timer = null;
   const name = $input("name").value.trim();
   const room = $input("room").value.trim();
   if (!name || !room) {
@@ -426,6 +464,8 @@ async function join() {
     wireClient(client);
     say("join", "Joining…");
     await client.join();
+    rejoin.attempt = 0;
+    rejoin.hintMs = null;
   } catch (err) {
     const e = /** @type {any} */ (err);
     console.warn("plenary: join failed:", e?.message ?? e);
@@ -433,6 +473,12 @@ async function join() {
     stopPreview();
     showPrejoin();
     S.status.reset();
+    // Coming back after a restart, or joining while the server drains: try again later.
+    if ((rejoin.attempt > 0 || e.code === "shutting_down") && mayRetryJoin(e.code)) {
+      scheduleRejoin(msg);
+      return;
+    }
+    rejoin.attempt = 0;
     say("join", msg);
     if (["room_locked", "barred", "denied"].includes(e.code)) showBanner(msg, [], "warn");
   } finally {
@@ -451,6 +497,7 @@ function explainError(code) {
     meeting_ended: "The meeting has ended.",
     replaced: "You joined this meeting from another window or device.",
     server_shutdown: "The server is shutting down.",
+    shutting_down: "The server is restarting.",
     resume_failed: "Your place in the meeting could not be restored.",
     invalid_grant: "Your room grant is not valid (expired, already used, or for another room).",
     unreachable: "The server cannot be reached.",
@@ -510,6 +557,12 @@ function wireClient(c) {
     }, "primary"]], "warn");
   });
   on("log", (d) => console.info("plenary:", d.message));
+  on("going_away", (g) => {
+    const secs = Math.max(1, Math.ceil(g.closes_in_ms / 1000));
+    const msg = `The server is shutting down for a restart: this meeting closes in ${secs} s, and this page joins it again by itself.`;
+    showBanner(msg, [], "warn");
+    say("connection", msg);
+  });
   on("error", ({ code, message }) => {
     if (GOVERNANCE_ERRORS.has(code)) {
       S.ballot.sending = false;
@@ -629,6 +682,13 @@ function onState({ state, reason }) {
     // Refused before the welcome: join() says why.
     if (!wasIn) return;
     S.status.reset();
+    if (client.goingAway || reason === "server_shutdown") {
+      // The server restarts: no resume survives that; join again with a fresh grant.
+      rejoin.attempt = 0;
+      rejoin.hintMs = client.goingAway?.reconnect_after_ms ?? null;
+      scheduleRejoin("The server is restarting.");
+      return;
+    }
     const msg = explainError(reason) || `Disconnected (${reason}).`;
     say("join", msg);
     const canRetry = !["removed", "barred", "meeting_ended", "denied", "replaced"].includes(reason ?? "");

@@ -34,6 +34,9 @@
 //   "dominant_speaker" {participant_id} who speaks now, as the server hears it
 //   "governance"   the server's message  a motion, a vote count, our vote, the quorum,
 //                                     the speakers (state in `client.gov`, governance.js)
+//   "going_away"   {closes_in_ms, reconnect_after_ms, message}  the server is shutting down:
+//                                     the session closes soon ("server_shutdown"); join again
+//                                     after reconnect_after_ms, with a fresh grant
 //   "error"        {code, message}    an error message from the server
 //   "log"          {message}          human-readable trace
 
@@ -170,6 +173,8 @@ export class PlenaryClient extends EventTarget {
     this.closeReason = null;
     /** @type {string|null} */
     this.fatalError = null;
+    /** The server's `going_away`, if it said it is shutting down. @type {{closes_in_ms: number, reconnect_after_ms: number, message: string}|null} */
+    this.goingAway = null;
     this.dropAt = 0;
     this.reconnects = 0;
     /** @type {any} */
@@ -686,6 +691,17 @@ export class PlenaryClient extends EventTarget {
       case "closing":
         this.closeReason = msg.reason;
         this.log(`server closing session: ${msg.reason}`);
+        return;
+      case "going_away":
+        // The server drains before a stop: no resume will work across it, so the page
+        // joins again later (see rejoin.js) once this session has closed.
+        this.goingAway = {
+          closes_in_ms: msg.closes_in_ms,
+          reconnect_after_ms: msg.reconnect_after_ms,
+          message: msg.message,
+        };
+        this.log(`server going away: ${msg.message}`);
+        this.emit("going_away", this.goingAway);
         return;
       case "pong":
         this.lastPong = Date.now();

@@ -209,6 +209,9 @@ pub(crate) async fn start_server(
         .env("PLENARY_HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env("PLENARY_MEDIA_ADDR", format!("127.0.0.1:{media}"))
         .env("PLENARY_LOG", "warn")
+        // Every simulated attendee comes from this one machine: no per-address limits.
+        .env("PLENARY_LIMITS_SESSIONS_PER_ADDRESS", "0")
+        .env("PLENARY_LIMITS_SESSION_RATE_PER_ADDRESS", "0")
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)

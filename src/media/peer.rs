@@ -143,8 +143,8 @@ pub struct Peer {
     pub free_mlines: Vec<(Mid, MediaKind)>,
     /// Last cumulative (NACKs received, PLIs received) per m-line, for counter deltas.
     pub egress_seen: Vec<(Mid, u64, u64)>,
-    /// Last cumulative NACKs sent per m-line.
-    pub ingress_seen: Vec<(Mid, u64)>,
+    /// Last cumulative (NACKs sent, packets received) per m-line and RID.
+    pub ingress_seen: Vec<((Mid, Option<str0m::media::Rid>), u64, u64)>,
     /// Last cumulative packets sent per m-line (to weigh reported loss).
     pub egress_packets: Vec<(Mid, u64)>,
     /// Reported loss this second: (loss × packets, packets, since).

@@ -29,7 +29,7 @@ use plenary_sfu::{
 };
 use str0m::config::DtlsCert;
 use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive, TcpType};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output};
@@ -41,7 +41,7 @@ use super::peer::{core_media, first_codec, InParams, InTrack, OutState, OutTrack
 use super::tcp::{TcpConn, TcpEvent, TcpLinks, UfragRoutes};
 use super::udp::{BatchSocket, SendQueue};
 use super::{shard_of, slot_of, PeerId, SessionEvent};
-use crate::metrics::{MediaCounters, Metrics};
+use crate::metrics::{DropReason, MediaCounters, Metrics};
 
 mod adapt;
 
@@ -366,6 +366,10 @@ pub struct Shard {
     busy_since: Instant,
     /// The kernel's drop count at the socket when last sampled.
     kernel_drops_seen: u64,
+    /// Packets lost on the way in (estimated, fractional), since the start.
+    lost_in: f64,
+    /// Packets subscribers reported lost (fractional), since the start.
+    lost_out: f64,
 }
 
 impl Shard {
@@ -450,6 +454,8 @@ impl Shard {
             busy: Duration::ZERO,
             busy_since: Instant::now(),
             kernel_drops_seen: 0,
+            lost_in: 0.0,
+            lost_out: 0.0,
         })
     }
 
@@ -608,15 +614,22 @@ impl Shard {
         self.counters.bytes_in += data.len() as u64;
         let Some(id) = self.demux.lookup(source, data) else {
             self.counters.datagrams_unknown += 1;
+            self.counters.drop_datagram(if is_stun(data) {
+                DropReason::UnknownUfrag
+            } else {
+                DropReason::UnknownSource
+            });
             return;
         };
         let local = self.local;
         let Some(peer) = self.peer_mut(id) else {
             self.counters.datagrams_unknown += 1;
+            self.counters.drop_datagram(DropReason::UnknownSource);
             return;
         };
         let Ok(contents) = data.try_into() else {
             self.counters.datagrams_rejected += 1;
+            self.counters.drop_datagram(DropReason::Malformed);
             return;
         };
         let input = Input::Receive(
@@ -630,6 +643,7 @@ impl Shard {
         );
         if !peer.rtc.accepts(&input) {
             self.counters.datagrams_rejected += 1;
+            self.counters.drop_datagram(DropReason::NotAccepted);
             return;
         }
         match peer.rtc.handle_input(input) {
@@ -641,6 +655,7 @@ impl Shard {
             Err(e) => {
                 tracing::debug!(peer = id.0, "datagram refused: {e}");
                 self.counters.datagrams_rejected += 1;
+                self.counters.drop_datagram(DropReason::Refused);
             }
         }
         self.drive(id);
@@ -827,8 +842,9 @@ impl Shard {
                 // Loss over every stream it receives, weighted by packets, once a second: a
                 // single thin stream's fraction lost is too noisy to act on.
                 let now = Instant::now();
-                if let Some(loss) = s.loss {
-                    peer.loss_window.0 += f64::from(loss) * sent as f64;
+                let reported_lost = s.loss.map_or(0.0, |l| f64::from(l) * sent as f64);
+                if s.loss.is_some() {
+                    peer.loss_window.0 += reported_lost;
                     peer.loss_window.1 += sent;
                 }
                 let (lost, packets, since) = peer.loss_window;
@@ -839,6 +855,8 @@ impl Shard {
                 if window_done && packets >= 50 {
                     peer.handle_loss_report(now, lost / packets as f64);
                 }
+                self.lost_out += reported_lost;
+                self.counters.rtp_lost_out = self.lost_out as u64;
                 self.counters.nacks_received += nacks;
                 if window_done && packets >= 50 {
                     self.allocation_loss(now, id, (lost / packets as f64) as f32);
@@ -851,8 +869,15 @@ impl Shard {
                 let Some(peer) = self.peer_mut(id) else {
                     return;
                 };
-                let nacks = delta2(&mut peer.ingress_seen, s.mid, s.nacks);
+                // Per m-line and RID: a simulcast m-line reports each layer on its own.
+                let (nacks, packets) =
+                    delta_rid(&mut peer.ingress_seen, (s.mid, s.rid), s.nacks, s.packets);
                 self.counters.nacks_sent += nacks;
+                if let Some(loss) = s.loss.filter(|l| (0.0..1.0).contains(l)) {
+                    // `packets` arrived of the `packets / (1 - loss)` sent.
+                    self.lost_in += f64::from(loss) * packets as f64 / f64::from(1.0 - loss);
+                    self.counters.rtp_lost_in = self.lost_in as u64;
+                }
             }
             Event::Closed => {
                 // The client hung up. Its session's `leave` normally follows at once and
@@ -894,6 +919,7 @@ impl Shard {
         let track = peer.in_tracks[index].key;
         let room = peer.room;
         let video = params.spec().codec.kind() == MediaKind::Video;
+        self.counters.rtp_received += 1;
         let mut forwards = std::mem::take(&mut self.forwards);
         forwards.clear();
         let Some(entry) = self.rooms.get_mut(room).and_then(|r| r.as_mut()) else {
@@ -1906,6 +1932,25 @@ fn delta3(seen: &mut Vec<(Mid, u64, u64)>, mid: Mid, a: u64, b: u64) -> (u64, u6
         }
         None => {
             seen.push((mid, a, b));
+            (a, b)
+        }
+    }
+}
+
+/// Last-seen counters of one simulcast layer: (m-line, RID), NACKs, packets.
+type RidCounts = ((Mid, Option<Rid>), u64, u64);
+
+/// The increase of two cumulative per-stream (m-line and RID) counters since last seen.
+fn delta_rid(seen: &mut Vec<RidCounts>, key: (Mid, Option<Rid>), a: u64, b: u64) -> (u64, u64) {
+    match seen.iter_mut().find(|(k, _, _)| *k == key) {
+        Some(entry) => {
+            let d = (a.saturating_sub(entry.1), b.saturating_sub(entry.2));
+            entry.1 = a;
+            entry.2 = b;
+            d
+        }
+        None => {
+            seen.push((key, a, b));
             (a, b)
         }
     }

@@ -156,7 +156,7 @@ impl TcpIntake {
     /// Accepts connections on `listener` until `shutdown` turns true.
     pub fn spawn_accept_loop(self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
         tokio::spawn(async move {
-            let stop = crate::signal::wait_until_true(shutdown);
+            let stop = crate::lifecycle::wait_until_true(shutdown);
             tokio::pin!(stop);
             loop {
                 tokio::select! {

@@ -12,7 +12,8 @@
 //! The media plane hands records over a bounded channel; one task ([`spawn`]) writes them
 //! in batches (a batch is one transaction, so each record and its audit row commit
 //! together). At shutdown the media plane closes its side once everything is handed over,
-//! and [`Recorder::finish`] waits until the last batch is written.
+//! and [`Recorder::finish`] waits until the last batch, and an audit row
+//! `server_shutdown`, are written.
 
 pub mod civil;
 pub mod markdown;
@@ -59,6 +60,23 @@ pub fn spawn(store: Store) -> (mpsc::Sender<RoomRecord>, Recorder) {
                 }
             }
             write_batch(&store, batch).await;
+        }
+        // Every sender is gone: the server is stopping. The audit log's last row says so.
+        let now = crate::grant::unix_now() as i64;
+        let res = store
+            .run(move |c| {
+                crate::membership::store::audit(
+                    c,
+                    now,
+                    "server_shutdown",
+                    "operator",
+                    "",
+                    serde_json::json!({}),
+                )
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::warn!("cannot write the audit log's last row: {e}");
         }
     });
     (tx, Recorder { task })

@@ -182,9 +182,13 @@ export class Harness {
     return browser;
   }
 
-  async startServer() {
-    const httpPort = await freeTcpPort(this.host);
-    this.baseUrl = `http://${this.host}:${httpPort}`;
+  /** Starts the server (on `httpPort`, e.g. the one a stopped server used, or a free one). */
+  async startServer({ httpPort } = {}) {
+    httpPort ??= await freeTcpPort(this.host);
+    this.httpPort = httpPort;
+    this.serverExited = null;
+    const proxied = !!this.proxy;
+    if (!proxied) this.baseUrl = `http://${this.host}:${httpPort}`;
     const auth = this.host === "127.0.0.1"
       ? {}
       : { PLENARY_AUTH_API_KEYS: `{ test = "${this.apiSecret}" }` };
@@ -216,12 +220,29 @@ export class Harness {
     server.on("exit", (code, signal) => {
       this.serverExited = `code ${code}, signal ${signal}`;
     });
-    await this.waitFor(`GET ${this.baseUrl}/healthz`, async () => {
-      const res = await fetch(`${this.baseUrl}/healthz`);
+    const direct = `http://${this.host}:${httpPort}`;
+    await this.waitFor(`GET ${direct}/healthz`, async () => {
+      const res = await fetch(`${direct}/healthz`);
       return res.status === 200;
     });
-    this.log(`server up at ${this.baseUrl}`);
-    if (process.env.WEB_FROM_DISK === "1") await this.startWebProxy();
+    this.log(`server up at ${direct}`);
+    if (process.env.WEB_FROM_DISK === "1" && !proxied) await this.startWebProxy();
+  }
+
+  /**
+   * Sends `signal` to the server, whose exit is then expected (not an error); resolves with
+   * its exit code (or signal name), or "timeout" after `ms`.
+   */
+  signalServer(signal = "SIGTERM", ms = 15_000) {
+    const s = this.server;
+    s.removeAllListeners("exit");
+    this.server = null;
+    const exited = Promise.race([
+      new Promise((r) => s.once("exit", (code, sig) => r(code ?? sig))),
+      bound(ms).then(() => "timeout"),
+    ]);
+    s.kill(signal);
+    return exited;
   }
 
   /** Serves web/ from disk and forwards everything else (and WebSocket upgrades) upstream. */

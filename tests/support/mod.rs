@@ -267,6 +267,8 @@ pub struct ClientState {
     pub sent: HashMap<TrackSource, u64>,
     /// `pong` ids received.
     pub pongs: Vec<u64>,
+    /// The SDP of the server's last offer or answer.
+    pub server_sdp: Option<String>,
 }
 
 impl ClientState {
@@ -312,6 +314,15 @@ impl ClientState {
     /// Whether an error with this code has arrived.
     pub fn has_error(&self, code: ErrorCode) -> bool {
         self.errors.iter().any(|(c, _)| *c == code)
+    }
+
+    /// The server's ICE username fragment for this client (from its SDP).
+    pub fn server_ufrag(&self) -> Option<String> {
+        self.server_sdp
+            .as_deref()?
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
     }
 
     /// How many errors with this code have arrived.
@@ -1110,6 +1121,10 @@ async fn read_loop(
             }
             Some(Ok(_)) => continue,
         };
+        if let ServerMessage::Offer { sdp, .. } | ServerMessage::Answer { sdp, .. } = &msg {
+            let sdp = sdp.clone();
+            shared.update(|s| s.server_sdp = Some(sdp));
+        }
         match msg {
             ServerMessage::Offer { sdp, tracks } => {
                 if let Err(e) = handle_server_offer(&shared, &pc, &out, sdp, tracks).await {

@@ -421,6 +421,9 @@ pub enum ErrorCode {
     AlreadyVoted,
     /// This participant may not vote on this motion (a guest, unless a host allowed guests).
     NotEligible,
+    /// The server is shutting down (draining) and takes no joins: come back later, as
+    /// [`ServerMessage::GoingAway`] says.
+    ShuttingDown,
 }
 
 impl ErrorCode {
@@ -437,6 +440,7 @@ impl ErrorCode {
                 | ErrorCode::RoomLocked
                 | ErrorCode::Barred
                 | ErrorCode::ResumeFailed
+                | ErrorCode::ShuttingDown
         )
     }
 }
@@ -739,6 +743,18 @@ pub enum ServerMessage {
         /// The ping's id.
         id: u64,
     },
+    /// The server is shutting down: it takes no more joins, and closes this session
+    /// (`closing` with reason `server_shutdown`) within `closes_in_ms`. The client should
+    /// come back after `reconnect_after_ms` (with some random delay of its own, so that
+    /// a whole meeting does not return at the same instant), with a fresh grant.
+    GoingAway {
+        /// Milliseconds until the server closes this session.
+        closes_in_ms: u64,
+        /// Milliseconds to wait at least before joining again.
+        reconnect_after_ms: u64,
+        /// A human-readable explanation.
+        message: String,
+    },
 }
 
 impl ServerMessage {
@@ -806,6 +822,17 @@ mod tests {
         assert!(json.contains(r#""code":"invalid_grant""#), "{json}");
         assert!(ErrorCode::InvalidGrant.is_fatal());
         assert!(!ErrorCode::BadSdp.is_fatal());
+        assert!(ErrorCode::ShuttingDown.is_fatal());
+        let json = serde_json::to_string(&ServerMessage::GoingAway {
+            closes_in_ms: 2000,
+            reconnect_after_ms: 10_000,
+            message: "restarting".into(),
+        })
+        .unwrap();
+        assert!(
+            json.starts_with(r#"{"type":"going_away","closes_in_ms":2000"#),
+            "{json}"
+        );
     }
 
     #[test]
