@@ -30,10 +30,10 @@ use str0m::media::{MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Input, Output};
 
-/// The targets, by name (as `cargo fuzz` and the corpus folders call them).
 /// A fuzz target: its name and what it runs on one input.
 pub type Target = (&'static str, fn(&[u8]));
 
+/// The targets, by name (as `cargo fuzz` and the corpus folders call them).
 pub const TARGETS: [Target; 5] = [
     ("signaling", signaling),
     ("sdp", sdp),

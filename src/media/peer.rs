@@ -545,6 +545,7 @@ impl Peer {
     /// A second's loss report from its receiver: updates its audio redundancy, within what
     /// its link affords (its estimate, capped by loss; unbounded without an allocator).
     pub fn handle_loss_report(&mut self, now: Instant, loss: f64) {
+        let before = self.red.distance();
         self.red.handle_loss(now, loss);
         let budget = match self.alloc {
             Some(_) => self.last_estimate.min(self.loss_cap.cap(now)),
@@ -561,6 +562,17 @@ impl Peer {
         self.red
             .afford(budget, self.audio_payload_bps, overhead_bps);
         self.refresh_red_pts();
+        if self.red.distance() != before {
+            tracing::debug!(
+                peer = self.id.0,
+                repeats = self.red.distance(),
+                loss = format!("{:.1} %", loss * 100.0),
+                budget_bps = budget,
+                audio_payload_bps = self.audio_payload_bps,
+                red_agreed = self.red_pts.is_some(),
+                "audio redundancy"
+            );
+        }
     }
 
     /// What its audio needs, repeats included, reserved before any video.

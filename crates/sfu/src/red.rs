@@ -170,15 +170,22 @@ impl RedPolicy {
 impl RedPolicy {
     /// A second's loss report (share of packets lost, all streams): redundancy rises with
     /// loss that lasts (two reports in a row), steps down one block after
-    /// [`STEP_DOWN_AFTER`] of clean reports, and goes at once when loss is heavy: that is a
-    /// congested or policed link, which more packets would only make worse (the loss cap
-    /// cuts video then, and redundancy may return once the link is merely lossy).
+    /// [`STEP_DOWN_AFTER`] of clean reports, and goes when loss is heavy two reports in a
+    /// row: that is a congested or policed link, which more packets would only make worse
+    /// (the loss cap cuts video then, and redundancy may return once the link is merely
+    /// lossy). One heavy second alone is the noise of a second's sample (a listener gets
+    /// ~100 packets a second: at 5 % random loss, 10 % in one second is not rare).
     pub fn handle_loss(&mut self, now: Instant, loss: f64) {
         let lasting = std::mem::replace(&mut self.last_loss, loss).min(loss);
-        if loss >= CONGESTION_LOSS {
+        if lasting >= CONGESTION_LOSS {
             self.distance = 0;
             self.clean_since = None;
             self.last_loss = 0.0;
+            return;
+        }
+        if loss >= CONGESTION_LOSS {
+            // Heavy once: maybe noise, maybe the start of congestion. Wait and see.
+            self.clean_since = None;
             return;
         }
         let wanted = if lasting >= TWO_BLOCKS_LOSS {
@@ -335,11 +342,23 @@ mod tests {
     }
 
     #[test]
-    fn heavy_loss_is_congestion_and_stops_repeats_at_once() {
+    fn lasting_heavy_loss_is_congestion_and_stops_repeats() {
         let t0 = Instant::now();
         let mut p = RedPolicy::default();
         p.handle_loss(t0, 0.04);
         p.handle_loss(t0, 0.04);
+        assert_eq!(p.distance(), 2);
+        // One heavy second is noise: the repeats stay (and none start from it).
+        p.handle_loss(t0, 0.12);
+        assert_eq!(p.distance(), 2);
+        let mut fresh = RedPolicy::default();
+        fresh.handle_loss(t0, 0.05);
+        fresh.handle_loss(t0, 0.28);
+        assert_eq!(fresh.distance(), 0, "a policed link's first heavy report starts nothing");
+        p.handle_loss(t0, 0.04);
+        assert_eq!(p.distance(), 2);
+        // Heavy twice in a row: congestion.
+        p.handle_loss(t0, 0.25);
         assert_eq!(p.distance(), 2);
         p.handle_loss(t0, 0.25);
         assert_eq!(p.distance(), 0);
