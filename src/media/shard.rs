@@ -944,13 +944,12 @@ impl Shard {
         );
         let ext = &pkt.header.ext_vals;
         if !video {
-            if let (Some(sp), Some(level)) = (entry.speakers.as_mut(), ext.audio_level) {
-                sp.handle_level(
-                    pkt.timestamp,
-                    track,
-                    level.unsigned_abs(),
-                    ext.voice_activity,
+            if let Some(sp) = entry.speakers.as_mut() {
+                let level = ext.audio_level.map_or_else(
+                    || plenary_sfu::speakers::level_from_size(pkt.payload.len()),
+                    |l| l.unsigned_abs(),
                 );
+                sp.handle_level(pkt.timestamp, track, level, ext.voice_activity);
             }
         }
         let relay_to = entry.relay_to;
@@ -1035,8 +1034,12 @@ impl Shard {
             let _ = entry.core.set_media(r.track, media);
         }
         if !video {
-            if let (Some(sp), Some(level)) = (entry.speakers.as_mut(), r.audio_level) {
-                sp.handle_level(r.at, r.track, level.unsigned_abs(), r.voice_activity);
+            if let Some(sp) = entry.speakers.as_mut() {
+                let level = r.audio_level.map_or_else(
+                    || plenary_sfu::speakers::level_from_size(r.payload.len()),
+                    |l| l.unsigned_abs(),
+                );
+                sp.handle_level(r.at, r.track, level, r.voice_activity);
             }
         }
         entry.core.handle_rtp(

@@ -132,6 +132,24 @@ impl SpeakersConfig {
     }
 }
 
+/// Opus payload size from which a packet without a level is taken for speech (20 ms at
+/// 16 kbit/s; silence and DTX frames are a few bytes).
+pub const SPEECH_BYTES: usize = 40;
+/// The level assumed for such a packet: clearly speech, but quieter than most measured
+/// voices, so a sender that measures its levels wins a tie.
+pub const GUESSED_SPEECH_DBOV: u8 = 40;
+
+/// The level of an audio packet whose sender sends no `ssrc-audio-level` extension (some
+/// non-browser clients, the load tester): guessed from its size, so such a speaker is still
+/// heard when it talks and dropped when it is silent.
+pub fn level_from_size(payload_len: usize) -> u8 {
+    if payload_len >= SPEECH_BYTES {
+        GUESSED_SPEECH_DBOV
+    } else {
+        127
+    }
+}
+
 /// How loud one packet counts: `quiet_dbov - level_dbov`, or 0 when at or below the quiet
 /// level, silent (127) or marked "no voice".
 pub fn loudness(level_dbov: u8, voice_activity: Option<bool>, quiet_dbov: u8) -> u32 {
@@ -498,6 +516,9 @@ mod tests {
     #[test]
     fn loudness_counts_silence_and_no_voice_as_zero() {
         assert_eq!(loudness(127, None, 70), 0);
+        assert_eq!(level_from_size(80), GUESSED_SPEECH_DBOV, "speech-sized: heard");
+        assert!(loudness(level_from_size(80), None, 70) > 0);
+        assert_eq!(level_from_size(24), 127, "DTX-sized: silence");
         assert_eq!(loudness(127, Some(true), 70), 0);
         assert_eq!(loudness(80, None, 70), 0, "below the quiet level");
         assert_eq!(loudness(70, None, 70), 0);
