@@ -212,6 +212,8 @@ pub(crate) async fn start_server(
         // Every simulated attendee comes from this one machine: no per-address limits.
         .env("PLENARY_LIMITS_SESSIONS_PER_ADDRESS", "0")
         .env("PLENARY_LIMITS_SESSION_RATE_PER_ADDRESS", "0")
+        // (d) puts 1,000 listeners in one room: above the default of 500 per room.
+        .env("PLENARY_LIMITS_MAX_PARTICIPANTS_PER_ROOM", "2000")
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(log_err)

@@ -354,7 +354,11 @@ mod tests {
         let mut fresh = RedPolicy::default();
         fresh.handle_loss(t0, 0.05);
         fresh.handle_loss(t0, 0.28);
-        assert_eq!(fresh.distance(), 0, "a policed link's first heavy report starts nothing");
+        assert_eq!(
+            fresh.distance(),
+            0,
+            "a policed link's first heavy report starts nothing"
+        );
         p.handle_loss(t0, 0.04);
         assert_eq!(p.distance(), 2);
         // Heavy twice in a row: congestion.

@@ -516,7 +516,11 @@ mod tests {
     #[test]
     fn loudness_counts_silence_and_no_voice_as_zero() {
         assert_eq!(loudness(127, None, 70), 0);
-        assert_eq!(level_from_size(80), GUESSED_SPEECH_DBOV, "speech-sized: heard");
+        assert_eq!(
+            level_from_size(80),
+            GUESSED_SPEECH_DBOV,
+            "speech-sized: heard"
+        );
         assert!(loudness(level_from_size(80), None, 70) > 0);
         assert_eq!(level_from_size(24), 127, "DTX-sized: silence");
         assert_eq!(loudness(127, Some(true), 70), 0);

@@ -409,6 +409,11 @@ impl Shard {
                     }
                 }
                 AllocatorEvent::Bitrate(mut target) => {
+                    // An overloaded shard sends no padding: each padding packet costs an
+                    // encryption and a send, the work the shard is short of.
+                    if self.overload.level() > OverloadLevel::Normal {
+                        target.minimum = 0;
+                    }
                     if let Some(peer) = self.peer_mut(id) {
                         // No probing above what a lossy link let through.
                         let ceiling = peer.loss_cap.cap(now);
