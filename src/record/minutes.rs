@@ -334,7 +334,8 @@ fn speakers(c: &Connection, meeting: &str) -> Result<Vec<Turn>, MinutesError> {
         let started: i64 = r.get(4)?;
         let ended: Option<i64> = r.get(5)?;
         let limit: Option<u32> = r.get(3)?;
-        let seconds = ended.map(|e| (e - started) / 1000);
+        let millis = ended.map(|e| e - started);
+        let seconds = millis.map(|ms| ms / 1000);
         Ok(Turn {
             identity: r.get(0)?,
             name: r.get(1)?,
@@ -343,7 +344,9 @@ fn speakers(c: &Connection, meeting: &str) -> Result<Vec<Turn>, MinutesError> {
             from: civil::timestamp(started),
             to: ended.map(civil::timestamp),
             seconds,
-            over_time: matches!((seconds, limit), (Some(s), Some(l)) if s > l as i64),
+            // Reaching the limit is "time is up", whatever fraction of a second followed
+            // before the host took the floor back (whole seconds would hide it).
+            over_time: matches!((millis, limit), (Some(ms), Some(l)) if ms >= i64::from(l) * 1000),
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

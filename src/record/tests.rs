@@ -104,7 +104,11 @@ impl Recorded {
     }
 
     fn later(&mut self, secs: u64) {
-        self.now = self.now + Duration::from_secs(secs);
+        self.later_ms(secs * 1000);
+    }
+
+    fn later_ms(&mut self, ms: u64) {
+        self.now = self.now + Duration::from_millis(ms);
         self.m.tick(self.now);
         self.flush();
     }
@@ -349,4 +353,36 @@ fn a_restart_rebuilds_open_motions_voters_and_tallies() {
         r.rows("SELECT ended_at IS NOT NULL FROM meetings")[0][0],
         "1"
     );
+}
+
+#[test]
+fn a_turn_taken_back_a_moment_after_its_limit_is_over_time() {
+    let mut r = Recorded::new();
+    let chair = r.enter(1, "@chair", Role::Host, true);
+    let ann = r.enter(2, "@ann", Role::Member, false);
+    r.host(chair, HostAction::SpeakerLimit { seconds: 6 });
+    let ann_id = plenary_meeting::participant_id(ann);
+    r.host(
+        chair,
+        HostAction::GiveFloor {
+            participant_id: ann_id.clone(),
+        },
+    );
+    // The host is told at 6 s and takes the floor back 0.4 s later: 6 whole seconds.
+    r.later_ms(6_400);
+    r.host(
+        chair,
+        HostAction::TakeFloor {
+            participant_id: ann_id,
+        },
+    );
+    r.flush();
+    let all = r
+        .store
+        .run_sync(|c| Ok(minutes::load(c, "gm", Some("2025-11-27"))))
+        .unwrap()
+        .unwrap();
+    let turn = &all[0].speakers[0];
+    assert_eq!(turn.seconds, Some(6));
+    assert!(turn.over_time, "6.4 s of 6 is over time");
 }

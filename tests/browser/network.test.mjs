@@ -175,7 +175,7 @@ step("at 400 kbit/s the weak listener keeps every speaker's audio and gets low o
     const playing = Object.values(delta(s1, await inbound("weak")))
       .filter((x) => x.kind === "video" && !x.bwPaused && x.frames > 10);
     if (playing.length > 0) break;
-    assert.ok(Date.now() - policed < 55_000, "within 55 s at 400 kbit/s some video plays at a low layer");
+    assert.ok(Date.now() - policed < 90_000, "within 90 s at 400 kbit/s some video plays at a low layer");
   }
   h.log(`adapted: video playing ${((Date.now() - policed) / 1000).toFixed(1)} s after the policing began`);
   const k0 = await keyframeRequests();
