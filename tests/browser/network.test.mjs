@@ -111,6 +111,21 @@ function delta(a, b) {
 }
 
 /** Audio figures over a window: loss and concealment, all speakers together. */
+/**
+ * Waits until the weak listener plays some video (over 10 frames of an unpaused stream in
+ * 2 s), counting from `since`; fails with `what` past `boundMs`. Returns the seconds taken.
+ */
+async function videoPlaysWithin(since, boundMs, what) {
+  for (;;) {
+    const s1 = await inbound("weak");
+    await sleep(2000);
+    const playing = Object.values(delta(s1, await inbound("weak")))
+      .filter((x) => x.kind === "video" && !x.bwPaused && x.frames > 10);
+    if (playing.length > 0) return (Date.now() - since) / 1000;
+    assert.ok(Date.now() - since < boundMs, what);
+  }
+}
+
 function audioFigures(d) {
   const audio = Object.values(d).filter((x) => x.kind === "audio");
   const received = audio.reduce((n, x) => n + x.received, 0);
@@ -169,15 +184,8 @@ step("at 400 kbit/s the weak listener keeps every speaker's audio and gets low o
   // through, then the allocator settles on what fits (audio first, then a low layer).
   const policed = Date.now();
   await sleep(10_000);
-  for (;;) {
-    const s1 = await inbound("weak");
-    await sleep(2000);
-    const playing = Object.values(delta(s1, await inbound("weak")))
-      .filter((x) => x.kind === "video" && !x.bwPaused && x.frames > 10);
-    if (playing.length > 0) break;
-    assert.ok(Date.now() - policed < 90_000, "within 90 s at 400 kbit/s some video plays at a low layer");
-  }
-  h.log(`adapted: video playing ${((Date.now() - policed) / 1000).toFixed(1)} s after the policing began`);
+  const adapted = await videoPlaysWithin(policed, 90_000, "within 90 s at 400 kbit/s some video plays at a low layer");
+  h.log(`adapted: video playing ${adapted.toFixed(1)} s after the policing began`);
   const k0 = await keyframeRequests();
   const a = await inbound("weak");
   await sleep(WINDOW_MS);
@@ -233,29 +241,15 @@ step("5 % random loss on the weak listener's downlink: video recovers by retrans
   // random loss, so that what is measured is loss on a link with room, not congestion.
   ns.clear();
   const restored = Date.now();
-  for (;;) {
-    const s1 = await inbound("weak");
-    await sleep(2000);
-    const playing = Object.values(delta(s1, await inbound("weak")))
-      .filter((x) => x.kind === "video" && !x.bwPaused && x.frames > 10);
-    if (playing.length > 0) break;
-    assert.ok(Date.now() - restored < 100_000, "the weak listener's video comes back within 100 s of its link recovering");
-  }
-  h.log(`weak listener's link restored: video back after ${((Date.now() - restored) / 1000).toFixed(1)} s`);
+  const back = await videoPlaysWithin(restored, 100_000, "the weak listener's video comes back within 100 s of its link recovering");
+  h.log(`weak listener's link restored: video back after ${back.toFixed(1)} s`);
   ns.loss(5);
   h.log("weak listener's media downlink: 5 % random loss");
   await sleep(10_000);
   // Random loss on a link with room is not congestion: the video keeps (or comes back to)
   // playing. Bounded wait, then the window.
   const lossy = Date.now();
-  for (;;) {
-    const s1 = await inbound("weak");
-    await sleep(2000);
-    const playing = Object.values(delta(s1, await inbound("weak")))
-      .filter((x) => x.kind === "video" && !x.bwPaused && x.frames > 10);
-    if (playing.length > 0) break;
-    assert.ok(Date.now() - lossy < 60_000, "at 5 % random loss the weak listener's video plays within a minute");
-  }
+  await videoPlaysWithin(lossy, 60_000, "at 5 % random loss the weak listener's video plays within a minute");
   const a = await inbound("weak");
   await sleep(WINDOW_MS);
   const b = await inbound("weak");
