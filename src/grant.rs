@@ -213,6 +213,17 @@ impl ReplayCache {
         used.insert(key.to_string(), exp + LEEWAY_SECS);
         Ok(())
     }
+
+    /// Forgets the grants that expired by `now` (and the room they took); how many.
+    pub fn purge(&self, now: u64) -> usize {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let before = used.len();
+        used.retain(|_, until| *until >= now);
+        if used.capacity() > 2 * used.len() + 1024 {
+            used.shrink_to_fit();
+        }
+        before - used.len()
+    }
 }
 
 /// Who signed a verified grant.
@@ -256,6 +267,11 @@ impl KeyRing {
     pub fn consume_jti(&self, claims: &Claims) -> Result<(), GrantError> {
         self.replays
             .consume(&replay_key(claims), claims.exp, unix_now())
+    }
+
+    /// Forgets the used grants that have expired (called every few seconds); how many.
+    pub fn purge_used_grants(&self) -> usize {
+        self.replays.purge(unix_now())
     }
 
     /// Replaces the set of Ed25519 verifying keys (kid → key).
@@ -550,6 +566,33 @@ mod tests {
         assert_eq!(cache.consume("0", 1000, 0), Err(GrantError::Replayed));
         // Once they expired, there is room again.
         assert_eq!(cache.consume("one more", 2000, 1100), Ok(()));
+    }
+
+    #[test]
+    fn the_replay_cache_forgets_expired_grants_when_purged() {
+        let cache = ReplayCache::default();
+        for i in 0..5000 {
+            cache
+                .consume(&i.to_string(), if i < 4000 { 100 } else { 1000 }, 0)
+                .unwrap();
+        }
+        assert_eq!(
+            cache.purge(100 + LEEWAY_SECS),
+            0,
+            "not expired yet (leeway)"
+        );
+        assert_eq!(cache.purge(200), 4000);
+        assert_eq!(
+            cache.consume("4500", 1000, 200),
+            Err(GrantError::Replayed),
+            "kept"
+        );
+        assert_eq!(
+            cache.consume("10", 1000, 200),
+            Ok(()),
+            "forgotten, so usable"
+        );
+        assert_eq!(cache.purge(5000), 1001);
     }
 
     #[test]

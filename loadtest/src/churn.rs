@@ -73,10 +73,20 @@ pub struct ChurnArgs {
     /// The server's process id, for /proc readings (implied by --plenary).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Take the last reading two seconds after everyone left, without waiting (~100 s) for
+    /// the grants to expire (the server remembers used grants until then).
+    #[arg(long)]
+    pub no_grant_wait: bool,
     /// Write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
+
+/// How much longer than the hold the churn's grants live.
+const GRANT_SLACK: Duration = Duration::from_secs(60);
+/// How long after a grant's expiry the server has surely forgotten it: its clock leeway
+/// (30 s), its purge period (10 s), a trim tick, and a margin.
+const SERVER_FORGETS_AFTER: Duration = Duration::from_secs(45);
 
 /// The server's process, read from `/proc`.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -126,7 +136,10 @@ pub struct ChurnReport {
     pub baseline: Option<ProcSample>,
     /// Largest values seen during the run.
     pub peak: Option<ProcSample>,
-    /// After everyone left (and the server had time to clean up).
+    /// Two seconds after everyone left.
+    pub after_sessions: Option<ProcSample>,
+    /// After everyone left and the last grant expired (the server remembers used grants until
+    /// then): what the checks compare with the baseline.
     pub after: Option<ProcSample>,
     /// `/metrics` participants and signaling sessions at the end.
     pub participants_after: Option<f64>,
@@ -215,7 +228,16 @@ impl ChurnReport {
             show(&self.baseline)
         );
         let _ = writeln!(o, "server peak      {}", show(&self.peak));
-        let _ = writeln!(o, "server after     {}", show(&self.after));
+        let _ = writeln!(
+            o,
+            "server after     {} (everyone left)",
+            show(&self.after_sessions)
+        );
+        let _ = writeln!(
+            o,
+            "server after     {} (and their grants expired)",
+            show(&self.after)
+        );
         for (what, ok) in &self.verdicts {
             let _ = writeln!(
                 o,
@@ -277,7 +299,9 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         ))
         .into());
     }
-    let ttl = (a.hold + Duration::from_secs(120)).min(Duration::from_secs(540));
+    // Short-lived grants: the server remembers each used grant until it expires (replay
+    // protection), so the memory check waits for them to expire.
+    let ttl = (a.hold + GRANT_SLACK).min(Duration::from_secs(540));
     let minter =
         Minter::new(&a.api_key, &a.api_secret, &a.audience, ttl).map_err(RunError::from)?;
     let mut report = ChurnReport::default();
@@ -398,6 +422,7 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
             );
         }
     }
+    let last_mint = Instant::now();
     for c in cycles {
         let _ = c.await;
     }
@@ -440,7 +465,23 @@ pub async fn churn(args: &ChurnArgs) -> Result<ChurnReport, crate::bench::BenchE
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report.after = a.server_pid.and_then(proc_sample);
+    report.after_sessions = a.server_pid.and_then(proc_sample);
+    // Then until the last grant expired and the server forgot it (its leeway and purge).
+    let forgotten = last_mint + ttl + SERVER_FORGETS_AFTER;
+    if a.server_pid.is_some() && !a.no_grant_wait {
+        eprintln!(
+            "waiting {:.0} s for the last grants to expire",
+            forgotten
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+        );
+        tokio::time::sleep_until(forgotten.into()).await;
+    }
+    report.after = if a.no_grant_wait {
+        report.after_sessions
+    } else {
+        a.server_pid.and_then(proc_sample)
+    };
     let _ = stop_tx.send(true);
     let _ = sampler.await;
     report.peak = peak.lock().ok().and_then(|p| *p);

@@ -20,6 +20,7 @@
 //! - [`floor`] and [`bench`]: the `bench` subcommand.
 //! - [`keys`]: SRTP keys captured from webrtc-rs, in-place SRTP decryption of samples.
 //! - [`rtprx`]: receive accounting from clear RTP headers; RR, TWCC, NACK state.
+//! - [`red`]: RED (RFC 2198) audio redundancy payloads, as listeners on lossy links get them.
 //! - [`netem`]: per-attendee network classes (cap, loss, delay) shaped in userspace.
 //! - [`churn`]: the `churn` subcommand (join/leave cycles, leak checks).
 //! - [`combine`]: one summary of the partial reports of `--shard-of` processes.
@@ -37,6 +38,7 @@ pub mod keyframe_tap;
 pub mod keys;
 pub mod netem;
 pub mod peer;
+pub mod red;
 pub mod report;
 pub mod rtprx;
 pub mod run;

@@ -4,7 +4,10 @@
 //!
 //! As the protocol asks, every peer creates the `plenary` data channel and one `sendonly`
 //! transceiver per published track (Opus microphone, VP8 camera), offers, and answers the
-//! server's offers. Codecs are Opus (PT 111) and VP8 (PT 96, RTX 97) with NACK, PLI, FIR.
+//! server's offers. Codecs are Opus (PT 111), RED around Opus (PT 63, `red/48000/2` with fmtp
+//! `111/111`, as Chrome offers it: the server sends listeners on lossy links audio
+//! redundancy, and only if their answer accepted it) and VP8 (PT 96, RTX 97) with NACK, PLI,
+//! FIR.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
@@ -40,6 +43,10 @@ pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_mi
 pub const PT_OPUS: u8 = 111;
 /// Payload type we offer for VP8.
 pub const PT_VP8: u8 = 96;
+/// Payload type we offer for RED (RFC 2198) around Opus, as Chrome does.
+pub const PT_RED: u8 = 63;
+/// The MIME type of RED.
+pub const MIME_TYPE_RED: &str = "audio/red";
 
 /// Why a peer could not be built or negotiated.
 #[derive(Debug, thiserror::Error)]
@@ -175,6 +182,14 @@ fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
             },
             RtpCodecKind::Audio,
         ),
+        // After Opus (our microphones send plain Opus), as Chrome lists it.
+        (
+            RTCRtpCodecParameters {
+                rtp_codec: red(),
+                payload_type: PT_RED,
+            },
+            RtpCodecKind::Audio,
+        ),
         (
             RTCRtpCodecParameters {
                 rtp_codec: RTCRtpCodec {
@@ -212,6 +227,18 @@ fn opus() -> RTCRtpCodec {
         clock_rate: 48_000,
         channels: 2,
         sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// RED whose blocks are all Opus (`111/111`: a primary and one repeat, the form Chrome
+/// writes; the server may repeat two packets all the same, as browsers decode any number).
+fn red() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_RED.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: format!("{PT_OPUS}/{PT_OPUS}"),
         rtcp_feedback: vec![],
     }
 }
@@ -516,6 +543,66 @@ mod tests {
         let (sdp, _) = plain.create_offer().unwrap();
         assert!(!sdp.contains("a=simulcast"));
         assert!(plain.tracks[0].layers.is_empty());
+    }
+
+    /// An offer as the server writes one for a listener: one speaker's audio, Opus with RED.
+    fn server_audio_offer() -> String {
+        let fingerprint = (0..32)
+            .map(|i| format!("{:02X}", i * 7 % 256))
+            .collect::<Vec<_>>()
+            .join(":");
+        [
+            "v=0",
+            "o=str0m-1 1 2 IN IP4 0.0.0.0",
+            "s=-",
+            "t=0 0",
+            "a=group:BUNDLE 0",
+            &format!("a=fingerprint:sha-256 {fingerprint}"),
+            "a=ice-ufrag:Srvr",
+            "a=ice-pwd:0123456789abcdef01234567",
+            "a=ice-options:trickle",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111 63",
+            "c=IN IP4 0.0.0.0",
+            "a=rtcp:9 IN IP4 0.0.0.0",
+            "a=setup:actpass",
+            "a=mid:0",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01",
+            "a=sendonly",
+            "a=msid:spk spk-mic",
+            "a=rtcp-mux",
+            "a=rtpmap:111 opus/48000/2",
+            "a=fmtp:111 minptime=10;useinbandfec=1",
+            "a=rtpmap:63 red/48000/2",
+            "a=fmtp:63 111/111",
+            "a=ssrc:1234 cname:spk",
+            "a=candidate:1 1 udp 2130706431 127.0.0.1 18991 typ host",
+            "",
+        ]
+        .join("\r\n")
+    }
+
+    #[tokio::test]
+    async fn the_answer_to_an_audio_offer_accepts_red_as_chrome_does() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut p = Peer::new(ip, false, false, 0x4000_0200, "l", true, false).unwrap();
+        let answer = p.answer_offer(server_audio_offer()).unwrap();
+        let audio = &answer[answer.find("m=audio").expect("audio section")..];
+        let m_line = audio.lines().next().unwrap();
+        assert!(m_line.split_whitespace().any(|pt| pt == "63"), "{answer}");
+        assert!(m_line.split_whitespace().any(|pt| pt == "111"), "{answer}");
+        assert!(audio.contains("a=rtpmap:63 red/48000/2"), "{answer}");
+        assert!(audio.contains("a=fmtp:63 111/111"), "{answer}");
+        // Read back as the receive side reads the server's SDP: 63 is audio, around 111.
+        let remote = crate::rtprx::RemoteSdp::parse(&server_audio_offer());
+        let red = remote.pt(63).unwrap();
+        assert_eq!(red.kind, TrackKind::Audio);
+        assert_eq!(red.clock_hz, 48_000);
+        assert_eq!(red.red_of, Some(111));
+        // Our own offers list Opus before RED (the microphone sends plain Opus).
+        let mut speaker = Peer::new(ip, true, false, 0x4000_0300, "s", true, false).unwrap();
+        let (offer, _) = speaker.create_offer().unwrap();
+        let m = offer.lines().find(|l| l.starts_with("m=audio")).unwrap();
+        assert!(m.ends_with(" 111 63"), "{m}");
     }
 
     #[test]

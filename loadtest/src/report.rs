@@ -49,6 +49,18 @@ pub struct Packets {
     pub unrecognised: u64,
     /// UDP datagrams the peers' sockets received (everything: RTP, RTCP, STUN, DTLS).
     pub datagrams_in: u64,
+    /// Audio packets lost on the wire.
+    pub audio_lost: u64,
+    /// Audio loss on the wire, percent of expected audio.
+    pub audio_loss_pct: f64,
+    /// RED packets (audio redundancy) received.
+    pub red_packets: u64,
+    /// Attendees that received any.
+    pub red_receivers: u64,
+    /// Audio packets lost on the wire whose payload a later RED packet brought.
+    pub audio_repaired: u64,
+    /// Audio loss after repair by RED (lost − repaired), percent of expected audio.
+    pub audio_loss_after_red_pct: f64,
 }
 
 /// What the server reported about itself (from `/metrics`).
@@ -105,8 +117,22 @@ pub struct ClassReport {
     pub name: String,
     /// Attendees of the class that joined.
     pub attendees: u64,
-    /// Audio loss, percent of expected.
+    /// Audio loss on the wire, percent of expected.
     pub audio_loss_pct: f64,
+    /// Audio loss after repair by RED: packets lost on the wire whose payload no later RED
+    /// packet brought, percent of expected (what the decoder misses; fast path only).
+    pub audio_loss_after_red_pct: f64,
+    /// Audio loss on the wire in the steady state (from 10 s after everyone joined: the
+    /// server has had the time to turn redundancy on), percent of expected.
+    pub audio_loss_steady_pct: f64,
+    /// Audio loss after repair by RED in the steady state, percent of expected.
+    pub audio_loss_after_red_steady_pct: f64,
+    /// Attendees of the class that received RED (audio redundancy) at all.
+    pub red_attendees: u64,
+    /// RED packets they received.
+    pub red_packets: u64,
+    /// Audio packets lost on the wire and repaired by RED.
+    pub audio_repaired: u64,
     /// Video loss, percent of expected (before NACK recovery is counted as arrival).
     pub video_loss_pct: f64,
     /// Incomplete video frames per video stream received.
@@ -127,6 +153,9 @@ pub struct ClassReport {
     pub never_adapted: u64,
     /// Video streams by the layer their last sample carried (`f` also without simulcast).
     pub layers: String,
+    /// Simulcast layer changes per 10 s per attendee (all its videos) in the steady state
+    /// (from 10 s after everyone joined): oscillation.
+    pub layer_changes_per_10s: Summary,
 }
 
 /// The report.
@@ -245,6 +274,7 @@ impl Report {
         let (mut join, mut first_a, mut first_v, mut kbps, mut jitter) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut expected_total = 0u64;
+        let mut audio_expected = 0u64;
         let mut worst = 0.0f64;
         r.joins.attempted = peers.len() as u64;
         for p in &peers {
@@ -273,10 +303,17 @@ impl Report {
             }
             let mut bytes = 0u64;
             let mut active = 0.0f64;
+            let mut red = 0u64;
             for s in &p.streams {
                 r.packets.received += s.received;
                 match s.kind {
-                    plenary_proto::TrackKind::Audio => r.packets.received_audio += s.received,
+                    plenary_proto::TrackKind::Audio => {
+                        r.packets.received_audio += s.received;
+                        r.packets.audio_lost += s.lost;
+                        r.packets.audio_repaired += s.repaired.min(s.lost);
+                        audio_expected += s.received + s.lost;
+                        red += s.red_packets;
+                    }
                     plenary_proto::TrackKind::Video => r.packets.received_video += s.received,
                 }
                 r.packets.lost += s.lost;
@@ -287,6 +324,8 @@ impl Report {
                 bytes += s.bytes;
                 active = active.max(s.active_secs);
             }
+            r.packets.red_packets += red;
+            r.packets.red_receivers += u64::from(red > 0);
             r.packets.unrecognised += p.unknown_packets;
             if let Some(c) = &p.checks {
                 r.checks.merge(c);
@@ -351,6 +390,11 @@ impl Report {
         }
         r.classes = class_reports(&peers);
         r.packets.loss_pct = percent(r.packets.lost, expected_total);
+        r.packets.audio_loss_pct = percent(r.packets.audio_lost, audio_expected);
+        r.packets.audio_loss_after_red_pct = percent(
+            r.packets.audio_lost - r.packets.audio_repaired,
+            audio_expected,
+        );
         r.packets.worst_stream_loss_pct = worst;
         r.join_ms = Summary::of(&join);
         r.first_audio_ms = Summary::of(&first_a);
@@ -449,6 +493,18 @@ impl Report {
             "packets          sent {}  received {}  lost {} ({:.3} %, worst stream {:.2} %)  dup {}  unrecognised {}  datagrams in {}",
             p.sent, p.received, p.lost, p.loss_pct, p.worst_stream_loss_pct, p.duplicates, p.unrecognised, p.datagrams_in
         );
+        if !self.full_decrypt {
+            let _ = writeln!(
+                o,
+                "audio loss       {:.3} % on the wire, {:.3} % after RED ({} of {} lost packets repaired; {} RED packets to {} attendees)",
+                p.audio_loss_pct,
+                p.audio_loss_after_red_pct,
+                p.audio_repaired,
+                p.audio_lost,
+                p.red_packets,
+                p.red_receivers
+            );
+        }
         let c = &self.checks;
         if self.relayed {
             let _ = writeln!(
@@ -464,7 +520,7 @@ impl Report {
         } else {
             let _ = writeln!(
                 o,
-                "receive path     {} RTP packets counted from clear headers (loss, jitter, bitrate, frames); {} decrypted ({:.1} %), {} verified (SRTP tag + payload stamp of a stream of the room), {} keyframe starts verified; failures: {} tag, {} no stamp, {} foreign; {} RTX, {} before keys, {} unparsable",
+                "receive path     {} RTP packets counted from clear headers (loss, jitter, bitrate, frames); {} decrypted ({:.1} %), {} verified (SRTP tag + payload stamp of a stream of the room), {} keyframe starts verified; failures: {} tag, {} no stamp, {} foreign, {} malformed RED; {} RED (all decrypted), {} RTX, {} before keys, {} unparsable",
                 c.counted,
                 c.decrypted,
                 percent(c.decrypted, c.counted),
@@ -473,6 +529,8 @@ impl Report {
                 c.auth_failed,
                 c.no_stamp,
                 c.foreign,
+                c.red_malformed,
+                c.red_packets,
                 c.rtx,
                 c.before_keys,
                 c.unparsable
@@ -507,10 +565,15 @@ impl Report {
         for c in &self.classes {
             let _ = writeln!(
                 o,
-                "network class    {} ({} attendees): audio loss {:.2} %, video loss {:.2} %, incomplete frames {:.1} and frozen {:.1} s per video stream, kbps p50 {:.0}, NACKed {} recovered {}, shaper drops {} random / {} over cap / {} overflow, adapted after p50 {:.1} s ({} never), video ended on layers {}",
+                "network class    {} ({} attendees): audio loss {:.2} % ({:.2} % after RED; in steady state {:.2} % → {:.2} % after RED; RED to {} attendees, {} of their lost packets repaired), video loss {:.2} %, incomplete frames {:.1} and frozen {:.1} s per video stream, kbps p50 {:.0}, NACKed {} recovered {}, shaper drops {} random / {} over cap / {} overflow, adapted after p50 {:.1} s ({} never), video ended on layers {}, layer changes per 10 s in steady state p50 {:.2} max {:.2}",
                 c.name,
                 c.attendees,
                 c.audio_loss_pct,
+                c.audio_loss_after_red_pct,
+                c.audio_loss_steady_pct,
+                c.audio_loss_after_red_steady_pct,
+                c.red_attendees,
+                c.audio_repaired,
                 c.video_loss_pct,
                 c.frames_incomplete_per_stream,
                 c.frozen_secs_per_stream,
@@ -522,7 +585,9 @@ impl Report {
                 c.shaper_drops.2,
                 c.adapt_secs.p50,
                 c.never_adapted,
-                c.layers
+                c.layers,
+                c.layer_changes_per_10s.p50,
+                c.layer_changes_per_10s.max
             );
         }
         let _ = writeln!(o, "jitter ms        {}", s(&self.jitter_ms));
@@ -598,9 +663,12 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
         let mut c = ClassReport::default();
         let mut layers = [0u64; 3];
         let (mut al, mut ae, mut vl, mut ve) = (0u64, 0u64, 0u64, 0u64);
+        let mut repaired = 0u64;
+        let mut steady_audio = [0u64; 3];
         let (mut incomplete, mut frozen, mut vstreams) = (0u64, 0.0f64, 0u64);
         let mut kbps = Vec::new();
         let mut adapt = Vec::new();
+        let mut changes = Vec::new();
         for p in peers
             .iter()
             .filter(|p| p.class == Some(k) && p.join.is_ok())
@@ -608,11 +676,20 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
             c.attendees += 1;
             let mut bytes = 0;
             let mut active = 0.0f64;
+            let (mut changed, mut steady) = (0u32, 0.0f64);
+            let mut red = 0u64;
             for s in &p.streams {
+                changed += s.layer_changes_steady;
+                steady = steady.max(s.steady_secs);
                 match s.kind {
                     plenary_proto::TrackKind::Audio => {
                         al += s.lost;
                         ae += s.lost + s.received;
+                        repaired += s.repaired.min(s.lost);
+                        red += s.red_packets;
+                        for (sum, x) in steady_audio.iter_mut().zip(s.steady_audio) {
+                            *sum += x;
+                        }
                     }
                     plenary_proto::TrackKind::Video => {
                         vl += s.lost;
@@ -636,6 +713,11 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
             if active > 0.0 {
                 kbps.push(bytes as f64 * 8.0 / active / 1000.0);
             }
+            c.red_packets += red;
+            c.red_attendees += u64::from(red > 0);
+            if steady >= 5.0 {
+                changes.push(f64::from(changed) * 10.0 / steady);
+            }
             if let Some(sh) = p.shaper {
                 c.shaper_drops.0 += sh.lost;
                 c.shaper_drops.1 += sh.queue_drops;
@@ -648,11 +730,17 @@ fn class_reports(peers: &[PeerOutcome]) -> Vec<ClassReport> {
         }
         c.layers = format!("f {} h {} q {}", layers[0], layers[1], layers[2]);
         c.audio_loss_pct = percent(al, ae);
+        c.audio_loss_after_red_pct = percent(al - repaired, ae);
+        c.audio_repaired = repaired;
+        let [se, sl, sr] = steady_audio;
+        c.audio_loss_steady_pct = percent(sl, se);
+        c.audio_loss_after_red_steady_pct = percent(sl.saturating_sub(sr), se);
         c.video_loss_pct = percent(vl, ve);
         c.frames_incomplete_per_stream = incomplete as f64 / vstreams.max(1) as f64;
         c.frozen_secs_per_stream = frozen / vstreams.max(1) as f64;
         c.kbps = Summary::of(&kbps);
         c.adapt_secs = Summary::of(&adapt);
+        c.layer_changes_per_10s = Summary::of(&changes);
         out.push(c);
     }
     out
@@ -768,6 +856,43 @@ mod tests {
         );
         assert_eq!(r.nacks_sent, 3);
         assert!(r.render().contains("failed      1 × timed out: welcome"));
+    }
+
+    #[test]
+    fn classes_report_audio_loss_after_red() {
+        let (plan, mut groups) = scenario();
+        let audio = |received, lost, red_packets, repaired, steady_audio| StreamOutcome {
+            red_packets,
+            repaired,
+            steady_audio,
+            ..stream(0, received, lost)
+        };
+        let peers = &mut groups[0].peers;
+        peers[1].class = Some(0);
+        peers[1].streams = vec![audio(960, 40, 500, 35, [600, 30, 29])];
+        peers[2].class = Some(0);
+        peers[2].streams = vec![audio(1000, 0, 0, 0, [600, 0, 0])];
+        let r = Report::build(&plan, groups);
+        let c = &r.classes[0];
+        assert_eq!(c.attendees, 2);
+        assert!((c.audio_loss_pct - 2.0).abs() < 1e-9);
+        assert!((c.audio_loss_after_red_pct - 0.25).abs() < 1e-9);
+        assert_eq!(c.red_attendees, 1);
+        assert_eq!(c.red_packets, 500);
+        assert_eq!(c.audio_repaired, 35);
+        assert!((c.audio_loss_steady_pct - 2.5).abs() < 1e-9);
+        assert!((c.audio_loss_after_red_steady_pct - 1.0 / 12.0).abs() < 1e-9);
+        assert_eq!(r.packets.red_receivers, 1);
+        assert_eq!(r.packets.audio_repaired, 35);
+        assert!((r.packets.audio_loss_after_red_pct - 0.25).abs() < 1e-9);
+        let text = r.render();
+        assert!(
+            text.contains("audio loss 2.00 % (0.25 % after RED; in steady state 2.50 % → 0.08 %"),
+            "{text}"
+        );
+        assert!(text.contains("0.250 % after RED"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["classes"][0]["audio_loss_after_red_pct"], 0.25);
     }
 
     #[test]

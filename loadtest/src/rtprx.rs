@@ -7,6 +7,7 @@
 //! - [`SsrcRx`]: one received SSRC — loss, RFC 3550 jitter, bitrate, first/last arrival,
 //!   the NACK list (with packets recovered after a NACK), frames and freezes (video), and the
 //!   receiver-report block a browser would send for it.
+//! - [`RedRepair`]: lost audio packets whose payload a later RED packet carried.
 //! - [`TwccRecorder`]: transport-wide arrivals and the TWCC feedback built from them.
 //! - [`RemoteSdp`]: what the receive side needs from the server's SDP.
 
@@ -281,6 +282,11 @@ impl SeqTracker {
         self.highest
     }
 
+    /// Lowest extended sequence number counted (the first received, or an earlier late one).
+    pub fn first(&self) -> u64 {
+        self.first
+    }
+
     /// Packets expected from the first to the highest.
     pub fn expected(&self) -> u64 {
         if self.received == 0 {
@@ -293,6 +299,87 @@ impl SeqTracker {
     /// Packets never received in that range.
     pub fn lost(&self) -> u64 {
         self.expected().saturating_sub(self.received)
+    }
+}
+
+/// Lost packets of an audio SSRC whose payload arrived inside a later RED packet (RFC 2198):
+/// what the listener's decoder gets back. A bitmap over the last [`HISTORY`] sequence
+/// numbers (the tracker's window: a packet arriving later than that is counted by neither),
+/// so each lost packet is repaired at most once, and one that arrives late after all is
+/// taken back out.
+#[derive(Debug, Clone)]
+pub struct RedRepair {
+    highest: Option<u64>,
+    bits: [u64; (HISTORY / 64) as usize],
+    /// RED packets received (well-formed, distinct).
+    pub red_packets: u64,
+    /// Lost packets repaired (and still lost on the wire).
+    pub repaired: u64,
+}
+
+impl Default for RedRepair {
+    fn default() -> Self {
+        RedRepair {
+            highest: None,
+            bits: [0; (HISTORY / 64) as usize],
+            red_packets: 0,
+            repaired: 0,
+        }
+    }
+}
+
+impl RedRepair {
+    fn in_window(&self, ext: u64) -> bool {
+        self.highest.is_some_and(|h| ext <= h && h - ext < HISTORY)
+    }
+
+    /// Every distinct packet of the SSRC: a new highest forgets what the reused slots
+    /// held; a late packet that had been repaired no longer counts as repaired.
+    pub fn on_arrival(&mut self, ext: u64, arrival: Arrival) {
+        match arrival {
+            Arrival::New { .. } => {
+                if let Some(h) = self.highest {
+                    if ext <= h {
+                        return;
+                    }
+                    if ext - h >= HISTORY {
+                        self.bits = [0; (HISTORY / 64) as usize];
+                    } else {
+                        for s in h + 1..=ext {
+                            let (w, m) = SeqTracker::slot(s);
+                            self.bits[w] &= !m;
+                        }
+                    }
+                }
+                self.highest = Some(ext);
+            }
+            Arrival::Late if self.in_window(ext) => {
+                let (w, m) = SeqTracker::slot(ext);
+                if self.bits[w] & m != 0 {
+                    self.bits[w] &= !m;
+                    self.repaired -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The RED packet `red_ext` carried a block repeating the packet `k` sequence numbers
+    /// before it: repairs that packet if it is lost. Returns whether it did.
+    pub fn repair(&mut self, seq: &SeqTracker, red_ext: u64, k: u64) -> bool {
+        let Some(target) = red_ext.checked_sub(k) else {
+            return false;
+        };
+        if k == 0 || !self.in_window(target) || target < seq.first() || seq.has(target) {
+            return false;
+        }
+        let (w, m) = SeqTracker::slot(target);
+        if self.bits[w] & m != 0 {
+            return false;
+        }
+        self.bits[w] |= m;
+        self.repaired += 1;
+        true
     }
 }
 
@@ -572,6 +659,8 @@ pub struct SsrcRx {
     pub frames: Frames,
     /// Middle 32 bits of the last sender report's NTP time, and when it arrived (µs).
     pub last_sr: Option<(u32, u64)>,
+    /// Losses repaired by RED (audio).
+    pub red: RedRepair,
     expected_prior: u64,
     received_prior: u64,
 }
@@ -592,6 +681,7 @@ impl SsrcRx {
             nack: NackList::default(),
             frames: Frames::default(),
             last_sr: None,
+            red: RedRepair::default(),
             expected_prior: 0,
             received_prior: 0,
         }
@@ -609,6 +699,7 @@ impl SsrcRx {
     ) -> (u64, Arrival, bool, Option<(u64, u64)>) {
         let ext = self.seq.extend(h.seq);
         let arrival = self.seq.record(ext);
+        self.red.on_arrival(ext, arrival);
         let mut recovered = false;
         match arrival {
             Arrival::Duplicate => return (ext, arrival, false, None),
@@ -641,6 +732,17 @@ impl SsrcRx {
             None
         };
         (ext, arrival, recovered, frame)
+    }
+
+    /// The RED packet `red_ext` (already accounted) repeated the packet `k` before it.
+    /// Returns whether that repaired a loss.
+    pub fn red_block(&mut self, red_ext: u64, k: u64) -> bool {
+        self.red.repair(&self.seq, red_ext, k)
+    }
+
+    /// Packets lost on the wire whose payload no RED packet brought either.
+    pub fn lost_after_red(&self) -> u64 {
+        self.seq.lost().saturating_sub(self.red.repaired)
     }
 
     /// The RR report block for this SSRC at `now_us` (and the interval's counters move on).
@@ -816,6 +918,8 @@ pub struct PayloadType {
     pub clock_hz: u32,
     /// For RTX: the payload type it repairs.
     pub rtx_of: Option<u8>,
+    /// For RED (RFC 2198): the payload type of its blocks (fmtp `111/111`: Opus 111).
+    pub red_of: Option<u8>,
 }
 
 /// What receiving needs from the server's SDP.
@@ -835,6 +939,7 @@ impl RemoteSdp {
         let mut r = RemoteSdp::default();
         let mut kind = None;
         let mut fmtp: Vec<(u8, u8)> = Vec::new();
+        let mut red_fmtp: Vec<(u8, u8)> = Vec::new();
         for line in sdp.lines() {
             let line = line.trim_end();
             if let Some(m) = line.strip_prefix("m=") {
@@ -865,6 +970,7 @@ impl RemoteSdp {
                         kind,
                         clock_hz,
                         rtx_of: name.eq_ignore_ascii_case("rtx").then_some(0),
+                        red_of: name.eq_ignore_ascii_case("red").then_some(0),
                     });
                 }
             } else if let Some(x) = line.strip_prefix("a=fmtp:") {
@@ -873,8 +979,17 @@ impl RemoteSdp {
                         .split(';')
                         .find_map(|p| p.trim().strip_prefix("apt="))
                         .and_then(|a| a.parse().ok());
-                    if let (Ok(pt), Some(apt)) = (pt.parse(), apt) {
+                    if let (Ok(pt), Some(apt)) = (pt.parse::<u8>(), apt) {
                         fmtp.push((pt, apt));
+                    }
+                    // RED: `111/111` (the blocks' payload types; one codec here).
+                    let primary = params
+                        .trim()
+                        .split('/')
+                        .next()
+                        .and_then(|a| a.parse::<u8>().ok());
+                    if let (Ok(pt), Some(primary)) = (pt.parse::<u8>(), primary) {
+                        red_fmtp.push((pt, primary));
                     }
                 }
             } else if let Some(x) = line.strip_prefix("a=ssrc-group:FID ") {
@@ -884,9 +999,24 @@ impl RemoteSdp {
                 }
             }
         }
-        for p in &mut r.pts {
+        // RED without an fmtp wraps the first plain codec of its kind.
+        let plain = |r: &RemoteSdp, kind| {
+            r.pts
+                .iter()
+                .find(|p| p.kind == kind && p.rtx_of.is_none() && p.red_of.is_none())
+                .map(|p| p.pt)
+        };
+        for i in 0..r.pts.len() {
+            let p = r.pts[i];
             if p.rtx_of.is_some() {
-                p.rtx_of = fmtp.iter().find(|(pt, _)| *pt == p.pt).map(|(_, a)| *a);
+                r.pts[i].rtx_of = fmtp.iter().find(|(pt, _)| *pt == p.pt).map(|(_, a)| *a);
+            }
+            if p.red_of.is_some() {
+                r.pts[i].red_of = red_fmtp
+                    .iter()
+                    .find(|(pt, _)| *pt == p.pt)
+                    .map(|(_, a)| *a)
+                    .or_else(|| plain(&r, p.kind));
             }
         }
         r
@@ -1137,6 +1267,97 @@ mod tests {
         assert_eq!(fb.fb_pkt_count, 1);
     }
 
+    fn audio_feed(s: &mut SsrcRx, seq: u16) -> u64 {
+        let h = RtpView::parse(&header(seq, u32::from(seq) * 960, 9, false), None).unwrap();
+        s.on_packet(&h, 80, u64::from(seq) * 20_000, false).0
+    }
+
+    #[test]
+    fn losses_are_repaired_by_red_blocks_of_the_right_distance_only() {
+        let mut s = SsrcRx::new(9, TrackKind::Audio, 48_000, 0);
+        for seq in 0..10u16 {
+            audio_feed(&mut s, seq);
+        }
+        // Seq 10 is lost; 11 is a RED packet with a block 960 back: 10 comes back.
+        let e11 = audio_feed(&mut s, 11);
+        assert_eq!(s.seq.lost(), 1);
+        let k = crate::red::block_distance(960, None).unwrap();
+        assert!(s.red_block(e11, k));
+        assert_eq!(s.red.repaired, 1);
+        assert_eq!(s.lost_after_red(), 0);
+        // The same loss again (a second block, a duplicate RED): counted once.
+        assert!(!s.red_block(e11, 1));
+        // A block for a packet that arrived repairs nothing.
+        assert!(!s.red_block(e11, 2), "9 arrived");
+        // Seq 13 is lost; 14 carries a block whose offset does not match 13 (2 frames
+        // back: 12, which arrived) and one that is no whole frame: 13 stays lost.
+        audio_feed(&mut s, 12);
+        let e14 = audio_feed(&mut s, 14);
+        for offset in [1920, 1000] {
+            if let Some(k) = crate::red::block_distance(offset, None) {
+                assert!(!s.red_block(e14, k));
+            }
+        }
+        assert_eq!(s.seq.lost(), 2);
+        assert_eq!(s.lost_after_red(), 1);
+        // Seqs 15–16 lost, never covered by any RED packet: they stay lost.
+        for seq in 17..40u16 {
+            audio_feed(&mut s, seq);
+        }
+        assert_eq!(s.seq.lost(), 4);
+        assert_eq!(s.red.repaired, 1);
+        assert_eq!(s.lost_after_red(), 3);
+        // A repaired packet that arrives late after all is no longer counted as repaired.
+        let e41 = audio_feed(&mut s, 41);
+        assert!(s.red_block(e41, 1), "40 lost, repaired");
+        assert_eq!(s.red.repaired, 2);
+        audio_feed(&mut s, 40);
+        assert_eq!(s.red.repaired, 1);
+        assert_eq!(s.seq.lost(), 4);
+        assert_eq!(s.lost_after_red(), 3);
+        // Before the first packet nothing was lost; nothing to repair there.
+        let mut t = SsrcRx::new(10, TrackKind::Audio, 48_000, 0);
+        let e = audio_feed(&mut t, 500);
+        assert!(!t.red_block(e, 1));
+        assert!(!t.red_block(e, 0));
+        assert_eq!(t.red.repaired, 0);
+        // Far behind the window: the slot was reused, nothing is repaired twice.
+        for seq in 501..501 + HISTORY as u16 + 10 {
+            audio_feed(&mut t, seq);
+        }
+        let top = t.seq.highest();
+        assert!(!t.red_block(top, HISTORY));
+    }
+
+    #[test]
+    fn the_sdp_gives_red_and_its_primary() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\n\
+            a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n\
+            a=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\n\
+            a=rtpmap:96 VP8/90000\r\na=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\n";
+        let r = RemoteSdp::parse(sdp);
+        assert_eq!(
+            r.pt(63),
+            Some(&PayloadType {
+                pt: 63,
+                kind: TrackKind::Audio,
+                clock_hz: 48_000,
+                rtx_of: None,
+                red_of: Some(111),
+            })
+        );
+        assert_eq!(r.pt(111).unwrap().red_of, None);
+        assert_eq!(r.pt(97).unwrap().rtx_of, Some(96));
+        assert_eq!(r.pt(97).unwrap().red_of, None);
+        assert_eq!(r.pt(96).unwrap().red_of, None);
+        // Without its fmtp, RED wraps the audio codec of its section.
+        let bare = RemoteSdp::parse(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 109 100\r\na=rtpmap:109 opus/48000/2\r\na=rtpmap:100 red/48000/2\r\n",
+        );
+        assert_eq!(bare.pt(100).unwrap().red_of, Some(109));
+    }
+
     #[test]
     fn the_sdp_gives_twcc_payload_types_and_rtx() {
         let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
@@ -1153,7 +1374,8 @@ mod tests {
                 pt: 111,
                 kind: TrackKind::Audio,
                 clock_hz: 48_000,
-                rtx_of: None
+                rtx_of: None,
+                red_of: None,
             })
         );
         assert_eq!(r.pt(96).unwrap().kind, TrackKind::Video);

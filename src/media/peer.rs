@@ -44,6 +44,8 @@ pub struct InTrack {
 /// Bytes of headers per audio packet on the wire (IPv4, UDP, RTP with extensions, SRTP
 /// tag), for what audio costs a listener's link.
 const AUDIO_HEADER_BYTES: f64 = 60.0;
+/// Audio packets each outgoing audio stream keeps for resends (16 × 20 ms).
+const AUDIO_RESEND_PACKETS: usize = 16;
 
 /// A publisher's payload type as the forwarding path needs it.
 #[derive(Debug, Clone, Copy)]
@@ -212,6 +214,10 @@ impl Peer {
             .enable_vp9(true)
             .enable_av1(true)
             .set_stats_interval(Some(Duration::from_secs(1)))
+            // Audio is repaired by redundancy and concealment, rarely by a resend (browsers do
+            // not NACK Opus): keep 320 ms of each audio stream for one, not str0m's 50
+            // packets (~12 KB per stream, times every speaker every listener hears).
+            .set_send_buffer_audio(AUDIO_RESEND_PACKETS)
             .enable_bwe(initial_estimate.map(str0m::bwe::Bitrate::bps))
             .build(add.started);
         for c in candidates {
@@ -575,14 +581,19 @@ impl Peer {
         }
     }
 
-    /// What its audio needs, repeats included, reserved before any video.
-    pub fn audio_reserve(&self) -> u64 {
+    /// What its audio needs, repeats included, reserved before any video: its audio
+    /// subscriptions, but no more than the `audible` tracks of its room (muted and
+    /// deselected microphones send it nothing), and at least one while it has any (a
+    /// microphone may open at any moment).
+    pub fn audio_reserve(&self, audible: usize) -> u64 {
         let repeats = match self.red_pts {
             Some(_) => self.red.distance() as u64,
             None => 0,
         };
-        u64::from(self.audio_in) * plenary_sfu::allocator::AUDIO_TRACK_RESERVE
-            + repeats * self.audio_payload_bps
+        let tracks = u64::from(self.audio_in)
+            .min(audible as u64)
+            .max(u64::from(self.audio_in.min(1)));
+        tracks * plenary_sfu::allocator::AUDIO_TRACK_RESERVE + repeats * self.audio_payload_bps
     }
 
     /// Reads its Opus and RED payload types again: the first answer with audio settles them

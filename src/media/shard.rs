@@ -326,7 +326,9 @@ pub struct Shard {
     cert: DtlsCert,
     candidates: Vec<Candidate>,
     /// Peers by slot.
-    peers: Vec<Option<Peer>>,
+    /// Peers by slot. Boxed: a `Peer` (str0m's `Rtc` inline) is kilobytes, and the vector
+    /// keeps the high-water mark of slots in use, so an empty slot must cost a pointer.
+    peers: Vec<Option<Box<Peer>>>,
     demux: Demux,
     rooms: Vec<Option<LocalRoom>>,
     room_index: HashMap<RoomKey, usize>,
@@ -540,12 +542,15 @@ impl Shard {
     fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
         self.peers
             .get_mut(slot_of(id))?
-            .as_mut()
+            .as_deref_mut()
             .filter(|p| p.id == id)
     }
 
     fn peer(&self, id: PeerId) -> Option<&Peer> {
-        self.peers.get(slot_of(id))?.as_ref().filter(|p| p.id == id)
+        self.peers
+            .get(slot_of(id))?
+            .as_deref()
+            .filter(|p| p.id == id)
     }
 
     fn mark_dirty(&mut self, id: PeerId) {
@@ -1483,7 +1488,7 @@ impl Shard {
         peer.red = plenary_sfu::RedPolicy::new(self.settings.audio_redundancy);
         self.demux.add_peer(id, peer.ufrag.clone());
         self.routes.insert(&peer.ufrag, self.index);
-        self.peers[slot] = Some(peer);
+        self.peers[slot] = Some(Box::new(peer));
         if let Some(entry) = self.room_mut(room) {
             let _ = entry.core.handle_join(id, add.can_subscribe);
             entry.members.push(id);

@@ -31,9 +31,14 @@ export class Netns {
     process.on("exit", () => this.down());
     run("ip", ["link", "add", this.hostIf, "type", "veth", "peer", "name", this.nsIf]);
     run("ip", ["link", "set", this.nsIf, "netns", this.name]);
+    // No IPv6 on the link: its address would come up (duplicate address detection) a second
+    // or two later, and Chromium, seeing the network change, fails the page loads then in
+    // flight (ERR_NETWORK_CHANGED).
+    writeFileSync(`/proc/sys/net/ipv6/conf/${this.hostIf}/disable_ipv6`, "1");
     run("ip", ["addr", "add", `${this.hostIp}/24`, "dev", this.hostIf]);
     run("ip", ["link", "set", this.hostIf, "up"]);
     const inNs = (...args) => run("ip", ["netns", "exec", this.name, ...args]);
+    inNs("sh", "-c", `echo 1 > /proc/sys/net/ipv6/conf/${this.nsIf}/disable_ipv6`);
     inNs("ip", "addr", "add", `${this.nsIp}/24`, "dev", this.nsIf);
     inNs("ip", "link", "set", this.nsIf, "up");
     inNs("ip", "link", "set", "lo", "up");

@@ -1,10 +1,12 @@
 // Attendees on weak links, in real Chromium: one listener runs inside a network namespace
-// of the test's own (netns.mjs), whose media downlink nftables polices to 400 kbit/s, then
-// drops 5 % of at random; three speakers (simulcast cameras) and an unconstrained listener
-// run beside it. The weak listener must keep every speaker's audio and get the low video
-// layer (or video paused for its connection); the strong one gets the high layer where its
-// tile is large and the low one where it is small; the speakers' keyframe rate must not
-// follow the weak listener's losses. Figures are printed; needs root (CI runs as root).
+// of the test's own (netns.mjs), whose media downlink nftables polices to 400 kbit/s, then to
+// 1.5 Mbit/s, then drops 5 % of at random; three speakers (simulcast cameras) and an
+// unconstrained listener run beside it. The weak listener must keep every speaker's audio and
+// get the low video layer (or video paused for its connection) — the longest stall of the
+// video it plays most is logged against the issue's 2 s — and at 1.5 Mbit/s every video it
+// plays decodes without a stall over 2 s; the strong one gets the high layer where its tile
+// is large and the low one where it is small; the speakers' keyframe rate must not follow the
+// weak listener's losses. Figures are printed; needs root (CI runs as root).
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -110,6 +112,38 @@ function delta(a, b) {
   return out;
 }
 
+/**
+ * Reads page `who` every 250 ms for `ms`: the first and last readings, and per video track
+ * the longest stall (time between two readings where its decoded frames grew, while the
+ * server had not paused it for the connection) and the freezes Chrome counted. Chrome's
+ * `totalFreezesDuration` is a sum of every freeze (each inter-frame gap over
+ * max(3 × mean, mean + 150 ms)); the issue's "no freeze longer than 2 s" is the longest.
+ */
+async function watchVideo(who, ms) {
+  const first = await inbound(who);
+  const stalls = {};
+  let last = first;
+  const start = Date.now();
+  while (Date.now() - start < ms) {
+    await sleep(250);
+    const now = await inbound(who);
+    const t = Date.now();
+    for (const [id, x] of Object.entries(now)) {
+      if (x.kind !== "video") continue;
+      const st = (stalls[id] ??= { since: t, longestMs: 0, played: false });
+      if (x.bwPaused || x.frames > (last[id]?.frames ?? 0)) {
+        if (!x.bwPaused && st.played) st.longestMs = Math.max(st.longestMs, t - st.since);
+        st.played ||= !x.bwPaused;
+        st.since = t;
+      }
+    }
+    last = now;
+  }
+  const t = Date.now();
+  for (const st of Object.values(stalls)) if (st.played) st.longestMs = Math.max(st.longestMs, t - st.since);
+  return { first, last, stalls };
+}
+
 /** Audio figures over a window: loss and concealment, all speakers together. */
 /**
  * Waits until the weak listener plays some video (over 10 frames of an unpaused stream in
@@ -187,15 +221,14 @@ step("at 400 kbit/s the weak listener keeps every speaker's audio and gets low o
   const adapted = await videoPlaysWithin(policed, 90_000, "within 90 s at 400 kbit/s some video plays at a low layer");
   h.log(`adapted: video playing ${adapted.toFixed(1)} s after the policing began`);
   const k0 = await keyframeRequests();
-  const a = await inbound("weak");
-  await sleep(WINDOW_MS);
-  const b = await inbound("weak");
+  const watched = await watchVideo("weak", WINDOW_MS);
   const rate = ((await keyframeRequests()) - k0) / (WINDOW_MS / 1000);
-  const d = delta(a, b);
+  const d = delta(watched.first, watched.last);
+  for (const [id, st] of Object.entries(watched.stalls)) if (d[id]) d[id].stallS = st.played ? st.longestMs / 1000 : null;
   const audio = audioFigures(d);
   const video = Object.values(d).filter((x) => x.kind === "video");
   h.log(`weak @400k: audio loss ${(audio.loss * 100).toFixed(2)} %, concealment ${(audio.concealment * 100).toFixed(2)} %, ` +
-    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, freeze_s: +v.freeze.toFixed(1), paused: v.bwPaused })))}, ` +
+    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, freezes_sum_s: +v.freeze.toFixed(1), longest_stall_s: v.stallS, paused: v.bwPaused })))}, ` +
     `keyframe requests at the speakers ${rate.toFixed(2)}/s (healthy ${baseline.toFixed(2)}/s)`);
   assert.ok(Object.values(d).some((x) => x.kind === "audio" && x.pid === ids[SPEAKERS[0]] && x.received > 500),
     "the speaker's audio keeps coming");
@@ -204,17 +237,43 @@ step("at 400 kbit/s the weak listener keeps every speaker's audio and gets low o
   for (const v of video) {
     assert.ok(v.bwPaused || v.width <= 320, `video at the low layer or paused for the connection (width ${v.width})`);
   }
-  // The video the listener gets most of plays without a freeze over 2 s. (A thumbnail may
-  // still freeze longer when the allocator climbs back to it and the policer answers with
-  // loss: logged above, not asserted.)
-  // How smoothly it plays depends on how str0m's estimate rides the policer (it swings);
-  // that is a figure to watch (logged above, and in the load tester's network classes),
-  // not something this check can hold on a shared machine. That video comes at a low layer
-  // within the bound above is asserted; so is that audio never pays for it.
-  const best = video.filter((v) => !v.bwPaused).sort((x, y) => y.frames - x.frames)[0];
-  h.log(`the video that plays most at 400 kbit/s: ${best ? `${best.frames} frames, longest freeze ${best.freeze.toFixed(1)} s` : "none in this window"}`);
+  // The issue's "no freeze longer than 2 s after adapting", for the video the listener gets
+  // most of: its longest stall between two readings (Chrome's totalFreezesDuration is a sum
+  // of every freeze over ~200 ms). Logged as a figure: most runs hold it (0.3–1.3 s), but the
+  // estimate still swings on some runs (a stall of 3–4 s, or every video paused for a while),
+  // so on a shared machine what is asserted is that video plays at the low layer at all.
+  const best = [...video].sort((x, y) => y.frames - x.frames)[0];
+  h.log(`the video that plays most at 400 kbit/s: ${best ? `${best.frames} frames, longest stall ${best.stallS?.toFixed(1)} s (target ≤ 2 s), Chrome's freezes ${best.freeze.toFixed(1)} s in all${best.bwPaused ? ", paused at the end" : ""}` : "none"}`);
+  assert.ok(best && best.frames > 50, `a video plays at 400 kbit/s (${best?.frames ?? 0} frames in ${WINDOW_MS / 1000} s)`);
   assert.ok(rate <= baseline + 0.5, `the weak listener does not raise the speakers' keyframe rate (${rate.toFixed(2)}/s)`);
   await h.screenshot("weak", "network-weak-listener");
+});
+
+step("at 1.5 Mbit/s the weak listener's video decodes continuously", async () => {
+  ns.cap(1500);
+  h.log("weak listener's media downlink policed to 1.5 Mbit/s");
+  const since = Date.now();
+  await sleep(5_000);
+  // The loss cap from 400 kbit/s holds for a minute before it rises again.
+  await videoPlaysWithin(since, 100_000, "within 100 s at 1.5 Mbit/s video plays");
+  const k0 = await keyframeRequests();
+  const watched = await watchVideo("weak", WINDOW_MS);
+  const rate = ((await keyframeRequests()) - k0) / (WINDOW_MS / 1000);
+  const d = delta(watched.first, watched.last);
+  const audio = audioFigures(d);
+  const video = Object.entries(d).filter(([, x]) => x.kind === "video")
+    .map(([id, x]) => ({ ...x, stallS: watched.stalls[id]?.played ? watched.stalls[id].longestMs / 1000 : null }));
+  h.log(`weak @1.5M: audio loss ${(audio.loss * 100).toFixed(2)} %, concealment ${(audio.concealment * 100).toFixed(2)} %, ` +
+    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, longest_stall_s: v.stallS, paused: v.bwPaused })))}, ` +
+    `keyframe requests at the speakers ${rate.toFixed(2)}/s (healthy ${baseline.toFixed(2)}/s)`);
+  assert.ok(audio.loss < 0.01, `audio loss ${(audio.loss * 100).toFixed(2)} % < 1 %`);
+  assert.ok(audio.concealment < 0.02, `audio concealment ${(audio.concealment * 100).toFixed(2)} % < 2 %`);
+  const playing = video.filter((v) => v.frames > 0 && v.stallS !== null);
+  assert.ok(video.some((v) => v.frames > 50), "video plays at 1.5 Mbit/s");
+  for (const v of playing) {
+    assert.ok(v.stallS !== null && v.stallS <= 2, `video decodes continuously: longest stall ${v.stallS} s ≤ 2 s (${v.frames} frames)`);
+  }
+  assert.ok(rate <= baseline + 0.5, `the weak listener does not raise the speakers' keyframe rate (${rate.toFixed(2)}/s)`);
 });
 
 step("the strong listener gets the high layer on its large stage and the low layer on small tiles", async () => {
@@ -249,7 +308,8 @@ step("5 % random loss on the weak listener's downlink: video recovers by retrans
   // Random loss on a link with room is not congestion: the video keeps (or comes back to)
   // playing. Bounded wait, then the window.
   const lossy = Date.now();
-  await videoPlaysWithin(lossy, 60_000, "at 5 % random loss the weak listener's video plays within a minute");
+  // (A loss cap the policing left holds for a minute, then rises: hence the bound.)
+  await videoPlaysWithin(lossy, 100_000, "at 5 % random loss the weak listener's video plays within 100 s");
   const a = await inbound("weak");
   await sleep(WINDOW_MS);
   const b = await inbound("weak");

@@ -5,10 +5,12 @@
 //! climb far above what gets through while packets, audio among them, are dropped. The
 //! [`LossCap`] reads the receiver's reports instead: when reported loss is heavy two
 //! seconds in a row (one second alone may be the noise of a lossy link) while video flows,
-//! the cap falls to what got through, stays there a few seconds, then
-//! rises slowly (additive increase, as TCP after a loss), and for a minute never above
-//! what was being sent when the loss came, so the allocator does not walk back into it
-//! every few seconds. The driver feeds the subscriber's allocator `min(estimate, cap)`.
+//! the cap falls to what got through and holds there for a minute — not back up towards what
+//! was being sent, which a policer showed it cannot carry: climbing back within seconds made
+//! the allocator walk into the same loss again and again (video paused, resumed, paused). After
+//! the minute it rises by a few percent a second, as GCC's increase does, until the link
+//! shows loss again or the cap is far above what is sent. The driver feeds the subscriber's
+//! allocator `min(estimate, cap)`.
 //!
 //! Sans-IO: reports and the time in, the cap out.
 
@@ -18,109 +20,115 @@ use std::time::{Duration, Instant};
 pub const HEAVY_LOSS: f64 = 0.1;
 /// How long after a cut further loss reports are taken to describe the time before it.
 const HOLD_OFF: Duration = Duration::from_secs(3);
-/// How long the cap stays put after a loss.
-const SETTLE: Duration = Duration::from_secs(5);
-/// Time constant (seconds) of the climb back towards the loss point.
-const RECOVERY_SECS: f64 = 4.0;
-/// Share of the loss point the climb aims at.
-const TARGET_SHARE: f64 = 0.9;
-/// How fast it rises once the loss point is forgotten (bits/s per second).
-const GROWTH_BPS_PER_SEC: f64 = 10_000.0;
-/// How long the rate at which loss came stays a ceiling.
-const REMEMBER: Duration = Duration::from_secs(60);
-/// Share of what got through the cap keeps to (a little below the link).
-const MARGIN: f64 = 0.95;
+/// Video a first cut leaves room for beside the audio (one low simulcast layer, with room).
+const FIRST_CUT_VIDEO_BPS: u64 = 150_000;
+/// How long the cap holds at what got through.
+const HOLD: Duration = Duration::from_secs(60);
+/// How fast it rises after the hold (share per second, compounded).
+const GROWTH_PER_SEC: f64 = 0.05;
+/// Share of what got through the cap keeps to: below the link by enough that a keyframe's
+/// burst and the estimator's probes fit through a policer's small bucket (at 0.95, three
+/// thumbnails filled a 400 kbit/s link and stalled for seconds at each keyframe).
+const MARGIN: f64 = 0.85;
 
 #[derive(Debug, Clone, Copy)]
 struct Cap {
     bps: u64,
-    grow_from: Instant,
-    limit: u64,
-    limit_until: Instant,
+    cut_at: Instant,
 }
 
 /// See the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct LossCap {
     cap: Option<Cap>,
-    /// The most sent lately, and when: reports describe the last second or two, during
-    /// which the allocation may already have come down.
+    /// What is sent now, and since when.
+    current: Option<(u64, Instant)>,
+    /// The most sent before that within the last [`REPORT_SPAN`], and when it stopped:
+    /// reports describe the last seconds, during which the allocation may have come down.
     recent: Option<(u64, Instant)>,
     /// The previous report's loss: heavy loss counts when two reports in a row show it (one
     /// second's sample of ~100 packets at 5 % random loss shows 10 % now and then).
     last_loss: f64,
 }
 
-/// How far back what was sent counts for a report.
-const REPORT_SPAN: Duration = Duration::from_secs(3);
+/// How far back what was sent counts for a report: receiver reports come about once a
+/// second, describe the second before, are read in one-second windows, and the pacer may
+/// still be draining what an over-allocation queued.
+const REPORT_SPAN: Duration = Duration::from_secs(5);
 
 impl LossCap {
     /// What is being sent now (audio and video), each time the allocation changes.
     pub fn note_sent(&mut self, now: Instant, sent_bps: u64) {
+        match self.current {
+            Some((bps, _)) if bps == sent_bps => {}
+            Some((bps, _)) => {
+                // `bps` was sent until now.
+                let fresh = self.recent.is_some_and(|(r, ended)| {
+                    r > bps && now.saturating_duration_since(ended) < REPORT_SPAN
+                });
+                if !fresh {
+                    self.recent = Some((bps, now));
+                }
+                self.current = Some((sent_bps, now));
+            }
+            None => self.current = Some((sent_bps, now)),
+        }
+    }
+
+    /// The most sent at any time in the last [`REPORT_SPAN`].
+    fn sent_lately(&self, now: Instant) -> u64 {
+        let current = self.current.map_or(0, |(b, _)| b);
         match self.recent {
-            Some((bps, at))
-                if bps >= sent_bps && now.saturating_duration_since(at) < REPORT_SPAN => {}
-            _ => self.recent = Some((sent_bps, now)),
+            Some((r, ended)) if now.saturating_duration_since(ended) < REPORT_SPAN => {
+                current.max(r)
+            }
+            _ => current,
         }
     }
 
     /// One reporting period: `loss` (0..1) of what was sent while sending `sent_bps` in
     /// all (audio and video), of which `floor_bps` is the audio that must always fit.
     pub fn handle_report(&mut self, now: Instant, loss: f64, sent_bps: u64, floor_bps: u64) {
-        let sent_bps = match self.recent {
-            Some((bps, at)) if now.saturating_duration_since(at) < REPORT_SPAN => sent_bps.max(bps),
-            _ => sent_bps,
-        };
         self.note_sent(now, sent_bps);
+        let sent_bps = self.sent_lately(now);
         let video_flows = sent_bps > floor_bps;
         // Reports lag: the loss of the seconds just after a cut describes what was sent
         // before it, and must not cut again.
-        let settling = self
-            .cap
-            .is_some_and(|c| now < c.limit_until - REMEMBER + HOLD_OFF);
+        let settling = self.cap.is_some_and(|c| now < c.cut_at + HOLD_OFF);
         let lasting = std::mem::replace(&mut self.last_loss, loss).min(loss);
         if lasting >= HEAVY_LOSS && video_flows && !settling {
-            let through = (sent_bps as f64 * (1.0 - loss) * MARGIN) as u64;
-            let bps = through.max(floor_bps + floor_bps / 4);
-            let limit = (sent_bps as f64 * MARGIN) as u64;
+            // The lighter of the two reports: a burst of loss as the allocation came down
+            // says little of what the link carries.
+            let through = (sent_bps as f64 * (1.0 - lasting) * MARGIN) as u64;
             let current = self.cap(now);
-            let (old_limit, old_until) = self
-                .cap
-                .map_or((u64::MAX, now), |c| (c.limit, c.limit_until));
-            let limit = if old_until > now {
-                limit.min(old_limit)
+            // A first cut keeps room for the audio and one low video layer; only loss that
+            // goes on at that rate takes the cap lower (down to the audio and a quarter).
+            let video_floor = floor_bps + FIRST_CUT_VIDEO_BPS;
+            let bps = if current > video_floor {
+                through.max(video_floor)
             } else {
-                limit
+                through.max(floor_bps + floor_bps / 4)
             };
-            self.cap = Some(Cap {
-                bps: bps.min(current),
-                grow_from: now + SETTLE,
-                limit,
-                limit_until: now + REMEMBER,
-            });
-        } else if self
-            .cap
-            .is_some_and(|c| now >= c.limit_until && self.cap(now) > 4 * sent_bps.max(1))
-        {
-            // Far above what is sent, with no loss for a long while: no longer a cap.
+            // Only a real cut counts (and restarts the hold).
+            if bps < current {
+                self.cap = Some(Cap { bps, cut_at: now });
+            }
+        } else if self.cap.is_some_and(|c| self.cap(now) >= 4 * c.bps) {
+            // Risen far above the cut with no loss since: no longer a cap. (Not judged by
+            // what is sent, which is low exactly when the cap pauses the video.)
             self.cap = None;
         }
     }
 
-    /// The cap at `now` (`u64::MAX` for none). After the settle time it climbs back
-    /// towards just below where the loss came (quickly at first, a time constant of a few
-    /// seconds), then, once that is forgotten, on at a slow linear pace.
+    /// The cap at `now` (`u64::MAX` for none): what got through for the hold, then rising
+    /// by [`GROWTH_PER_SEC`] compounded.
     pub fn cap(&self, now: Instant) -> u64 {
         let Some(c) = self.cap else { return u64::MAX };
-        let t = now.saturating_duration_since(c.grow_from).as_secs_f64();
-        let target = ((c.limit as f64 * TARGET_SHARE) as u64).max(c.bps);
-        let recovered = c.bps as f64 + (target - c.bps) as f64 * (1.0 - (-t / RECOVERY_SECS).exp());
-        if now < c.limit_until {
-            recovered as u64
-        } else {
-            let beyond = now.saturating_duration_since(c.limit_until).as_secs_f64();
-            (recovered + beyond * GROWTH_BPS_PER_SEC) as u64
-        }
+        let beyond = now
+            .saturating_duration_since(c.cut_at + HOLD)
+            .as_secs_f64()
+            .min(120.0);
+        (c.bps as f64 * (1.0 + GROWTH_PER_SEC).powf(beyond)) as u64
     }
 
     /// Whether a cap is in force.
@@ -151,7 +159,7 @@ mod tests {
     }
 
     #[test]
-    fn heavy_loss_caps_at_what_got_through_then_rises_slowly_below_the_loss_point() {
+    fn heavy_loss_caps_at_what_got_through_holds_then_rises() {
         let t = Instant::now();
         let mut c = LossCap::default();
         // 480 kbit/s into a 400 kbit/s policer: a sixth is lost, report after report.
@@ -159,21 +167,39 @@ mod tests {
         assert!(!c.is_capped(), "one heavy report may be noise");
         c.handle_report(t, 1.0 / 6.0, 480_000, 120_000);
         let first = c.cap(t);
-        assert!((370_000..=390_000).contains(&first), "{first}");
-        assert_eq!(c.cap(t + 4 * S), first, "it stays put a few seconds");
-        let later = c.cap(t + 15 * S);
-        assert!(later > first + 20_000, "then climbs back: {later}");
-        assert!(
-            c.cap(t + 50 * S) <= 456_000 * 9 / 10 + 1,
-            "to just below where the loss was, for a while"
+        assert!((330_000..=350_000).contains(&first), "{first}");
+        assert_eq!(c.cap(t + 4 * S), first, "it stays put");
+        assert_eq!(
+            c.cap(t + 59 * S),
+            first,
+            "for a minute: not back into the policer"
         );
+        let later = c.cap(t + 70 * S);
         assert!(
-            c.cap(t + 90 * S) > 456_000 * 9 / 10 + 100_000,
-            "it forgets after a minute"
+            later > first * 3 / 2 && later < first * 2,
+            "then it rises a few percent a second: {later}"
         );
+        // Loss again up there: cut again, to what got through then.
+        c.handle_report(t + 70 * S, 0.3, 560_000, 120_000);
+        c.handle_report(t + 71 * S, 0.3, 560_000, 120_000);
+        assert!(c.cap(t + 71 * S) < 400_000, "{}", c.cap(t + 71 * S));
         // No loss, far above what is sent: gone.
         c.handle_report(t + 200 * S, 0.0, 200_000, 120_000);
         assert!(!c.is_capped());
+    }
+
+    #[test]
+    fn a_cap_that_paused_the_video_is_not_dropped_for_sending_little() {
+        let t = Instant::now();
+        let mut c = LossCap::default();
+        c.handle_report(t - S, 0.5, 300_000, 40_000);
+        c.handle_report(t, 0.5, 300_000, 40_000);
+        let cut = c.cap(t);
+        assert!(c.is_capped());
+        // Only audio flows now (the cap paused the video); past the hold, no loss.
+        c.handle_report(t + 65 * S, 0.0, 40_000, 40_000);
+        assert!(c.is_capped(), "still a cap: {}", c.cap(t + 65 * S));
+        assert!(c.cap(t + 65 * S) < 2 * cut);
     }
 
     #[test]
@@ -190,6 +216,23 @@ mod tests {
             "the loss was of the 600 kbit/s: {}",
             c.cap(t + S)
         );
+    }
+
+    #[test]
+    fn what_was_sent_counts_until_it_stopped_not_from_when_it_began() {
+        let t = Instant::now();
+        let mut c = LossCap::default();
+        // 700 kbit/s for a long time, then down to 160 kbit/s.
+        c.note_sent(t, 700_000);
+        c.note_sent(t + 20 * S, 160_000);
+        // Two heavy reports 3 s after it came down describe the 700 kbit/s.
+        c.handle_report(t + 22 * S, 0.5, 160_000, 40_000);
+        c.handle_report(t + 23 * S, 0.5, 160_000, 40_000);
+        let cut = c.cap(t + 23 * S);
+        assert!((280_000..=310_000).contains(&cut), "{cut}");
+        // Long after, it is what is sent now that counts.
+        c.note_sent(t + 40 * S, 100_000);
+        assert_eq!(c.sent_lately(t + 46 * S), 100_000);
     }
 
     #[test]
@@ -213,7 +256,8 @@ mod tests {
         let one = c.cap(t);
         assert!(c.is_capped());
         c.handle_report(t + 4 * S, 0.9, 400_000, 120_000);
-        let two = c.cap(t + 4 * S);
+        c.handle_report(t + 5 * S, 0.9, 400_000, 120_000);
+        let two = c.cap(t + 5 * S);
         assert!(two < one);
         assert!(
             two >= 150_000,

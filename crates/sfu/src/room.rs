@@ -530,6 +530,15 @@ impl Room {
         self.tracks.get(&track).map(|t| t.dims)
     }
 
+    /// Audio tracks forwarded now (neither muted nor deselected): what a subscriber's audio
+    /// reserve must cover at most (muted and deselected tracks cost no bandwidth).
+    pub fn audible_tracks(&self) -> usize {
+        self.tracks
+            .values()
+            .filter(|t| !t.media.is_video() && !t.muted && !t.deselected)
+            .count()
+    }
+
     /// Whether `track` is video.
     pub fn is_video(&self, track: TrackKey) -> bool {
         self.tracks.get(&track).is_some_and(|t| t.media.is_video())

@@ -361,3 +361,24 @@ fn listeners_receive_but_are_not_subscribed_to_by_anyone() {
     assert!(room.handle_publish(P(1), T(1), OPUS).is_err());
     assert!(room.handle_join(P(1), true).is_err());
 }
+
+#[test]
+fn only_unmuted_selected_microphones_are_audible() {
+    let mut room = three_publishers();
+    assert_eq!(
+        room.audible_tracks(),
+        3,
+        "three microphones, no cameras counted"
+    );
+    room.handle_mute(T(10), true).unwrap();
+    assert_eq!(room.audible_tracks(), 2);
+    room.set_selected(T(20), false).unwrap();
+    assert_eq!(
+        room.audible_tracks(),
+        1,
+        "a deselected microphone sends nothing either"
+    );
+    room.handle_mute(T(10), false).unwrap();
+    room.set_selected(T(20), true).unwrap();
+    assert_eq!(room.audible_tracks(), 3);
+}

@@ -2,7 +2,10 @@
 //! webrtc-rs), received RTP never enters webrtc-rs. Each packet is accounted from its clear
 //! header ([`crate::rtprx`]); a sample is decrypted in place and its payload checked
 //! ([`crate::keys`]): the first packets of each SSRC, every 16th packet, every RTX packet,
-//! and the first packet of every frame large enough to be a keyframe. The RTCP a browser sends
+//! and the first packet of every frame large enough to be a keyframe. Every RED packet (audio
+//! redundancy, sent only to listeners on lossy links: ≤ 50 a second per speaker) is decrypted
+//! too, so that the losses its redundant blocks repair are counted ([`crate::red`]); the
+//! stamp a sample of it is checked by is the primary block's. The RTCP a browser sends
 //! for what it receives — receiver reports, TWCC feedback, NACKs, PLIs — is built here and
 //! handed to webrtc-rs, which protects it with SRTCP and sends it. Received RTCP still goes to
 //! webrtc-rs (publishers answer NACK/PLI through it); sender reports are also read here, for
@@ -46,6 +49,8 @@ pub const TWCC_EVERY_US: u64 = 100_000;
 pub const PLI_EVERY_US: u64 = 1_000_000;
 /// Largest datagram kept for a later keyframe check.
 const FRAME_COPY: usize = 1500;
+/// Layer changes whose times an SSRC keeps (beyond, they are only counted).
+pub const MAX_LAYER_CHANGES: usize = 16;
 
 /// What the samples showed, and what was counted.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -66,6 +71,10 @@ pub struct RxChecks {
     pub keyframes_verified: u64,
     /// Large frames whose first packet was not a keyframe.
     pub large_delta_frames: u64,
+    /// RED packets decrypted (all of them: audio to listeners on lossy links).
+    pub red_packets: u64,
+    /// RED payloads that did not parse (a failure).
+    pub red_malformed: u64,
     /// RTX packets received.
     pub rtx: u64,
     /// Packets before the keys were known (not accounted).
@@ -97,6 +106,8 @@ impl RxChecks {
         self.foreign += o.foreign;
         self.keyframes_verified += o.keyframes_verified;
         self.large_delta_frames += o.large_delta_frames;
+        self.red_packets += o.red_packets;
+        self.red_malformed += o.red_malformed;
         self.rtx += o.rtx;
         self.before_keys += o.before_keys;
         self.unparsable += o.unparsable;
@@ -110,7 +121,7 @@ impl RxChecks {
 
     /// Failed checks of any kind.
     pub fn failures(&self) -> u64 {
-        self.auth_failed + self.no_stamp + self.foreign
+        self.auth_failed + self.no_stamp + self.foreign + self.red_malformed
     }
 }
 
@@ -122,6 +133,13 @@ pub(super) struct RxSsrc {
     /// Every stream id seen on this SSRC (a few: simulcast layers switch).
     pub(super) streams_seen: [u32; 4],
     pub(super) streams_seen_len: usize,
+    /// When the simulcast layer of the samples changed (µs since the run's epoch; the first
+    /// [`MAX_LAYER_CHANGES`] changes, and how many in all).
+    pub(super) layer_changes_us: [u64; MAX_LAYER_CHANGES],
+    pub(super) layer_changes: u32,
+    /// Audio: expected, lost and RED-repaired packets when the steady state began (zeros
+    /// for a stream that began after it), for the loss after RED in the steady state.
+    pub(super) at_settle: Option<[u64; 3]>,
     packets: u64,
     frame_copy: Option<Box<[u8; FRAME_COPY]>>,
     copy_len: usize,
@@ -141,6 +159,9 @@ impl RxSsrc {
             stream: None,
             streams_seen: [0; 4],
             streams_seen_len: 0,
+            layer_changes_us: [0; MAX_LAYER_CHANGES],
+            layer_changes: 0,
+            at_settle: None,
             packets: 0,
             frame_copy: video.then(|| Box::new([0u8; FRAME_COPY])),
             copy_len: 0,
@@ -152,12 +173,68 @@ impl RxSsrc {
         }
     }
 
-    fn saw_stream(&mut self, id: u32) {
+    fn saw_stream(&mut self, id: u32, at_us: u64) {
+        if let Some(prev) = self.stream {
+            if synth::stream_layer(prev).1 != synth::stream_layer(id).1 {
+                if let Some(t) = self.layer_changes_us.get_mut(self.layer_changes as usize) {
+                    *t = at_us;
+                }
+                self.layer_changes = self.layer_changes.saturating_add(1);
+            }
+        }
         self.stream = Some(id);
         if !self.streams_seen[..self.streams_seen_len].contains(&id) && self.streams_seen_len < 4 {
             self.streams_seen[self.streams_seen_len] = id;
             self.streams_seen_len += 1;
         }
+    }
+
+    /// Layer changes at or after `from_us` (all of them past the first
+    /// [`MAX_LAYER_CHANGES`]' times are counted as after).
+    pub(super) fn layer_changes_since(&self, from_us: u64) -> u32 {
+        let timed = (self.layer_changes as usize).min(MAX_LAYER_CHANGES);
+        let after = self.layer_changes_us[..timed]
+            .iter()
+            .filter(|t| **t >= from_us)
+            .count() as u32;
+        after + self.layer_changes - timed as u32
+    }
+
+    /// Audio counters now: expected, lost on the wire, repaired by RED.
+    fn audio_counts(&self) -> [u64; 3] {
+        let r = &self.rx;
+        [
+            r.seq.expected(),
+            r.seq.lost(),
+            r.red.repaired.min(r.seq.lost()),
+        ]
+    }
+
+    /// The steady state began at `settled_us` (now or a moment ago): remembers where the
+    /// audio counters stood (once).
+    pub(super) fn mark_settled(&mut self, settled_us: u64) {
+        if self.rx.kind != TrackKind::Audio || self.at_settle.is_some() {
+            return;
+        }
+        self.at_settle = Some(if self.rx.first_at_us >= settled_us {
+            [0; 3]
+        } else {
+            self.audio_counts()
+        });
+    }
+
+    /// Expected, lost and RED-repaired audio packets since the steady state began (zeros
+    /// if it never did).
+    pub(super) fn audio_since_settle(&self) -> [u64; 3] {
+        let Some(m) = self.at_settle else {
+            return [0; 3];
+        };
+        let now = self.audio_counts();
+        [
+            now[0].saturating_sub(m[0]),
+            now[1].saturating_sub(m[1]),
+            now[2].saturating_sub(m[2]),
+        ]
     }
 
     /// Stream ids seen.
@@ -173,6 +250,53 @@ impl RxSsrc {
 struct Keys {
     srtp: SrtpRx,
     srtcp: SrtcpRx,
+}
+
+/// What a decrypted packet is checked for.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// A sample: its stamp.
+    Plain,
+    /// A RED packet: the losses it repairs and, if a sample, the stamp of its primary.
+    Red { sample: bool },
+}
+
+/// A decrypted payload without its padding (RFC 3550: the last byte counts it).
+fn without_padding(payload: &[u8], padding: bool) -> Option<&[u8]> {
+    if !padding {
+        return Some(payload);
+    }
+    let n = usize::from(*payload.last()?);
+    (n >= 1 && n <= payload.len()).then(|| &payload[..payload.len() - n])
+}
+
+/// A decrypted RED payload of the packet `ext` of stream `rx`: each redundant block that
+/// repeats one of the few packets before repairs it if it was lost. Returns the primary
+/// block, or `None` if the payload is not RED.
+fn on_red<'a>(rx: &mut SsrcRx, payload: &'a [u8], ext: u64) -> Option<&'a [u8]> {
+    let r = crate::red::parse(payload)?;
+    let primary = r.primary(payload);
+    rx.red.red_packets += 1;
+    let primary_seq = synth::parse_stamp(primary).map(|st| (st.stream, st.seq));
+    for b in r.blocks() {
+        if b.pt != r.primary_pt {
+            continue;
+        }
+        let block_seq = payload
+            .get(b.range())
+            .and_then(synth::parse_stamp)
+            .map(|st| (st.stream, st.seq));
+        let stamps = match (primary_seq, block_seq) {
+            (Some((ps, p)), Some((bs, b))) if ps == bs => Some((p, b)),
+            // Blocks of another source than the primary's: not a repeat of this stream.
+            (Some(_), Some(_)) => continue,
+            _ => None,
+        };
+        if let Some(k) = crate::red::block_distance(b.ts_offset, stamps) {
+            rx.red_block(ext, k);
+        }
+    }
+    Some(primary)
 }
 
 /// What the caller learns from one RTP packet.
@@ -409,25 +533,35 @@ impl FastRx {
             let mean = s.rx.frames.mean_packets();
             let large = packets >= KEYFRAME_MIN_PACKETS && packets as f64 >= KEYFRAME_FACTOR * mean;
             if large && s.copy_ext == start && s.copy_len > 0 {
-                self.check_keyframe(idx, plan, room);
+                self.check_keyframe(idx, at_us, plan, room);
             }
         }
         let s = &mut self.ssrcs[idx];
         let sample = s.packets <= SAMPLE_FIRST || ext % SAMPLE_EVERY == 0;
-        if sample && !h.padding {
-            seen.stamp = self.decrypt_and_check(idx, datagram, &h, ext, plan, room);
+        let red = !video && pt.is_some_and(|p| p.red_of.is_some());
+        if red {
+            let check = Check::Red { sample };
+            seen.stamp = self.decrypt_and_check(idx, datagram, &h, ext, at_us, plan, room, check);
+        } else if sample && !h.padding {
+            seen.stamp =
+                self.decrypt_and_check(idx, datagram, &h, ext, at_us, plan, room, Check::Plain);
         }
         seen
     }
 
+    /// Decrypts one packet in place and checks its stamp; for RED, also counts the losses
+    /// its redundant blocks repair, and checks the primary's stamp (if a sample).
+    #[allow(clippy::too_many_arguments)]
     fn decrypt_and_check(
         &mut self,
         idx: usize,
         datagram: &mut [u8],
         h: &RtpView,
         ext: u64,
+        at_us: u64,
         plan: &[Participant],
         room: usize,
+        check: Check,
     ) -> Option<Stamp> {
         let keys = self.keys.as_mut()?;
         let s = &mut self.ssrcs[idx];
@@ -469,6 +603,22 @@ impl FastRx {
             self.checks.auth_failed += 1;
             return None;
         };
+        let payload = match check {
+            Check::Plain => payload,
+            Check::Red { sample } => {
+                let primary =
+                    without_padding(payload, h.padding).and_then(|p| on_red(&mut s.rx, p, ext));
+                let Some(primary) = primary else {
+                    self.checks.red_malformed += 1;
+                    return None;
+                };
+                self.checks.red_packets += 1;
+                if !sample {
+                    return None;
+                }
+                primary
+            }
+        };
         let Some(stamp) = synth::parse_stamp(payload) else {
             self.checks.no_stamp += 1;
             return None;
@@ -477,12 +627,12 @@ impl FastRx {
             self.checks.foreign += 1;
             return None;
         }
-        s.saw_stream(stamp.stream);
+        s.saw_stream(stamp.stream, at_us);
         self.checks.verified += 1;
         Some(stamp)
     }
 
-    fn check_keyframe(&mut self, idx: usize, plan: &[Participant], room: usize) {
+    fn check_keyframe(&mut self, idx: usize, at_us: u64, plan: &[Participant], room: usize) {
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
@@ -512,7 +662,7 @@ impl FastRx {
             Some(st) if stream_in_room(plan, room, &st) => {
                 self.checks.keyframes_verified += 1;
                 self.checks.verified += 1;
-                s.saw_stream(st.stream);
+                s.saw_stream(st.stream, at_us);
             }
             Some(_) => self.checks.foreign += 1,
             None => self.checks.no_stamp += 1,
@@ -699,6 +849,82 @@ mod tests {
             "a listener"
         );
         assert!(!stream_in_room(&p, 0, &st(999, TrackKind::Audio)));
+    }
+
+    /// A RED payload around stamped Opus: blocks for the packets `back` before `seq`.
+    fn red_payload(seq: u32, back: &[u32]) -> Vec<u8> {
+        let mut rng = crate::synth::Rng::new(7);
+        let opus = |n: u32, rng: &mut crate::synth::Rng| {
+            let mut b = Vec::new();
+            let st = Stamp {
+                kind: TrackKind::Audio,
+                stream: 4,
+                seq: n,
+                sent_us: 0,
+            };
+            crate::synth::write_audio(&mut b, &st, 60, rng);
+            b
+        };
+        let blocks: Vec<(u32, Vec<u8>)> = back
+            .iter()
+            .map(|k| (k * synth::AUDIO_TS_STEP, opus(seq - k, &mut rng)))
+            .collect();
+        let mut out = Vec::new();
+        for (offset, data) in &blocks {
+            out.push(0x80 | 111);
+            out.extend_from_slice(&((offset << 10) | data.len() as u32).to_be_bytes()[1..]);
+        }
+        out.push(111);
+        for (_, data) in &blocks {
+            out.extend_from_slice(data);
+        }
+        out.extend_from_slice(&opus(seq, &mut rng));
+        out
+    }
+
+    #[test]
+    fn red_packets_repair_losses_and_the_steady_state_is_counted_apart() {
+        let mut s = RxSsrc::new(SsrcRx::new(9, TrackKind::Audio, 48_000, 0));
+        let packet = |s: &mut RxSsrc, seq: u16| {
+            let mut p = vec![0x80, 63];
+            p.extend_from_slice(&seq.to_be_bytes());
+            p.extend_from_slice(&(u32::from(seq) * 960).to_be_bytes());
+            p.extend_from_slice(&9u32.to_be_bytes());
+            let h = RtpView::parse(&p, None).unwrap();
+            s.rx.on_packet(&h, 80, u64::from(seq) * 20_000, false).0
+        };
+        for seq in 100..110 {
+            packet(&mut s, seq);
+        }
+        // 110 and 111 lost before the steady state; 112 repeats both.
+        let ext = packet(&mut s, 112);
+        let payload = red_payload(1112, &[2, 1]);
+        let primary = on_red(&mut s.rx, &payload, ext).unwrap();
+        assert_eq!(synth::parse_stamp(primary).unwrap().seq, 1112);
+        assert_eq!(s.rx.red.repaired, 2);
+        assert_eq!(s.rx.red.red_packets, 1);
+        s.mark_settled(1);
+        s.mark_settled(2_000_000_000);
+        assert_eq!(s.at_settle, Some([13, 2, 2]), "marked once");
+        // In the steady state: 114 lost and repaired by 115; 117 lost for good.
+        packet(&mut s, 113);
+        let ext = packet(&mut s, 115);
+        on_red(&mut s.rx, &red_payload(1115, &[2, 1]), ext).unwrap();
+        packet(&mut s, 116);
+        let ext = packet(&mut s, 118);
+        // A block whose stamp (two packets back: 116) does not fit its offset (one frame):
+        // ignored, so it cannot pass for 117.
+        let mut wrong = red_payload(1118, &[2]);
+        assert_eq!(wrong[1], 0x1e, "offset 1920");
+        wrong[1] = 0x0f;
+        on_red(&mut s.rx, &wrong, ext).unwrap();
+        assert_eq!(s.rx.red.repaired, 3, "117 was not in any block");
+        assert_eq!(s.audio_since_settle(), [6, 2, 1]);
+        assert!(on_red(&mut s.rx, &[0xff, 0xff], ext).is_none());
+        // A stream first seen after the steady state began counts from its start.
+        let mut late = RxSsrc::new(SsrcRx::new(10, TrackKind::Audio, 48_000, 5_000_000));
+        late.mark_settled(1_000_000);
+        assert_eq!(late.at_settle, Some([0; 3]));
     }
 
     #[test]

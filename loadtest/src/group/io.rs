@@ -301,7 +301,13 @@ pub(super) fn drain(
         let RTCMessage::RtpPacket(track_id, packet) = message else {
             continue;
         };
-        let Some(stamp) = synth::parse_stamp(&packet.payload) else {
+        // A RED packet (audio redundancy) is checked by its primary block. (Loss here is
+        // counted from the stamps of primaries: what RED repairs is counted on the fast path.)
+        let stamp = synth::parse_stamp(&packet.payload).or_else(|| {
+            let r = crate::red::parse(&packet.payload)?;
+            synth::parse_stamp(r.primary(&packet.payload))
+        });
+        let Some(stamp) = stamp else {
             slot.unknown_packets += 1;
             continue;
         };

@@ -729,8 +729,20 @@ impl Group {
             }
         }
         let live = &self.shared.live;
+        // The steady state (as for layer changes): audio loss after RED is also counted from
+        // there, after the server had time to turn redundancy on.
+        let settled_us = self
+            .steady_at
+            .map(|t| t + outcome::STEADY_SETTLE)
+            .filter(|t| *t <= now)
+            .map(|t| t.saturating_duration_since(self.shared.epoch).as_micros() as u64);
         for slot in self.slots.iter_mut().flatten() {
             let (mut bytes, mut packets, mut lost) = (0, 0, 0);
+            if let (Some(f), Some(t)) = (slot.fast.as_mut(), settled_us) {
+                for s in &mut f.ssrcs {
+                    s.mark_settled(t);
+                }
+            }
             if let Some(f) = &slot.fast {
                 for s in &f.ssrcs {
                     bytes += s.rx.bytes;
@@ -884,6 +896,13 @@ impl Group {
         let end_us = self
             .media_stopped_us
             .unwrap_or_else(|| now.saturating_duration_since(self.shared.epoch).as_micros() as u64);
+        // Steady state for the oscillation count: from a settle time after the run went
+        // steady (everyone joined) to the end.
+        let settled_us = self.steady_at.map(|t| {
+            (t + outcome::STEADY_SETTLE)
+                .saturating_duration_since(self.shared.epoch)
+                .as_micros() as u64
+        });
         let mut streams: Vec<StreamOutcome> = slot
             .streams
             .iter()
@@ -929,6 +948,11 @@ impl Group {
                     freezes: r.frames.freezes,
                     frozen_secs: r.frames.frozen_us as f64 / 1e6,
                     padding_packets: r.padding_packets,
+                    layer_changes_steady: settled_us.map_or(0, |t| s.layer_changes_since(t)),
+                    steady_secs: settled_us.map_or(0.0, |t| end_us.saturating_sub(t) as f64 / 1e6),
+                    red_packets: r.red.red_packets,
+                    repaired: r.red.repaired.min(r.seq.lost()),
+                    steady_audio: s.audio_since_settle(),
                 });
             }
             let mut c = f.checks;

@@ -70,7 +70,24 @@ pub struct StreamOutcome {
     pub frozen_secs: f64,
     /// Padding packets (bandwidth probes).
     pub padding_packets: u64,
+    /// Simulcast layer changes in the steady state (from [`STEADY_SETTLE`] after the run
+    /// went steady to the end).
+    pub layer_changes_steady: u32,
+    /// The length of that steady state, seconds (0: none).
+    pub steady_secs: f64,
+    /// Audio: RED packets received (redundancy for a lossy link; fast path only).
+    pub red_packets: u64,
+    /// Audio: packets lost on the wire whose payload arrived inside a later RED packet
+    /// (counted in `lost`; the loss after repair is `lost - repaired`).
+    pub repaired: u64,
+    /// Audio in the steady state (as `layer_changes_steady`): packets expected, lost on the
+    /// wire, and of those repaired by RED (zeros without a steady state; fast path only).
+    pub steady_audio: [u64; 3],
 }
+
+/// How long after the run goes steady (everyone joined) layer changes count as oscillation
+/// rather than adapting.
+pub const STEADY_SETTLE: Duration = Duration::from_secs(10);
 
 impl Default for StreamOutcome {
     fn default() -> Self {
@@ -94,6 +111,11 @@ impl Default for StreamOutcome {
             freezes: 0,
             frozen_secs: 0.0,
             padding_packets: 0,
+            layer_changes_steady: 0,
+            steady_secs: 0.0,
+            red_packets: 0,
+            repaired: 0,
+            steady_audio: [0; 3],
         }
     }
 }

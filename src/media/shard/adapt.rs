@@ -61,6 +61,14 @@ fn nominal_size(top: (u32, u32), layer: usize, count: usize) -> (u32, u32) {
 }
 
 impl Shard {
+    /// The audio tracks forwarded now in `id`'s room (its audio reserve covers no more).
+    fn audible(&self, id: PeerId) -> usize {
+        self.peer(id)
+            .and_then(|p| self.rooms.get(p.room))
+            .and_then(|r| r.as_ref())
+            .map_or(usize::MAX, |r| r.core.audible_tracks())
+    }
+
     /// The first SDP a client sends with media in it (its offer, or its answer to ours for a
     /// listener who publishes nothing) tells whether it gives transport-wide feedback.
     pub(super) fn decide_allocation(&mut self, id: PeerId, sdp: &str) {
@@ -158,6 +166,7 @@ impl Shard {
             .iter()
             .any(|t| t.key == track && matches!(t.info.source, TrackSource::Screen));
         let layers = Self::layers_of(entry, track);
+        let audible = entry.core.audible_tracks();
         let Some(peer) = self.peer_mut(sub) else {
             return;
         };
@@ -176,7 +185,7 @@ impl Shard {
             let _ = alloc.add_track(now, track, track_priority(priority, screen), tile, &layers);
         } else {
             peer.audio_in += 1;
-            let reserve = peer.audio_reserve();
+            let reserve = peer.audio_reserve(audible);
             if let Some(alloc) = peer.alloc.as_mut() {
                 alloc.set_audio_reserve(now, reserve);
             }
@@ -192,6 +201,7 @@ impl Shard {
         track: TrackKey,
         video: bool,
     ) {
+        let audible = self.audible(sub);
         let Some(peer) = self.peer_mut(sub) else {
             return;
         };
@@ -203,7 +213,7 @@ impl Shard {
             }
         } else {
             peer.audio_in = peer.audio_in.saturating_sub(1);
-            let reserve = peer.audio_reserve();
+            let reserve = peer.audio_reserve(audible);
             if let Some(alloc) = peer.alloc.as_mut() {
                 alloc.set_audio_reserve(now, reserve);
             }
@@ -216,11 +226,12 @@ impl Shard {
     /// the estimate alone would climb back into it), and no probing goes above the cap.
     pub(super) fn allocation_loss(&mut self, now: Instant, id: PeerId, loss: f32) {
         let level = self.overload.level();
+        let audible = self.audible(id);
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
         // Audio first, with the repeats (RED) its loss now calls for.
-        let audio = peer.audio_reserve();
+        let audio = peer.audio_reserve(audible);
         let Some(alloc) = peer.alloc.as_mut() else {
             return;
         };
@@ -228,7 +239,7 @@ impl Shard {
         let sent = alloc.video_rate() + audio;
         peer.loss_cap
             .handle_report(now, f64::from(loss), sent, audio);
-        let estimate = budget(peer, now, level);
+        let estimate = budget(peer, now, level, audible);
         tracing::debug!(
             target: "plenary::bwe",
             peer = id.0,
@@ -249,10 +260,11 @@ impl Shard {
     /// The shard's overload level changed: the subscriber's video budget follows.
     pub(super) fn allocation_rebudget(&mut self, now: Instant, id: PeerId) {
         let level = self.overload.level();
+        let audible = self.audible(id);
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
-        let estimate = budget(peer, now, level);
+        let estimate = budget(peer, now, level, audible);
         let can_probe = peer.can_probe && level == OverloadLevel::Normal;
         if let Some(alloc) = peer.alloc.as_mut() {
             alloc.handle_estimate(now, estimate, can_probe);
@@ -263,6 +275,7 @@ impl Shard {
     /// The subscriber's bandwidth estimate changed.
     pub(super) fn allocation_estimate(&mut self, now: Instant, id: PeerId, kind: BweKind) {
         let level = self.overload.level();
+        let audible = self.audible(id);
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
@@ -276,7 +289,7 @@ impl Shard {
         };
         peer.last_estimate = estimate;
         peer.can_probe = can_probe;
-        let capped = budget(peer, now, level);
+        let capped = budget(peer, now, level, audible);
         let Some(alloc) = peer.alloc.as_mut() else {
             return;
         };
@@ -427,9 +440,10 @@ impl Shard {
                 }
             }
         }
+        let audible = self.audible(id);
         if let Some(peer) = self.peer_mut(id) {
             if let Some(alloc) = peer.alloc.as_ref() {
-                let sent = alloc.video_rate() + peer.audio_reserve();
+                let sent = alloc.video_rate() + peer.audio_reserve(audible);
                 peer.loss_cap.note_sent(now, sent);
             }
         }
@@ -671,13 +685,13 @@ impl Shard {
 
 /// What a subscriber's allocator may spend: its estimate, capped by reported loss, with the
 /// video part of it cut by the shard's overload level (audio is never cut).
-fn budget(peer: &Peer, now: Instant, level: OverloadLevel) -> u64 {
+fn budget(peer: &Peer, now: Instant, level: OverloadLevel, audible: usize) -> u64 {
     let estimate = peer.last_estimate.min(peer.loss_cap.cap(now));
     let factor = level.budget_factor();
     if factor >= 1.0 {
         return estimate;
     }
-    let audio = peer.audio_reserve().min(estimate);
+    let audio = peer.audio_reserve(audible).min(estimate);
     audio + ((estimate - audio) as f64 * factor) as u64
 }
 
