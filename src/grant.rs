@@ -214,7 +214,8 @@ impl ReplayCache {
         Ok(())
     }
 
-    /// Forgets the grants that expired by `now` (and the room they took); how many.
+    /// Forgets the grants that expired by `now`, giving back the map's spare capacity once
+    /// most of it is empty; how many.
     pub fn purge(&self, now: u64) -> usize {
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let before = used.len();

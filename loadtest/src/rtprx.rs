@@ -740,9 +740,15 @@ impl SsrcRx {
         self.red.repair(&self.seq, red_ext, k)
     }
 
+    /// Losses a RED packet repaired (never more than were lost: a late arrival takes a
+    /// repair back out, but the loss count may fall first).
+    pub fn repaired(&self) -> u64 {
+        self.red.repaired.min(self.seq.lost())
+    }
+
     /// Packets lost on the wire whose payload no RED packet brought either.
     pub fn lost_after_red(&self) -> u64 {
-        self.seq.lost().saturating_sub(self.red.repaired)
+        self.seq.lost() - self.repaired()
     }
 
     /// The RR report block for this SSRC at `now_us` (and the interval's counters move on).

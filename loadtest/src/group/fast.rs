@@ -203,11 +203,7 @@ impl RxSsrc {
     /// Audio counters now: expected, lost on the wire, repaired by RED.
     fn audio_counts(&self) -> [u64; 3] {
         let r = &self.rx;
-        [
-            r.seq.expected(),
-            r.seq.lost(),
-            r.red.repaired.min(r.seq.lost()),
-        ]
+        [r.seq.expected(), r.seq.lost(), r.repaired()]
     }
 
     /// The steady state began at `settled_us` (now or a moment ago): remembers where the

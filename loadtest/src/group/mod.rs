@@ -731,11 +731,8 @@ impl Group {
         let live = &self.shared.live;
         // The steady state (as for layer changes): audio loss after RED is also counted from
         // there, after the server had time to turn redundancy on.
-        let settled_us = self
-            .steady_at
-            .map(|t| t + outcome::STEADY_SETTLE)
-            .filter(|t| *t <= now)
-            .map(|t| t.saturating_duration_since(self.shared.epoch).as_micros() as u64);
+        let now_us = now.saturating_duration_since(self.shared.epoch).as_micros() as u64;
+        let settled_us = self.settled_us().filter(|t| *t <= now_us);
         for slot in self.slots.iter_mut().flatten() {
             let (mut bytes, mut packets, mut lost) = (0, 0, 0);
             if let (Some(f), Some(t)) = (slot.fast.as_mut(), settled_us) {
@@ -800,6 +797,16 @@ impl Group {
             slot.live_tx_bytes = slot.sent.bytes;
             slot.live_lost = lost;
         }
+    }
+
+    /// When the steady state begins ([`outcome::STEADY_SETTLE`] after everyone joined), in µs
+    /// since the run's epoch: layer changes and audio loss after RED count from there.
+    fn settled_us(&self) -> Option<u64> {
+        self.steady_at.map(|t| {
+            (t + outcome::STEADY_SETTLE)
+                .saturating_duration_since(self.shared.epoch)
+                .as_micros() as u64
+        })
     }
 
     /// The fast path's RTCP: NACKs, PLIs, TWCC feedback and receiver reports, handed to
@@ -898,11 +905,7 @@ impl Group {
             .unwrap_or_else(|| now.saturating_duration_since(self.shared.epoch).as_micros() as u64);
         // Steady state for the oscillation count: from a settle time after the run went
         // steady (everyone joined) to the end.
-        let settled_us = self.steady_at.map(|t| {
-            (t + outcome::STEADY_SETTLE)
-                .saturating_duration_since(self.shared.epoch)
-                .as_micros() as u64
-        });
+        let settled_us = self.settled_us();
         let mut streams: Vec<StreamOutcome> = slot
             .streams
             .iter()
@@ -951,7 +954,7 @@ impl Group {
                     layer_changes_steady: settled_us.map_or(0, |t| s.layer_changes_since(t)),
                     steady_secs: settled_us.map_or(0.0, |t| end_us.saturating_sub(t) as f64 / 1e6),
                     red_packets: r.red.red_packets,
-                    repaired: r.red.repaired.min(r.seq.lost()),
+                    repaired: r.repaired(),
                     steady_audio: s.audio_since_settle(),
                 });
             }
