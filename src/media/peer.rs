@@ -553,9 +553,9 @@ impl Peer {
     pub fn handle_loss_report(&mut self, now: Instant, loss: f64) {
         let before = self.red.distance();
         self.red.handle_loss(now, loss);
-        let budget = match self.alloc {
-            Some(_) => self.last_estimate.min(self.loss_cap.cap(now)),
-            None => u64::MAX,
+        let (estimate, cap) = match self.alloc {
+            Some(_) => (self.last_estimate, self.loss_cap.cap(now)),
+            None => (u64::MAX, u64::MAX),
         };
         let secs = now
             .saturating_duration_since(self.audio_window)
@@ -566,14 +566,15 @@ impl Peer {
         self.audio_payload_bps = (bytes as f64 * 8.0 / secs) as u64;
         let overhead_bps = (packets as f64 * AUDIO_HEADER_BYTES * 8.0 / secs) as u64;
         self.red
-            .afford(budget, self.audio_payload_bps, overhead_bps);
+            .afford(now, estimate, cap, self.audio_payload_bps, overhead_bps);
         self.refresh_red_pts();
         if self.red.distance() != before {
             tracing::debug!(
                 peer = self.id.0,
                 repeats = self.red.distance(),
                 loss = format!("{:.1} %", loss * 100.0),
-                budget_bps = budget,
+                estimate_bps = estimate,
+                cap_bps = cap,
                 audio_payload_bps = self.audio_payload_bps,
                 red_agreed = self.red_pts.is_some(),
                 "audio redundancy"

@@ -55,7 +55,10 @@
 //!   [`AllocatorConfig::upgrade_margin_percent`] to spare, continuously for the upgrade hold
 //!   ([`AllocatorConfig::upgrade_hold`]), and then one step (one track, one layer) per
 //!   [`AllocatorConfig::upgrade_step_interval`]. A downgrade soon after an upgrade (the
-//!   upgrade overshot the link) doubles the hold, up to [`AllocatorConfig::max_upgrade_hold`].
+//!   upgrade overshot the link) doubles the hold, up to [`AllocatorConfig::max_upgrade_hold`],
+//!   and until the backoff resets, about as much video as overshot (¾ of it or more) needs
+//!   an estimate a quarter above the one it overshot on (less video, such as a paused
+//!   thumbnail coming back, does not).
 //!
 //! The margin between the downgrade and upgrade thresholds is what keeps a noisy but steady
 //! estimate from moving layers at all. No allocation ever exceeds the estimate less audio at
@@ -78,6 +81,13 @@ const OVERSHOOT_WINDOW: Duration = Duration::from_secs(10);
 
 /// After this long without a downgrade the upgrade hold returns to its configured value.
 const BACKOFF_RESET: Duration = Duration::from_secs(30);
+
+/// After an upgrade overshot the link, an upgrade to as much video again needs an estimate
+/// this much (percent) above the one the failed upgrade was made on, until the backoff
+/// resets. A link whose estimate collapses each time it is used (a keyframe burst into a
+/// small queue on a short round trip: the load tester's 1.5 Mbit/s class) is otherwise
+/// tried again and again, two layer changes each time.
+const OVERSHOT_MARGIN_PERCENT: u64 = 25;
 
 /// How much a subscriber cares about a video track, most important first: a class is given
 /// bandwidth before, and paused after, every class below it.
@@ -513,6 +523,10 @@ pub struct Allocator {
     hold: Duration,
     last_upgrade: Option<Instant>,
     last_downgrade: Option<Instant>,
+    /// The estimate the last upgrade step was made on, and the video it then used.
+    upgraded_on: (u64, u64),
+    /// After an upgrade overshot: as much video as it used needs this estimate.
+    upgrade_floor: Option<(u64, u64)>,
     target: BitrateTarget,
     emitted_target: Option<BitrateTarget>,
 }
@@ -534,6 +548,8 @@ impl Allocator {
             next_step_at: None,
             last_upgrade: None,
             last_downgrade: None,
+            upgraded_on: (0, 0),
+            upgrade_floor: None,
             target: BitrateTarget::default(),
             emitted_target: None,
         })
@@ -756,6 +772,7 @@ impl Allocator {
                 .is_none_or(|d| now.saturating_duration_since(d) >= BACKOFF_RESET)
         {
             self.hold = self.config.upgrade_hold;
+            self.upgrade_floor = None;
         }
         let used = cost(&self.tracks);
         if used > self.video_budget(self.estimate) {
@@ -772,6 +789,13 @@ impl Allocator {
                     .is_some_and(|u| now.saturating_duration_since(u) < OVERSHOOT_WINDOW)
                 {
                     self.hold = (self.hold * 2).min(self.config.max_upgrade_hold);
+                    let (estimate, video) = self.upgraded_on;
+                    let floor = (video, estimate + estimate * OVERSHOT_MARGIN_PERCENT / 100);
+                    self.upgrade_floor = Some(match self.upgrade_floor {
+                        Some((v, e)) => (v.min(floor.0), e.max(floor.1)),
+                        None => floor,
+                    });
+                    self.last_upgrade = None;
                 }
                 self.last_downgrade = Some(now);
             }
@@ -857,6 +881,17 @@ impl Allocator {
             self.upgrade_since = None;
             return;
         };
+        let t = &self.tracks[i];
+        let next = cost(&self.tracks) - t.rate(t.cur) + t.rate(Some(layer));
+        if self
+            .upgrade_floor
+            .is_some_and(|(video, estimate)| next >= video / 4 * 3 && self.estimate < estimate)
+        {
+            // About as much video as last overshot the link (layer rates are measured, and
+            // wobble with keyframes), on no better an estimate.
+            self.upgrade_since = None;
+            return;
+        }
         let since = *self.upgrade_since.get_or_insert(now);
         if now < since + self.hold || self.next_step_at.is_some_and(|at| now < at) {
             return;
@@ -865,6 +900,7 @@ impl Allocator {
         self.next_step_at = Some(now + self.config.upgrade_step_interval);
         if self.step_up(i, layer, budget) {
             self.last_upgrade = Some(now);
+            self.upgraded_on = (self.estimate, cost(&self.tracks));
         }
     }
 

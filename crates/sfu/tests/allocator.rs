@@ -533,33 +533,80 @@ fn without_probing_desired_is_the_current_need() {
     assert_eq!(probing.desired, next_need);
 }
 
-#[test]
-fn a_downgrade_right_after_an_upgrade_makes_the_next_upgrade_wait_longer() {
+/// A link that reports 800 kbit/s but collapses as soon as the stage goes up: returns the
+/// simulation just after the collapse brought the stage down, and when that was.
+fn overshot_once() -> (Sim, Duration) {
     let mut sim = Sim::start(400_000, 1);
     sim.add(STAGE, TrackPriority::Stage, Tile::shown(1280, 720), &cam());
     assert_eq!(sim.decision(STAGE), Decision::Layer(0));
-    // A link that reports 800 kbit/s but collapses as soon as the stage goes up.
-    let first_up = {
-        sim.run(Duration::from_secs(3), |_| 800_000);
-        assert_eq!(sim.decision(STAGE), Decision::Layer(1));
-        sim.changes.last().unwrap().0
-    };
+    sim.run(Duration::from_secs(3), |_| 800_000);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(1));
+    let up = sim.changes.last().unwrap().0;
     sim.run(Duration::from_secs(1), |_| 400_000);
     assert_eq!(sim.decision(STAGE), Decision::Layer(0));
     let down = sim.changes.last().unwrap().0;
-    assert!(down - first_up < Duration::from_secs(10));
-    sim.run(Duration::from_secs(10), |_| 800_000);
-    let second_up = sim
-        .changes
+    assert!(down - up < Duration::from_secs(10));
+    (sim, down)
+}
+
+fn first_up_after(sim: &Sim, after: Duration) -> Option<Duration> {
+    sim.changes
         .iter()
-        .find(|c| c.0 > down && c.2 == Decision::Layer(1))
-        .unwrap()
-        .0;
+        .find(|c| c.0 > after && c.2 == Decision::Layer(1))
+        .map(|c| c.0)
+}
+
+#[test]
+fn an_upgrade_that_overshot_waits_for_a_better_estimate_and_a_longer_hold() {
+    let (mut sim, down) = overshot_once();
+    // The same estimate again: the same upgrade is not tried again (two changes each time).
+    sim.run(Duration::from_secs(10), |_| 800_000);
+    assert_eq!(first_up_after(&sim, down), None, "{:?}", sim.changes);
+    // A quarter more than the estimate that overshot: tried, after a doubled hold.
+    let better = sim.elapsed();
+    sim.run(Duration::from_secs(10), |_| 1_050_000);
+    let second_up = first_up_after(&sim, down).expect("upgraded on a better estimate");
     assert!(
-        second_up - down >= Duration::from_secs(4),
+        second_up - better >= Duration::from_secs(4),
         "hold doubled: {:?}",
-        second_up - down
+        second_up - better
     );
+}
+
+#[test]
+fn an_upgrade_that_overshot_is_tried_again_once_the_backoff_resets() {
+    let (mut sim, down) = overshot_once();
+    sim.run(Duration::from_secs(40), |_| 800_000);
+    let again = first_up_after(&sim, down).expect("tried again");
+    assert!(
+        again - down >= Duration::from_secs(30),
+        "{:?} after the downgrade",
+        again - down
+    );
+}
+
+#[test]
+fn video_paused_by_an_overshoot_resumes_below_the_estimate_that_overshot() {
+    let mut sim = Sim::start(400_000, 1);
+    sim.add(STAGE, TrackPriority::Stage, Tile::shown(1280, 720), &cam());
+    sim.add(
+        THIRD,
+        TrackPriority::Thumbnail,
+        Tile::shown(320, 180),
+        &cam(),
+    );
+    // Both low at first; the stage goes up on 1 Mbit/s…
+    sim.run(Duration::from_secs(4), |_| 1_000_000);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(1));
+    assert_eq!(sim.decision(THIRD), Decision::Layer(0));
+    // …and the estimate collapses so far that the thumbnail pauses too.
+    sim.run(Duration::from_secs(2), |_| 260_000);
+    assert_eq!(sim.decision(THIRD), paused(PauseReason::Bandwidth));
+    // Back to 1 Mbit/s (no better than the one that overshot): the thumbnail comes back,
+    // the stage stays low.
+    sim.run(Duration::from_secs(20), |_| 1_000_000);
+    assert_eq!(sim.decision(THIRD), Decision::Layer(0));
+    assert_eq!(sim.decision(STAGE), Decision::Layer(0));
 }
 
 #[test]
