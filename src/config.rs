@@ -224,7 +224,8 @@ pub struct MediaConfig {
     /// one per CPU core.
     pub shards: usize,
     /// Estimate each attendee's downlink and send each the simulcast layers (and the video)
-    /// it can carry, audio first. Off: everyone gets everything they show.
+    /// it can carry, audio first. Off: everyone gets every camera they show at its first
+    /// (lowest) simulcast layer, never paused for bandwidth.
     pub allocate_bandwidth: bool,
     /// In a room with more microphones than this, forward to each listener only this many
     /// loudest (plus the floor holder's). 0: every microphone.

@@ -186,7 +186,7 @@ const MIN_TIMER: Duration = Duration::from_millis(1);
 /// How often a group checks join deadlines, sends PLIs and updates the progress counters.
 const TICK: Duration = Duration::from_millis(250);
 /// How long the fast path lets datagrams gather after a busy turn.
-const COALESCE: Duration = Duration::from_millis(1);
+const COALESCE: Duration = Duration::from_millis(3);
 /// How often the fast path's RTCP (NACK, PLI, TWCC, RR) is considered.
 const FEEDBACK_TICK: Duration = Duration::from_millis(20);
 
