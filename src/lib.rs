@@ -15,7 +15,7 @@
 //!   SQLite store and its audit log.
 //! - [`record`]: the record of meetings (attendance, speakers, motions, votes) in the
 //!   store, the meetings that go on after a restart, and the minutes.
-//! - [`memory`]: gives freed memory back to the system after sessions end (glibc).
+//! - [`memory`]: memory after sessions end: why jemalloc, and the used-grant purge.
 //! - [`metrics`]: Prometheus metrics, fed from plain counters once a second.
 //! - [`secret`]: random tokens and the hashing of secrets (the only copy of each).
 //! - [`turn`]: time-limited TURN credentials (coturn's shared-secret scheme).
@@ -349,7 +349,7 @@ pub async fn start(config: Config) -> Result<Server, StartError> {
         },
         config.http.trusted_proxies.clone(),
     );
-    memory::spawn_trimmer(Arc::clone(&admission), metrics.clone(), keys.clone());
+    memory::spawn_grant_purge(keys.clone());
     let state = http::AppState::new(
         keys,
         membership,

@@ -13,6 +13,10 @@ use plenary::membership::store::Store;
 use plenary::Config;
 use plenary_proto::{Role, TrackSource};
 
+/// jemalloc: memory freed after sessions end goes back to the system (see `plenary::memory`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Plenary: a self-hosted WebRTC SFU for the general meetings of co-operatives.
 ///
 /// Configuration comes from the TOML file given with --config or PLENARY_CONFIG (else

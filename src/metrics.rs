@@ -52,8 +52,6 @@ pub struct Metrics {
     pub shards: IntGauge,
     /// Media shards shedding load (overload level 1 or more).
     pub shards_overloaded: IntGauge,
-    /// Times the allocator was asked to give freed memory back (src/memory.rs).
-    pub memory_trims: IntCounter,
     /// The highest overload level of any shard (0 normal, 1 thumbnails shed, 2 video shed,
     /// 3 refusing joins).
     pub overload_level: IntGauge,
@@ -239,10 +237,6 @@ impl Metrics {
                 "Send system calls (sendmmsg batches)",
             ),
             shards: gauge("media_shards", "Media shards (threads, one UDP port each)"),
-            memory_trims: counter(
-                "memory_trims_total",
-                "Times freed memory was given back to the system after sessions ended",
-            ),
             shards_overloaded: gauge(
                 "media_shards_overloaded",
                 "Media shards shedding load (overload level 1 or more)",
