@@ -245,7 +245,7 @@ step("at 400 kbit/s the weak listener keeps every speaker's audio and gets low o
   const audio = audioFigures(d);
   const video = Object.values(d).filter((x) => x.kind === "video");
   h.log(`weak @400k: audio loss ${(audio.loss * 100).toFixed(2)} %, concealment ${(audio.concealment * 100).toFixed(2)} %, ` +
-    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, freezes_sum_s: +v.freeze.toFixed(1), longest_stall_s: v.stallS, strong_listener_longest_stall_s: v.strongStallS, paused: v.bwPaused })))}, ` +
+    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, freezes_sum_s: +v.freeze.toFixed(1), longest_stall_s: v.stallS, strong_listener_longest_stall_s: v.strongStallS, lost: v.lost, nacks: v.nacks, rtx: v.rtx, paused: v.bwPaused })))}, ` +
     `keyframe requests at the speakers ${rate.toFixed(2)}/s (healthy ${baseline.toFixed(2)}/s)`);
   assert.ok(Object.values(d).some((x) => x.kind === "audio" && x.pid === ids[SPEAKERS[0]] && x.received > 500),
     "the speaker's audio keeps coming");
