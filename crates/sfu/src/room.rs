@@ -200,6 +200,11 @@ struct Track {
 }
 
 impl Track {
+    /// Audio that is forwarded now: neither muted nor deselected.
+    fn audible(&self) -> bool {
+        !self.media.is_video() && !self.muted && !self.deselected
+    }
+
     fn new(publisher: ParticipantKey, media: Media) -> Track {
         Track {
             publisher,
@@ -247,6 +252,9 @@ pub struct Room {
     config: RoomConfig,
     participants: HashMap<ParticipantKey, Participant>,
     tracks: HashMap<TrackKey, Track>,
+    /// Audio tracks neither muted nor deselected (kept as tracks change: every subscriber's
+    /// allocator asks on each estimate).
+    audible: usize,
     events: VecDeque<RoomEvent>,
     stats: RoomStats,
 }
@@ -345,7 +353,7 @@ impl Room {
             .get_mut(&p)
             .ok_or(RoomError::UnknownParticipant)?;
         participant.published.push(track);
-        self.tracks.insert(track, Track::new(p, media));
+        self.insert_track(track, Track::new(p, media));
         let mut subscribers: Vec<ParticipantKey> = self
             .participants
             .iter()
@@ -372,7 +380,7 @@ impl Room {
         if self.tracks.contains_key(&track) {
             return Err(RoomError::DuplicateTrack);
         }
-        self.tracks.insert(track, Track::new(publisher, media));
+        self.insert_track(track, Track::new(publisher, media));
         let mut subscribers: Vec<ParticipantKey> = self
             .participants
             .iter()
@@ -389,6 +397,7 @@ impl Room {
     /// A track goes away; each subscriber gets a [`RoomEvent::Unsubscribe`].
     pub fn handle_unpublish(&mut self, track: TrackKey) -> Result<(), RoomError> {
         let t = self.tracks.remove(&track).ok_or(RoomError::UnknownTrack)?;
+        self.audible -= usize::from(t.audible());
         if let Some(p) = self.participants.get_mut(&t.publisher) {
             p.published.retain(|k| *k != track);
         }
@@ -407,7 +416,9 @@ impl Room {
     pub fn handle_mute(&mut self, track: TrackKey, muted: bool) -> Result<(), RoomError> {
         let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
         if t.muted != muted {
+            self.audible -= usize::from(t.audible());
             t.muted = muted;
+            self.audible += usize::from(t.audible());
             for d in &mut t.down {
                 d.munger.pause();
             }
@@ -421,7 +432,9 @@ impl Room {
     pub fn set_selected(&mut self, track: TrackKey, selected: bool) -> Result<(), RoomError> {
         let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
         if t.deselected == selected {
+            self.audible -= usize::from(t.audible());
             t.deselected = !selected;
+            self.audible += usize::from(t.audible());
             for d in &mut t.down {
                 d.munger.pause();
             }
@@ -433,7 +446,9 @@ impl Room {
     /// VP8): keyframes are recognised by the new one from now on. The clock rate stays.
     pub fn set_media(&mut self, track: TrackKey, media: Media) -> Result<(), RoomError> {
         let t = self.tracks.get_mut(&track).ok_or(RoomError::UnknownTrack)?;
+        self.audible -= usize::from(t.audible());
         t.media = media;
+        self.audible += usize::from(t.audible());
         Ok(())
     }
 
@@ -533,10 +548,16 @@ impl Room {
     /// Audio tracks forwarded now (neither muted nor deselected): what a subscriber's audio
     /// reserve must cover at most (muted and deselected tracks cost no bandwidth).
     pub fn audible_tracks(&self) -> usize {
-        self.tracks
-            .values()
-            .filter(|t| !t.media.is_video() && !t.muted && !t.deselected)
-            .count()
+        debug_assert_eq!(
+            self.audible,
+            self.tracks.values().filter(|t| t.audible()).count()
+        );
+        self.audible
+    }
+
+    fn insert_track(&mut self, key: TrackKey, track: Track) {
+        self.audible += usize::from(track.audible());
+        self.tracks.insert(key, track);
     }
 
     /// Whether `track` is video.

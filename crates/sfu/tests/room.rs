@@ -381,4 +381,16 @@ fn only_unmuted_selected_microphones_are_audible() {
     room.handle_mute(T(10), false).unwrap();
     room.set_selected(T(20), true).unwrap();
     assert_eq!(room.audible_tracks(), 3);
+    // Muted and deselected at once, then only one of them undone: still silent.
+    room.handle_mute(T(30), true).unwrap();
+    room.set_selected(T(30), false).unwrap();
+    room.handle_mute(T(30), false).unwrap();
+    assert_eq!(room.audible_tracks(), 2);
+    room.set_selected(T(30), true).unwrap();
+    assert_eq!(room.audible_tracks(), 3);
+    // Tracks that go or come from another shard count too.
+    room.handle_unpublish(T(10)).unwrap();
+    assert_eq!(room.audible_tracks(), 2);
+    room.handle_publish_remote(P(7), T(70), OPUS).unwrap();
+    assert_eq!(room.audible_tracks(), 3);
 }
