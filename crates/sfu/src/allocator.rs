@@ -904,8 +904,11 @@ impl Allocator {
         }
     }
 
-    /// Moves track `i` to `layer` if that fits `budget`; if layers held above the plan leave
-    /// no room, brings them down to the plan in the same change.
+    /// Moves track `i` to `layer` if that fits `budget`; if layers held above the plan by
+    /// less important tracks (those after `i`) leave no room, brings them down to the plan in
+    /// the same change. A more important track is never lowered for it: with room for one
+    /// thumbnail, the plan may pick whichever thumbnail's measured rate fits this second, and
+    /// swapping them on each wobble stalled both (a keyframe to wait for each time).
     fn step_up(&mut self, i: usize, layer: u8, budget: u64) -> bool {
         let others = |t: &Track| t.rate(t.cur);
         let alone = cost(&self.tracks) - others(&self.tracks[i]) + self.tracks[i].rate(Some(layer));
@@ -913,27 +916,22 @@ impl Allocator {
             self.tracks[i].cur = Some(layer);
             return true;
         }
+        let after = |j: usize, t: &Track| match j.cmp(&i) {
+            std::cmp::Ordering::Less => t.cur,
+            std::cmp::Ordering::Equal => Some(layer),
+            std::cmp::Ordering::Greater => min_level(t.cur, t.plan),
+        };
         let rebalanced: u64 = self
             .tracks
             .iter()
             .enumerate()
-            .map(|(j, t)| {
-                if j == i {
-                    t.rate(Some(layer))
-                } else {
-                    t.rate(min_level(t.cur, t.plan))
-                }
-            })
+            .map(|(j, t)| t.rate(after(j, t)))
             .sum();
         if rebalanced > budget {
             return false;
         }
         for (j, t) in self.tracks.iter_mut().enumerate() {
-            t.cur = if j == i {
-                Some(layer)
-            } else {
-                min_level(t.cur, t.plan)
-            };
+            t.cur = after(j, t);
         }
         true
     }

@@ -706,3 +706,38 @@ fn a_publisher_that_stops_simulcast_leaves_one_layer_and_nothing_breaks() {
     sim.run(Duration::from_secs(10), |_| 10_000_000);
     assert_eq!(sim.decision(STAGE), Decision::Layer(2));
 }
+
+#[test]
+fn a_playing_thumbnail_is_not_swapped_for_another_when_its_rate_wobbles() {
+    // Room for one 150 kbit/s thumbnail of two (300 kbit/s less 10 % less 40 for audio).
+    let mut sim = Sim::start(300_000, 1);
+    let low = |bps| [VideoLayer::new(320, 180, bps)];
+    sim.add(
+        SECOND,
+        TrackPriority::Thumbnail,
+        Tile::shown(320, 180),
+        &low(150_000),
+    );
+    sim.add(
+        THIRD,
+        TrackPriority::Thumbnail,
+        Tile::shown(320, 180),
+        &low(150_000),
+    );
+    sim.run(Duration::from_secs(5), |_| 300_000);
+    assert_eq!(sim.decision(SECOND), Decision::Layer(0));
+    assert_eq!(sim.decision(THIRD), paused(PauseReason::Bandwidth));
+    // A keyframe in the second its rate was measured: the playing one reads 200 kbit/s, still
+    // within the budget, but no longer within the upgrade budget the other one fits.
+    sim.layers(SECOND, &low(200_000));
+    let before = sim.changes.len();
+    sim.run(Duration::from_secs(10), |_| 300_000);
+    assert_eq!(sim.decision(SECOND), Decision::Layer(0));
+    assert_eq!(sim.decision(THIRD), paused(PauseReason::Bandwidth));
+    assert_eq!(
+        sim.changes.len(),
+        before,
+        "no swap: {:?}",
+        &sim.changes[before..]
+    );
+}
