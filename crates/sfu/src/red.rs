@@ -40,6 +40,8 @@ const MAX_RED_PAYLOAD: usize = 1100;
 const AUDIO_SHARE_PERCENT: u64 = 80;
 /// How long the highest recent estimate stands for the link (two windows of this length).
 const ESTIMATE_WINDOW: Duration = Duration::from_secs(5);
+/// A loss report this long after the one before covers enough packets to count alone.
+const LONG_REPORT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone, Default)]
 struct Block {
@@ -152,8 +154,9 @@ pub struct RedPolicy {
     clean_since: Option<Instant>,
     ceiling: usize,
     enabled: bool,
-    /// The previous report's loss.
+    /// The previous report's loss, and when it came.
     last_loss: f64,
+    last_report: Option<Instant>,
     /// Highest estimate in the current window (start, bps) and in the one before.
     window: Option<(Instant, u64)>,
     previous_max: u64,
@@ -174,6 +177,7 @@ impl RedPolicy {
             ceiling: if enabled { MAX_DISTANCE } else { 0 },
             enabled,
             last_loss: 0.0,
+            last_report: None,
             window: None,
             previous_max: 0,
         }
@@ -187,9 +191,16 @@ impl RedPolicy {
     /// row: that is a congested or policed link, which more packets would only make worse
     /// (the loss cap cuts video then, and redundancy may return once the link is merely
     /// lossy). One heavy second alone is the noise of a second's sample (a listener gets
-    /// ~100 packets a second: at 5 % random loss, 10 % in one second is not rare).
+    /// ~100 packets a second: at 5 % random loss, 10 % in one second is not rare). A report
+    /// that comes [`LONG_REPORT`] or more after the one before describes seconds of packets
+    /// by itself (a browser that receives only audio reports every 5 s), and counts alone.
     pub fn handle_loss(&mut self, now: Instant, loss: f64) {
-        let lasting = std::mem::replace(&mut self.last_loss, loss).min(loss);
+        let long = self
+            .last_report
+            .replace(now)
+            .is_some_and(|t| now.saturating_duration_since(t) >= LONG_REPORT);
+        let previous = std::mem::replace(&mut self.last_loss, loss);
+        let lasting = if long { loss } else { previous.min(loss) };
         if lasting >= CONGESTION_LOSS {
             self.distance = 0;
             self.clean_since = None;
@@ -372,6 +383,22 @@ mod tests {
             p.handle_loss(t, 0.0);
         }
         assert_eq!(p.distance(), 0);
+    }
+
+    #[test]
+    fn a_report_covering_seconds_counts_alone() {
+        // A browser receiving only audio sends a receiver report every 5 s.
+        let t0 = Instant::now();
+        let s = Duration::from_secs(5);
+        let mut p = RedPolicy::default();
+        p.handle_loss(t0, 0.0);
+        p.handle_loss(t0 + s, 0.05);
+        assert_eq!(p.distance(), 2, "five seconds of 5 % loss is a lossy link");
+        let mut q = RedPolicy::default();
+        q.handle_loss(t0, 0.0);
+        q.handle_loss(t0 + s, 0.04);
+        q.handle_loss(t0 + s * 2, 0.3);
+        assert_eq!(q.distance(), 0, "five seconds of heavy loss is congestion");
     }
 
     #[test]
