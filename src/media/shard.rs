@@ -325,7 +325,6 @@ pub struct Shard {
     metrics: Arc<Metrics>,
     cert: DtlsCert,
     candidates: Vec<Candidate>,
-    /// Peers by slot.
     /// Peers by slot. Boxed: a `Peer` (str0m's `Rtc` inline) is kilobytes, and the vector
     /// keeps the high-water mark of slots in use, so an empty slot must cost a pointer.
     peers: Vec<Option<Box<Peer>>>,

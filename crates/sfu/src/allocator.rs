@@ -881,8 +881,7 @@ impl Allocator {
             self.upgrade_since = None;
             return;
         };
-        let t = &self.tracks[i];
-        let next = cost(&self.tracks) - t.rate(t.cur) + t.rate(Some(layer));
+        let next = self.cost_with(i, layer);
         if self
             .upgrade_floor
             .is_some_and(|(video, estimate)| next >= video / 4 * 3 && self.estimate < estimate)
@@ -898,7 +897,7 @@ impl Allocator {
         }
         // Spaced even if the step were refused, so that poll_timeout never lies in the past.
         self.next_step_at = Some(now + self.config.upgrade_step_interval);
-        if self.step_up(i, layer, budget) {
+        if self.step_up(i, layer, next, budget) {
             self.last_upgrade = Some(now);
             self.upgraded_on = (self.estimate, cost(&self.tracks));
         }
@@ -909,9 +908,8 @@ impl Allocator {
     /// the same change. A more important track is never lowered for it: with room for one
     /// thumbnail, the plan may pick whichever thumbnail's measured rate fits this second, and
     /// swapping them on each wobble stalled both (a keyframe to wait for each time).
-    fn step_up(&mut self, i: usize, layer: u8, budget: u64) -> bool {
-        let others = |t: &Track| t.rate(t.cur);
-        let alone = cost(&self.tracks) - others(&self.tracks[i]) + self.tracks[i].rate(Some(layer));
+    /// `alone` is [`Allocator::cost_with`] for the step.
+    fn step_up(&mut self, i: usize, layer: u8, alone: u64, budget: u64) -> bool {
         if alone <= budget {
             self.tracks[i].cur = Some(layer);
             return true;
@@ -934,6 +932,12 @@ impl Allocator {
             t.cur = after(j, t);
         }
         true
+    }
+
+    /// What the current layers would cost with track `i` at `layer` instead.
+    fn cost_with(&self, i: usize, layer: u8) -> u64 {
+        let t = &self.tracks[i];
+        cost(&self.tracks) - t.rate(t.cur) + t.rate(Some(layer))
     }
 
     fn update_target(&mut self) {

@@ -239,7 +239,7 @@ impl Shard {
         let sent = alloc.video_rate() + audio;
         peer.loss_cap
             .handle_report(now, f64::from(loss), sent, audio);
-        let estimate = budget(peer, now, level, audible);
+        let estimate = budget(peer, now, level, audio);
         tracing::debug!(
             target: "plenary::bwe",
             peer = id.0,
@@ -264,7 +264,8 @@ impl Shard {
         let Some(peer) = self.peer_mut(id) else {
             return;
         };
-        let estimate = budget(peer, now, level, audible);
+        let audio = peer.audio_reserve(audible);
+        let estimate = budget(peer, now, level, audio);
         let can_probe = peer.can_probe && level == OverloadLevel::Normal;
         if let Some(alloc) = peer.alloc.as_mut() {
             alloc.handle_estimate(now, estimate, can_probe);
@@ -289,7 +290,7 @@ impl Shard {
         };
         peer.last_estimate = estimate;
         peer.can_probe = can_probe;
-        let capped = budget(peer, now, level, audible);
+        let capped = budget(peer, now, level, peer.audio_reserve(audible));
         let Some(alloc) = peer.alloc.as_mut() else {
             return;
         };
@@ -684,14 +685,14 @@ impl Shard {
 }
 
 /// What a subscriber's allocator may spend: its estimate, capped by reported loss, with the
-/// video part of it cut by the shard's overload level (audio is never cut).
-fn budget(peer: &Peer, now: Instant, level: OverloadLevel, audible: usize) -> u64 {
+/// video part of it cut by the shard's overload level (its `audio` reserve is never cut).
+fn budget(peer: &Peer, now: Instant, level: OverloadLevel, audio: u64) -> u64 {
     let estimate = peer.last_estimate.min(peer.loss_cap.cap(now));
     let factor = level.budget_factor();
     if factor >= 1.0 {
         return estimate;
     }
-    let audio = peer.audio_reserve(audible).min(estimate);
+    let audio = audio.min(estimate);
     audio + ((estimate - audio) as f64 * factor) as u64
 }
 
