@@ -53,6 +53,11 @@ step("speakers and a host join", async () => {
   await h.openPage("hal", { room: ROOM, camera: false, mic: true, extra: { host: "1" } });
   ids.hal = await h.myId("hal");
   await h.expectMediaFrom("sam", [ids.tess, ids.hal], { video: [ids.tess] });
+  // The host stops talking. Fake microphones beep without a pause, like people talking all
+  // the time, and the server forwards the three loudest microphones of a room with more:
+  // a fourth microphone (mo's, below) is heard once one of the three goes quiet.
+  await button("hal", "Mute microphone", true).click();
+  await button("hal", "Unmute microphone", true).waitFor();
 });
 
 step("an attendee without camera or microphone joins from the pre-join screen and receives everyone", async () => {
@@ -65,7 +70,7 @@ step("an attendee without camera or microphone joins from the pre-join screen an
   await h.screenshot("lis", "prejoin-no-devices");
   await button("lis", "Join", true).click();
   ids.lis = await h.waitJoined("lis");
-  await h.expectMediaFrom("lis", [...speakers(), ids.hal], { video: speakers() });
+  await h.expectMediaFrom("lis", speakers()); // hal, the host, is muted
   const state = await page.evaluate(() => ({ publish: window.plenary.client.publish.length, asked: window.__media.asked }));
   assert.deepEqual(state, { publish: 0, asked: { audio: 0, video: 0 } }, "nothing published, no device asked for");
   assert.match(await status("lis"), /listening/);
@@ -76,7 +81,7 @@ step("an attendee without camera or microphone joins from the pre-join screen an
 step("an attendee who refuses camera and microphone joins to listen and receives everyone", async () => {
   const denied = await h.launch("denied");
   const page = await joinFrom("den", denied);
-  await h.expectMediaFrom("den", [...speakers(), ids.hal], { video: speakers() });
+  await h.expectMediaFrom("den", speakers());
   assert.match(await status("den"), /did not allow the (microphone|camera)/);
   assert.equal(await page.evaluate(() => window.plenary.client.publish.length), 0);
   assert.deepEqual((await h.heldTracks("den")).filter((t) => !t.endsWith(":ended")), []);

@@ -34,7 +34,12 @@
 //! 1. a selected track silent for [`SpeakersConfig::hold`] (2 s) since its last loud packet
 //!    stops, so the ends of words and short pauses are not clipped;
 //! 2. active tracks not selected, loudest first, take a free slot, or replace the quietest
-//!    selected track when louder than it by [`SpeakersConfig::margin`];
+//!    selected track when louder than it by [`SpeakersConfig::margin`]. A selected track is
+//!    defended by its *standing*: its score, or while the score falls, a value falling from
+//!    its peak by the margin over [`SpeakersConfig::pause_grace`] (500 ms). Pauses between
+//!    words do not let an equally loud newcomer in (with four people talking that swapped the
+//!    slots every few hundred milliseconds and chopped everyone's words); one who stopped
+//!    gives way to an equally loud newcomer after about the grace, long before the hold;
 //! 3. the loudest active track becomes the dominant speaker when there is none, or when it has
 //!    led the dominant one by the margin for [`SpeakersConfig::dominant_hold`] (1 s) without a
 //!    break: two people talking over each other do not make it flap.
@@ -93,6 +98,9 @@ pub struct SpeakersConfig {
     pub margin: u32,
     /// How long a challenger must lead the dominant speaker, without a break, to replace it.
     pub dominant_hold: Duration,
+    /// How long a selected track may pause before an equally loud newcomer may take its
+    /// slot: a selected track's standing falls from its score by `margin` over this time.
+    pub pause_grace: Duration,
 }
 
 impl Default for SpeakersConfig {
@@ -106,6 +114,7 @@ impl Default for SpeakersConfig {
             hold: Duration::from_secs(2),
             margin: 8,
             dominant_hold: Duration::from_secs(1),
+            pause_grace: Duration::from_millis(500),
         }
     }
 }
@@ -124,6 +133,13 @@ impl SpeakersConfig {
             return Err(SpeakersError::InvalidConfig);
         }
         Ok(())
+    }
+
+    /// How much a track's standing falls per tick once its score is below it (at least 1).
+    fn standing_decay(&self) -> u32 {
+        let grace = self.pause_grace.as_micros().max(1);
+        let per_tick = self.margin as u128 * self.tick.as_micros() / grace;
+        per_tick.clamp(1, u32::MAX as u128) as u32
     }
 
     fn buckets(&self) -> usize {
@@ -184,6 +200,9 @@ struct Mic {
     buckets: [Bucket; MAX_BUCKETS],
     /// Score at the last tick.
     score: u32,
+    /// The score, or when it fell, a value falling from its last peak by
+    /// [`SpeakersConfig::standing_decay`] per tick: what a selected track is defended with.
+    standing: u32,
     /// When the last packet at or above the activity threshold arrived.
     last_voice: Option<Instant>,
     selected: bool,
@@ -240,6 +259,7 @@ impl Speakers {
             key: track,
             buckets: [Bucket::default(); MAX_BUCKETS],
             score: 0,
+            standing: 0,
             last_voice: None,
             selected: false,
             always: false,
@@ -405,8 +425,10 @@ impl Speakers {
     fn update_scores(&mut self) {
         let n = self.buckets;
         let next = (self.cursor + 1) % n;
+        let decay = self.config.standing_decay();
         for m in &mut self.mics {
             m.score = score(&m.buckets[..n]);
+            m.standing = m.score.max(m.standing.saturating_sub(decay));
             m.buckets[next] = Bucket::default();
         }
         self.cursor = next;
@@ -450,7 +472,7 @@ impl Speakers {
                 break;
             };
             let w = self.index[&self.selected[slot]];
-            if self.mics[c].score < self.mics[w].score.saturating_add(self.config.margin) {
+            if self.mics[c].score < self.mics[w].standing.saturating_add(self.config.margin) {
                 break; // Candidates are loudest first: the rest are not louder either.
             }
             let out = self.selected[slot];
@@ -463,12 +485,12 @@ impl Speakers {
         self.candidates = candidates;
     }
 
-    /// The selected track to give up first: lowest score, then longest silent, then highest
-    /// key.
+    /// The selected track to give up first: lowest standing, then longest silent, then
+    /// highest key.
     fn quietest_selected(&self) -> Option<usize> {
         (0..self.selected.len()).min_by_key(|&s| {
             let m = &self.mics[self.index[&self.selected[s]]];
-            (m.score, m.last_voice, std::cmp::Reverse(m.key))
+            (m.standing, m.last_voice, std::cmp::Reverse(m.key))
         })
     }
 

@@ -653,9 +653,11 @@ impl Shard {
                         let _ = t;
                     }
                     SpeakerEvent::Forward(t) => {
+                        tracing::debug!(target: "plenary::speakers", track = t.0, "forward");
                         let _ = entry.core.set_selected(t, true);
                     }
                     SpeakerEvent::Stop(t) => {
+                        tracing::debug!(target: "plenary::speakers", track = t.0, "stop");
                         let _ = entry.core.set_selected(t, false);
                     }
                     SpeakerEvent::DominantSpeaker(t) => {
