@@ -47,10 +47,13 @@
 //! - A new, newly shown, enlarged or re-prioritised track gets at once what the upgrade
 //!   budget (margin included) plans for it; the other tracks keep their layers unless that
 //!   plan gives them less.
-//! - Downgrades: when the allocation needs more than the budget for
-//!   [`AllocatorConfig::downgrade_hold`], or at once when it needs more than the whole
-//!   estimate less audio (the headroom is used up), tracks come down to the plan for the
-//!   lowest estimate seen meanwhile.
+//! - Downgrades: an allocation within the headroom (above the budget, within the estimate
+//!   less audio) stays, without upgrades. One that needs more than the estimate less audio
+//!   for [`AllocatorConfig::downgrade_hold`], or at once when the estimate is below
+//!   [`COLLAPSE_PERCENT`] of what is sent (video plus audio), comes down to the plan for the
+//!   lowest estimate seen meanwhile. The hold is there because one overuse signal sets the
+//!   estimate just below what is sent (0.85 × the acknowledged rate): a listener receiving
+//!   exactly one camera's low layer lost it for seconds on every delay spike.
 //! - Upgrades: only while the estimate carries the upgrade with
 //!   [`AllocatorConfig::upgrade_margin_percent`] to spare, continuously for the upgrade hold
 //!   ([`AllocatorConfig::upgrade_hold`]), and then one step (one track, one layer) per
@@ -61,8 +64,9 @@
 //!   thumbnail coming back, does not).
 //!
 //! The margin between the downgrade and upgrade thresholds is what keeps a noisy but steady
-//! estimate from moving layers at all. No allocation ever exceeds the estimate less audio at
-//! the end of a call. Everything is integer arithmetic on the caller's numbers: deterministic,
+//! estimate from moving layers at all. No allocation ever exceeds the estimate less audio for
+//! longer than the downgrade hold, nor what the collapse threshold allows at the end of a
+//! call. Everything is integer arithmetic on the caller's numbers: deterministic,
 //! no clock, no I/O, and no allocation once the track list has grown.
 
 use std::time::{Duration, Instant};
@@ -88,6 +92,15 @@ const BACKOFF_RESET: Duration = Duration::from_secs(30);
 /// small queue on a short round trip: the load tester's 1.5 Mbit/s class) is otherwise
 /// tried again and again, two layer changes each time.
 const OVERSHOT_MARGIN_PERCENT: u64 = 25;
+
+/// An estimate below this share (per cent) of what the subscriber is sent (its video
+/// allocation plus audio) is a collapse: video comes down at once. Above it, a shortfall may
+/// be one decrease of the estimator — libwebrtc's rule, which str0m follows, sets the estimate
+/// to 0.85 × the acknowledged rate on a single overuse signal, so a subscriber sent exactly
+/// what it needs finds itself just short after any delay spike — and it is waited out for the
+/// downgrade hold. A real shortage keeps the estimator decreasing (0.85² is below this) or
+/// shows as loss (which caps the estimate) within that time.
+pub const COLLAPSE_PERCENT: u64 = 80;
 
 /// How much a subscriber cares about a video track, most important first: a class is given
 /// bandwidth before, and paused after, every class below it.
@@ -257,8 +270,8 @@ pub struct AllocatorConfig {
     pub upgrade_step_interval: Duration,
     /// The upgrade hold doubles after each upgrade that overshot, up to this.
     pub max_upgrade_hold: Duration,
-    /// How long the allocation may need more than the budget (but less than the estimate
-    /// less audio) before it comes down.
+    /// How long the allocation may need more than the estimate less audio (without a
+    /// collapse, see [`COLLAPSE_PERCENT`]) before it comes down.
     pub downgrade_hold: Duration,
 }
 
@@ -512,9 +525,9 @@ pub struct Allocator {
     audio: u64,
     /// Some track is fresh: re-plan before anything else.
     replan: bool,
-    /// Since when the allocation has needed more than the budget, and the lowest estimate
-    /// seen since.
-    over_since: Option<(Instant, u64)>,
+    /// Since when the allocation has needed more than the estimate less audio (the
+    /// headroom used up), and the lowest estimate seen since.
+    short_since: Option<(Instant, u64)>,
     /// Since when an upgrade has been possible (with margin) without a break.
     upgrade_since: Option<Instant>,
     /// No further step up before this.
@@ -543,7 +556,7 @@ impl Allocator {
             can_probe: false,
             audio: 0,
             replan: false,
-            over_since: None,
+            short_since: None,
             upgrade_since: None,
             next_step_at: None,
             last_upgrade: None,
@@ -679,7 +692,7 @@ impl Allocator {
     /// When [`Allocator::handle_timeout`] next has work, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let down = self
-            .over_since
+            .short_since
             .map(|(since, _)| since + self.config.downgrade_hold);
         let up = self.upgrade_since.map(|since| {
             let at = since + self.hold;
@@ -777,13 +790,22 @@ impl Allocator {
         let used = cost(&self.tracks);
         if used > self.video_budget(self.estimate) {
             self.upgrade_since = None;
-            let (since, lowest) = self.over_since.get_or_insert((now, self.estimate));
+            // Within the headroom: no upgrade, and no downgrade either (the headroom is
+            // for estimate error; one decrease of the estimator lands in it).
+            let short = used > self.estimate.saturating_sub(self.audio);
+            if !short {
+                self.short_since = None;
+                self.update_target();
+                return;
+            }
+            let (since, lowest) = self.short_since.get_or_insert((now, self.estimate));
             *lowest = (*lowest).min(self.estimate);
             let (since, lowest) = (*since, *lowest);
-            let headroom_used_up = used > self.estimate.saturating_sub(self.audio);
-            if headroom_used_up || now >= since + self.config.downgrade_hold {
+            let sent = used.saturating_add(self.audio) as u128;
+            let collapsed = (self.estimate as u128) * 100 < sent * COLLAPSE_PERCENT as u128;
+            if collapsed || now >= since + self.config.downgrade_hold {
                 self.downgrade(self.video_budget(lowest));
-                self.over_since = None;
+                self.short_since = None;
                 if self
                     .last_upgrade
                     .is_some_and(|u| now.saturating_duration_since(u) < OVERSHOOT_WINDOW)
@@ -800,7 +822,7 @@ impl Allocator {
                 self.last_downgrade = Some(now);
             }
         } else {
-            self.over_since = None;
+            self.short_since = None;
             self.maybe_upgrade(now);
         }
         self.update_target();
