@@ -216,9 +216,10 @@ impl Decision {
 /// What to tell the subscriber's bandwidth estimator (str0m's `Bwe::set_bitrate`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BitrateTarget {
-    /// Bits per second the current allocation sends (audio reserve plus chosen layers).
-    /// As str0m's `minimum`, padding keeps the link warm when cameras send less than measured;
-    /// pass 0 instead to never pad.
+    /// Bits per second the current allocation sends (audio reserve plus chosen layers)
+    /// while a track is below its tile's layer: as str0m's `minimum`, padding keeps the
+    /// estimate up when cameras send less than measured. 0 when nothing is left to climb to
+    /// (no padding).
     pub minimum: u64,
     /// The estimate the subscriber would like: what the next upgrade needs (margin included)
     /// while something is paused or below its tile's layer and the estimator can probe; else
@@ -977,11 +978,19 @@ impl Allocator {
             desired = estimate_for_upgrade(next, self.audio, h, m).max(current_need);
         }
         // Padding up to what the allocation uses keeps the estimate from sagging to what
-        // the cameras happen to send between keyframes. (Tried without it when nothing is
-        // left to climb to: bench (d) at 100 listeners froze 6.4 s per viewer in 30 s
-        // instead of 0.8 s, so the estimate needs it; the overloaded shard drops it.)
+        // the cameras happen to send between keyframes, which matters while something is
+        // left to climb to. A subscriber that has everything its tiles want (every
+        // listener of a general meeting) gets none: it cost one padding packet per two of
+        // media, a third of the server's CPU in bench (d). That the estimate then hovers
+        // near what is sent is safe since one decrease below it is waited out (see
+        // COLLAPSE_PERCENT): without that rule, no padding froze the camera 6.4 s per
+        // viewer in 30 s at 100 listeners; with it, 0.5-0.6 s.
         self.target = BitrateTarget {
-            minimum: used.saturating_add(self.audio),
+            minimum: if step.is_some() {
+                used.saturating_add(self.audio)
+            } else {
+                0
+            },
             desired,
         };
     }
