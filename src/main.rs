@@ -14,6 +14,7 @@ use plenary::Config;
 use plenary_proto::{Role, TrackSource};
 
 /// jemalloc: memory freed after sessions end goes back to the system (see `plenary::memory`).
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -8,6 +8,8 @@
 //!   by scattered small allocations. jemalloc's size-class slabs and its decay (freed pages go
 //!   back after ~10 s of activity) left +0.3 MB for the same churn. It costs ~3.6 MB more at
 //!   start and ~7 % more per participant at peak (`loadtest/RESULTS.md`, 2026-11-28).
+//!   It is the default cargo feature `jemalloc`; `--no-default-features` builds with the
+//!   system allocator, which heap profilers such as heaptrack can see.
 //! - **Used grants are forgotten once they expire**: every grant that joins is remembered
 //!   until it expires so it cannot be replayed (the in-memory replay cache of `grant.rs`);
 //!   a burst of joins leaves that much behind for the grants' lifetime. A task forgets the

@@ -47,13 +47,16 @@
 //! - A new, newly shown, enlarged or re-prioritised track gets at once what the upgrade
 //!   budget (margin included) plans for it; the other tracks keep their layers unless that
 //!   plan gives them less.
-//! - Downgrades: an allocation within the headroom (above the budget, within the estimate
-//!   less audio) stays, without upgrades. One that needs more than the estimate less audio
-//!   for [`AllocatorConfig::downgrade_hold`], or at once when the estimate is below
-//!   [`COLLAPSE_PERCENT`] of what is sent (video plus audio), comes down to the plan for the
-//!   lowest estimate seen meanwhile. The hold is there because one overuse signal sets the
-//!   estimate just below what is sent (0.85 × the acknowledged rate): a listener receiving
-//!   exactly one camera's low layer lost it for seconds on every delay spike.
+//! - Downgrades: on a clean link an allocation within the headroom (above the budget,
+//!   within the estimate less audio) stays, without upgrades. One that needs more than the
+//!   estimate less audio for [`AllocatorConfig::downgrade_hold`], or at once when the
+//!   estimate is below [`COLLAPSE_PERCENT`] of what is sent (video plus audio), comes down to
+//!   the plan for the lowest estimate seen meanwhile. The hold is there because one overuse
+//!   signal sets the estimate just below what is sent (0.85 × the acknowledged rate): a
+//!   listener receiving exactly one camera's low layer lost it for seconds on every delay
+//!   spike. On a lossy link ([`Allocator::handle_loss`] at [`LOSSY`] or more) the headroom is
+//!   for retransmissions: an allocation within it comes down after the hold, and one above
+//!   the estimate less audio at once.
 //! - Upgrades: only while the estimate carries the upgrade with
 //!   [`AllocatorConfig::upgrade_margin_percent`] to spare, continuously for the upgrade hold
 //!   ([`AllocatorConfig::upgrade_hold`]), and then one step (one track, one layer) per
@@ -101,6 +104,12 @@ const OVERSHOT_MARGIN_PERCENT: u64 = 25;
 /// downgrade hold. A real shortage keeps the estimator decreasing (0.85² is below this) or
 /// shows as loss (which caps the estimate) within that time.
 pub const COLLAPSE_PERCENT: u64 = 80;
+
+/// Reported loss (a fraction) from which the link counts as lossy: an allocation within the
+/// headroom then comes down after the hold, and one above the estimate less audio at once.
+/// (A policer drops without delaying, so the delay-based estimate floats above what gets
+/// through; keyframe bursts over it are lost, and the headroom is what retransmissions use.)
+pub const LOSSY: f64 = 0.01;
 
 /// How much a subscriber cares about a video track, most important first: a class is given
 /// bandwidth before, and paused after, every class below it.
@@ -526,9 +535,11 @@ pub struct Allocator {
     audio: u64,
     /// Some track is fresh: re-plan before anything else.
     replan: bool,
-    /// Since when the allocation has needed more than the estimate less audio (the
-    /// headroom used up), and the lowest estimate seen since.
-    short_since: Option<(Instant, u64)>,
+    /// Since when the allocation has needed more than it may keep (the estimate less audio;
+    /// with loss, the budget), and the lowest estimate seen since.
+    over_since: Option<(Instant, u64)>,
+    /// The last loss report said at least [`LOSSY`].
+    lossy: bool,
     /// Since when an upgrade has been possible (with margin) without a break.
     upgrade_since: Option<Instant>,
     /// No further step up before this.
@@ -557,7 +568,8 @@ impl Allocator {
             can_probe: false,
             audio: 0,
             replan: false,
-            short_since: None,
+            over_since: None,
+            lossy: false,
             upgrade_since: None,
             next_step_at: None,
             last_upgrade: None,
@@ -567,6 +579,14 @@ impl Allocator {
             target: BitrateTarget::default(),
             emitted_target: None,
         })
+    }
+
+    /// The subscriber's receiver reports say it lost `fraction` (0.0–1.0) of what it was
+    /// sent in the last second or so. From [`LOSSY`] on, the headroom is kept for
+    /// retransmissions (see the [module](self) documentation on downgrades).
+    pub fn handle_loss(&mut self, now: Instant, fraction: f64) {
+        self.lossy = fraction >= LOSSY;
+        self.evaluate(now);
     }
 
     /// The estimator reported `estimate` bits/s; `can_probe` says whether it can probe for
@@ -693,7 +713,7 @@ impl Allocator {
     /// When [`Allocator::handle_timeout`] next has work, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let down = self
-            .short_since
+            .over_since
             .map(|(since, _)| since + self.config.downgrade_hold);
         let up = self.upgrade_since.map(|since| {
             let at = since + self.hold;
@@ -791,22 +811,24 @@ impl Allocator {
         let used = cost(&self.tracks);
         if used > self.video_budget(self.estimate) {
             self.upgrade_since = None;
-            // Within the headroom: no upgrade, and no downgrade either (the headroom is
-            // for estimate error; one decrease of the estimator lands in it).
+            // Within the headroom on a clean link: no upgrade, and no downgrade either (one
+            // decrease of the estimator lands there). With loss, the headroom is for
+            // retransmissions: the allocation comes down after the hold.
             let short = used > self.estimate.saturating_sub(self.audio);
-            if !short {
-                self.short_since = None;
+            if !short && !self.lossy {
+                self.over_since = None;
                 self.update_target();
                 return;
             }
-            let (since, lowest) = self.short_since.get_or_insert((now, self.estimate));
+            let (since, lowest) = self.over_since.get_or_insert((now, self.estimate));
             *lowest = (*lowest).min(self.estimate);
             let (since, lowest) = (*since, *lowest);
             let sent = used.saturating_add(self.audio) as u128;
-            let collapsed = (self.estimate as u128) * 100 < sent * COLLAPSE_PERCENT as u128;
+            let collapsed = (self.estimate as u128) * 100 < sent * COLLAPSE_PERCENT as u128
+                || (short && self.lossy);
             if collapsed || now >= since + self.config.downgrade_hold {
                 self.downgrade(self.video_budget(lowest));
-                self.short_since = None;
+                self.over_since = None;
                 if self
                     .last_upgrade
                     .is_some_and(|u| now.saturating_duration_since(u) < OVERSHOOT_WINDOW)
@@ -823,7 +845,7 @@ impl Allocator {
                 self.last_downgrade = Some(now);
             }
         } else {
-            self.short_since = None;
+            self.over_since = None;
             self.maybe_upgrade(now);
         }
         self.update_target();

@@ -4,7 +4,8 @@
 //! that drops whatever exceeds its rate, with no queue — shows no delay, so the estimate may
 //! climb far above what gets through while packets, audio among them, are dropped. The
 //! [`LossCap`] reads the receiver's reports instead: when reported loss is heavy two
-//! seconds in a row (one second alone may be the noise of a lossy link) while video flows,
+//! seconds in a row (one second alone may be the noise of a lossy link), or severe in one,
+//! while video flows,
 //! the cap falls to what got through and holds there for a minute — not back up towards what
 //! was being sent, which a policer showed it cannot carry: climbing back within seconds made
 //! the allocator walk into the same loss again and again (video paused, resumed, paused). After
@@ -18,6 +19,11 @@ use std::time::{Duration, Instant};
 
 /// Reported loss (share of packets) from which the cap acts.
 pub const HEAVY_LOSS: f64 = 0.1;
+/// A report this heavy counts alone: random loss on a usable link does not lose a quarter of
+/// a second's packets, a policer under twice its rate does. (With two heavy reports in a
+/// row required, a 400 kbit/s listener upgraded into a policer lost 49 % in one second, was
+/// downgraded at once, reported 0 % the next, and climbed straight back on the next probe.)
+pub const SEVERE_LOSS: f64 = 0.25;
 /// How long after a cut further loss reports are taken to describe the time before it.
 const HOLD_OFF: Duration = Duration::from_secs(3);
 /// Video a first cut leaves room for beside the audio (one low simulcast layer, with room).
@@ -96,6 +102,7 @@ impl LossCap {
         // before it, and must not cut again.
         let settling = self.cap.is_some_and(|c| now < c.cut_at + HOLD_OFF);
         let lasting = std::mem::replace(&mut self.last_loss, loss).min(loss);
+        let lasting = if loss >= SEVERE_LOSS { loss } else { lasting };
         if lasting >= HEAVY_LOSS && video_flows && !settling {
             // The lighter of the two reports: a burst of loss as the allocation came down
             // says little of what the link carries.
@@ -189,6 +196,22 @@ mod tests {
     }
 
     #[test]
+    fn one_severe_report_counts_alone() {
+        let t = Instant::now();
+        let mut c = LossCap::default();
+        // 860 kbit/s into a 400 kbit/s policer: half of it lost in one second.
+        c.handle_report(t - S, 0.08, 860_000, 40_000);
+        c.handle_report(t, 0.49, 860_000, 40_000);
+        assert!(c.is_capped(), "a second losing half is not noise");
+        let cap = c.cap(t);
+        assert!((350_000..=400_000).contains(&cap), "{cap}");
+        // A single heavy but not severe report still waits for the next.
+        let mut c = LossCap::default();
+        c.handle_report(t, 0.2, 860_000, 40_000);
+        assert!(!c.is_capped());
+    }
+
+    #[test]
     fn a_cap_that_paused_the_video_is_not_dropped_for_sending_little() {
         let t = Instant::now();
         let mut c = LossCap::default();
@@ -239,10 +262,11 @@ mod tests {
     fn late_reports_of_the_same_loss_do_not_cut_twice() {
         let t = Instant::now();
         let mut c = LossCap::default();
-        c.handle_report(t - S, 0.3, 700_000, 120_000);
-        c.handle_report(t, 0.3, 700_000, 120_000);
+        c.handle_report(t - S, 0.2, 700_000, 120_000);
+        c.handle_report(t, 0.2, 700_000, 120_000);
         let one = c.cap(t);
         assert!(c.is_capped());
+        // Even a severe one.
         c.handle_report(t + 2 * S, 0.4, 250_000, 120_000);
         assert_eq!(c.cap(t + 2 * S), one, "a report from before the cut");
     }

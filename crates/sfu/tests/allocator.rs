@@ -809,3 +809,40 @@ fn one_decrease_of_the_estimate_just_below_the_need_is_waited_out() {
     assert_eq!(downs.len(), 1, "{downs:?}");
     assert!(downs[0].0 - dip <= 100 * MS, "{downs:?}");
 }
+
+/// On a lossy link (a policer: no delay, so the estimate floats above what gets through)
+/// the headroom is for retransmissions: an allocation within it comes down after the hold,
+/// one above the estimate less audio at once. Without loss, the same estimate moves nothing.
+#[test]
+fn with_loss_the_headroom_is_kept() {
+    let low = [VideoLayer::new(320, 180, 142_000)];
+    let start = |loss: f64| {
+        let mut sim = Sim::start(614_000, 2);
+        sim.add(STAGE, TrackPriority::Stage, Tile::shown(640, 360), &low);
+        sim.run(Duration::from_secs(3), |_| 614_000);
+        assert_eq!(sim.decision(STAGE), Decision::Layer(0));
+        let now = sim.now;
+        sim.alloc.handle_loss(now, loss);
+        sim.drain();
+        sim
+    };
+    // 235k: video 142k + audio 80k = 222k fits, but not with the 10 % headroom (211k).
+    for (loss, pauses) in [(0.0, false), (0.005, false), (0.03, true)] {
+        let mut sim = start(loss);
+        let at = sim.elapsed();
+        sim.run(Duration::from_secs(3), |_| 235_000);
+        let downs = sim.changes_since(at);
+        assert_eq!(!downs.is_empty(), pauses, "loss {loss}: {downs:?}");
+        if pauses {
+            let after = downs[0].0 - at;
+            assert!(after >= 900 * MS && after <= 1_100 * MS, "after {after:?}");
+        }
+    }
+    // Short of the estimate less audio on a lossy link: at once.
+    let mut sim = start(0.03);
+    let at = sim.elapsed();
+    sim.run(200 * MS, |_| 207_000);
+    let downs = sim.changes_since(at);
+    assert_eq!(downs.len(), 1, "{downs:?}");
+    assert!(downs[0].0 - at <= 100 * MS, "{downs:?}");
+}

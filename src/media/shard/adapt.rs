@@ -252,6 +252,7 @@ impl Shard {
         );
         let can_probe = peer.can_probe && level == OverloadLevel::Normal;
         if let Some(alloc) = peer.alloc.as_mut() {
+            alloc.handle_loss(now, f64::from(loss));
             alloc.handle_estimate(now, estimate, can_probe);
         }
         self.apply_allocation(now, id);
