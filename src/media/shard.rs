@@ -823,6 +823,7 @@ impl Shard {
                     return;
                 };
                 let room = peer.room;
+                tracing::debug!(target: "plenary::keyframe", peer = id.0, track = track.0, "keyframe request from a subscriber");
                 if let Some(entry) = self.room_mut(room) {
                     let _ = entry
                         .core
@@ -1272,6 +1273,7 @@ impl Shard {
                         _ => api.stream_rx(&ssrc),
                     };
                     if let Some(rx) = rx {
+                        tracing::debug!(target: "plenary::keyframe", track = track.0, stream, "keyframe request to the publisher");
                         rx.request_keyframe(KeyframeRequestKind::Pli);
                         self.counters.keyframe_requests_sent += 1;
                     }

@@ -340,7 +340,8 @@ step("5 % random loss on the weak listener's downlink: video recovers by retrans
   const residual = vr + vl ? Math.max(0, vl - rtx) / (vr + vl) : 0;
   const frozen = video.reduce((n, x) => Math.max(n, x.freeze), 0);
   h.log(`weak @5% loss: video lost on first send ${(vl / (vr + vl) * 100).toFixed(2)} %, NACKs ${nacks}, ` +
-    `retransmissions received ${rtx}, residual ≤ ${(residual * 100).toFixed(2)} %, longest freeze ${frozen.toFixed(1)} s; ` +
+    `retransmissions received ${rtx}, residual ≤ ${(residual * 100).toFixed(2)} %, longest freeze ${frozen.toFixed(1)} s ` +
+    `(per video: ${JSON.stringify(video.map((x) => ({ pid: x.pid, w: x.width, frames: x.frames, freezes_s: +x.freeze.toFixed(1), lost: x.lost, nacks: x.nacks, rtx: x.rtx })))}); ` +
     `audio loss ${(audio.loss * 100).toFixed(2)} %, concealment ${(audio.concealment * 100).toFixed(2)} %, ` +
     `audio per speaker ${JSON.stringify(Object.values(d).filter((x) => x.kind === "audio").map((x) => ({ codec: x.codec, lost: x.lost, received: x.received, concealed: x.samples ? +(x.concealed / x.samples * 100).toFixed(2) : null, fec: x.fec, jbMs: x.jbMs })))}`);
   // Audio: packets are lost on the way (RTP loss stays ~5 %), but the repeats (RED) the
