@@ -998,6 +998,14 @@ impl Allocator {
             let t = &self.tracks[i];
             let next = used - t.rate(t.cur) + t.rate(Some(layer));
             desired = estimate_for_upgrade(next, self.audio, h, m).max(current_need);
+            // A step the overshoot floor holds back needs that estimate: probe for it, or
+            // the estimate never gets there and the step waits for the backoff to reset (a
+            // screen share paused after an estimate collapse stayed paused for 45 s).
+            if let Some((video, floor)) = self.upgrade_floor {
+                if next >= video / 4 * 3 {
+                    desired = desired.max(floor);
+                }
+            }
         }
         // Padding up to what the allocation uses keeps the estimate from sagging to what
         // the cameras happen to send between keyframes, which matters while something is

@@ -580,6 +580,10 @@ fn an_upgrade_that_overshot_waits_for_a_better_estimate_and_a_longer_hold() {
     // The same estimate again: the same upgrade is not tried again (two changes each time).
     sim.run(Duration::from_secs(10), |_| 800_000);
     assert_eq!(first_up_after(&sim, down), None, "{:?}", sim.changes);
+    // But the estimator is asked to probe for the estimate it needs (else the estimate never
+    // gets there, and the step waits for the backoff to reset).
+    let target = sim.alloc.bitrate_target();
+    assert!(target.desired >= 1_000_000, "{target:?}");
     // A quarter more than the estimate that overshot: tried, after a doubled hold.
     let better = sim.elapsed();
     sim.run(Duration::from_secs(10), |_| 1_050_000);
