@@ -809,17 +809,15 @@ impl Allocator {
             self.upgrade_floor = None;
         }
         let used = cost(&self.tracks);
-        if used > self.video_budget(self.estimate) {
+        let over = used > self.video_budget(self.estimate);
+        let short = used > self.estimate.saturating_sub(self.audio);
+        if over {
             self.upgrade_since = None;
-            // Within the headroom on a clean link: no upgrade, and no downgrade either (one
-            // decrease of the estimator lands there). With loss, the headroom is for
-            // retransmissions: the allocation comes down after the hold.
-            let short = used > self.estimate.saturating_sub(self.audio);
-            if !short && !self.lossy {
-                self.over_since = None;
-                self.update_target();
-                return;
-            }
+        }
+        // Within the headroom on a clean link: no upgrade, and no downgrade either (one
+        // decrease of the estimator lands there). With loss, the headroom is for
+        // retransmissions: the allocation comes down after the hold.
+        if over && (short || self.lossy) {
             let (since, lowest) = self.over_since.get_or_insert((now, self.estimate));
             *lowest = (*lowest).min(self.estimate);
             let (since, lowest) = (*since, *lowest);
@@ -846,7 +844,9 @@ impl Allocator {
             }
         } else {
             self.over_since = None;
-            self.maybe_upgrade(now);
+            if !over {
+                self.maybe_upgrade(now);
+            }
         }
         self.update_target();
     }
@@ -927,10 +927,7 @@ impl Allocator {
             return;
         };
         let next = self.cost_with(i, layer);
-        if self
-            .upgrade_floor
-            .is_some_and(|(video, estimate)| next >= video / 4 * 3 && self.estimate < estimate)
-        {
+        if self.floor_for(next).is_some_and(|e| self.estimate < e) {
             // About as much video as last overshot the link (layer rates are measured, and
             // wobble with keyframes), on no better an estimate.
             self.upgrade_since = None;
@@ -985,6 +982,14 @@ impl Allocator {
         cost(&self.tracks) - t.rate(t.cur) + t.rate(Some(layer))
     }
 
+    /// The estimate an allocation of `video` bits/s needs after an upgrade overshot: about
+    /// as much video as overshot (¾ of it or more) needs the floor; less needs none.
+    fn floor_for(&self, video: u64) -> Option<u64> {
+        self.upgrade_floor
+            .filter(|(overshot, _)| video >= overshot / 4 * 3)
+            .map(|(_, estimate)| estimate)
+    }
+
     fn update_target(&mut self) {
         let (h, m) = (
             self.config.headroom_percent,
@@ -1001,10 +1006,8 @@ impl Allocator {
             // A step the overshoot floor holds back needs that estimate: probe for it, or
             // the estimate never gets there and the step waits for the backoff to reset (a
             // screen share paused after an estimate collapse stayed paused for 45 s).
-            if let Some((video, floor)) = self.upgrade_floor {
-                if next >= video / 4 * 3 {
-                    desired = desired.max(floor);
-                }
+            if let Some(floor) = self.floor_for(next) {
+                desired = desired.max(floor);
             }
         }
         // Padding up to what the allocation uses keeps the estimate from sagging to what

@@ -764,6 +764,20 @@ fn a_playing_thumbnail_is_not_swapped_for_another_when_its_rate_wobbles() {
     );
 }
 
+/// A listener of one low-profile camera (142 kbit/s) and `audio_tracks` microphones, settled
+/// at 614 kbit/s, its last loss report `loss`.
+fn one_low_camera(audio_tracks: u64, loss: f64) -> Sim {
+    let mut sim = Sim::start(614_000, audio_tracks);
+    let low = [VideoLayer::new(320, 180, 142_000)];
+    sim.add(STAGE, TrackPriority::Stage, Tile::shown(640, 360), &low);
+    sim.run(Duration::from_secs(3), |_| 614_000);
+    assert_eq!(sim.decision(STAGE), Decision::Layer(0));
+    let now = sim.now;
+    sim.alloc.handle_loss(now, loss);
+    sim.drain();
+    sim
+}
+
 /// A listener of one low-profile camera, sent exactly what it needs: one overuse signal sets
 /// str0m's estimate to 0.85 × the acknowledged rate, just below what is sent, and it climbs
 /// back within a second. That must not pause the camera (in the 300-listener general meeting
@@ -771,14 +785,7 @@ fn a_playing_thumbnail_is_not_swapped_for_another_when_its_rate_wobbles() {
 /// that stays below the need brings it down after the hold; a collapse, at once.
 #[test]
 fn one_decrease_of_the_estimate_just_below_the_need_is_waited_out() {
-    let low = [VideoLayer::new(320, 180, 142_000)];
-    let start = |audio_tracks| {
-        let mut sim = Sim::start(614_000, audio_tracks);
-        sim.add(STAGE, TrackPriority::Stage, Tile::shown(640, 360), &low);
-        sim.run(Duration::from_secs(3), |_| 614_000);
-        assert_eq!(sim.decision(STAGE), Decision::Layer(0));
-        sim
-    };
+    let start = |audio_tracks| one_low_camera(audio_tracks, 0.0);
     // Sent: 142k video + 80k audio = 222k; 0.85 × 243k acknowledged ≈ 207k.
     let mut sim = start(2);
     let dip = sim.elapsed();
@@ -819,17 +826,7 @@ fn one_decrease_of_the_estimate_just_below_the_need_is_waited_out() {
 /// one above the estimate less audio at once. Without loss, the same estimate moves nothing.
 #[test]
 fn with_loss_the_headroom_is_kept() {
-    let low = [VideoLayer::new(320, 180, 142_000)];
-    let start = |loss: f64| {
-        let mut sim = Sim::start(614_000, 2);
-        sim.add(STAGE, TrackPriority::Stage, Tile::shown(640, 360), &low);
-        sim.run(Duration::from_secs(3), |_| 614_000);
-        assert_eq!(sim.decision(STAGE), Decision::Layer(0));
-        let now = sim.now;
-        sim.alloc.handle_loss(now, loss);
-        sim.drain();
-        sim
-    };
+    let start = |loss: f64| one_low_camera(2, loss);
     // 235k: video 142k + audio 80k = 222k fits, but not with the 10 % headroom (211k).
     for (loss, pauses) in [(0.0, false), (0.005, false), (0.03, true)] {
         let mut sim = start(loss);
