@@ -60,6 +60,28 @@ pub const EVENT_QUEUE: usize = 16384;
 /// A peer whose client closed the connection is removed after this, unless its session's
 /// `leave` comes first (so the others see "left", not "disconnected").
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The patch that writes `numbers` into `payload`'s VP8 payload descriptor (`None` when the
+/// descriptor lacks a field, which [`plenary_sfu::Vp8Numbers::parse`] already ruled out).
+fn vp8_patch(payload: &[u8], numbers: plenary_sfu::Vp8Numbers) -> Option<str0m::rtp::Vp8Patch> {
+    let descriptor = str0m::rtp::Vp8Descriptor::parse(payload).ok()?;
+    let mut patch = descriptor.patch();
+    if let Some(pid) = numbers.picture_id {
+        patch = patch.picture_id(pid);
+    }
+    if let Some(tl0) = numbers.tl0_pic_idx {
+        patch = patch.tl0_pic_idx(tl0);
+    }
+    patch.build().ok()
+}
+
+/// Packets each outgoing video stream keeps for resends (str0m's default).
+const VIDEO_RESEND_PACKETS: usize = 1000;
+/// How old a packet may be and still be resent (str0m's default: a receiver stops asking
+/// well before).
+const VIDEO_RESEND_AGE: Duration = Duration::from_secs(3);
+/// The most an outgoing video stream's resends may be of its bytes over a second (str0m's
+/// default is 0.15, see the forwarding path): resends never more than the fresh media.
+const VIDEO_RESEND_SHARE: f32 = 0.5;
 
 /// A room as the media plane names it (assigned by the control loop, never reused).
 pub type RoomKey = u32;
@@ -823,8 +845,10 @@ impl Shard {
                     return;
                 };
                 let room = peer.room;
-                tracing::debug!(target: "plenary::keyframe", peer = id.0, track = track.0, "keyframe request from a subscriber");
                 if let Some(entry) = self.room_mut(room) {
+                    tracing::debug!(target: "plenary::keyframe", peer = id.0, track = track.0,
+                        state = entry.core.describe_down(id, track).as_deref().unwrap_or("none"),
+                        "keyframe request from a subscriber");
                     let _ = entry
                         .core
                         .handle_keyframe_request(Instant::now(), id, track);
@@ -1167,18 +1191,36 @@ impl Shard {
                 },
             };
             let ssrc = tx.ssrc();
+            if cached != Some(ssrc) && e.video {
+                // A new outgoing video stream (its first packet): str0m's default drops every
+                // queued resend once resends pass 15 % of the stream's bytes in a second,
+                // which a low layer's keyframe losing a few packets reaches on a lossy link;
+                // the lost packets then never come and the picture freezes until the
+                // receiver gives up and asks for a keyframe (~3 s in Chrome). Resends are
+                // held to what the fresh media carries instead; the pacer holds the sum of
+                // both to the subscriber's estimate.
+                tx.set_rtx_cache(
+                    VIDEO_RESEND_PACKETS,
+                    VIDEO_RESEND_AGE,
+                    Some(VIDEO_RESEND_SHARE),
+                );
+            }
             let ext = ExtensionValues {
                 audio_level: e.audio_level,
                 voice_activity: e.voice_activity,
                 video_orientation: e.video_orientation,
                 ..ExtensionValues::default()
             };
-            tx.write_rtp(
-                RtpWrite::new(pt, f.seq.into(), f.ts, e.at, Arc::clone(payload))
-                    .marker(e.marker)
-                    .ext_vals(ext)
-                    .nackable(e.video),
-            );
+            let mut write = RtpWrite::new(pt, f.seq.into(), f.ts, e.at, Arc::clone(payload))
+                .marker(e.marker)
+                .ext_vals(ext)
+                .nackable(e.video);
+            if let Some(patch) = f.vp8.and_then(|n| vp8_patch(payload, n)) {
+                // Written into the packet as str0m serialises it (and its resends): the
+                // shared payload is not copied.
+                write = write.vp8_patch(patch);
+            }
+            tx.write_rtp(write);
             if cached != Some(ssrc) {
                 if let Some(Some(out)) = sub.out.get_mut(f.slot as usize) {
                     out.ssrc = Some(ssrc);

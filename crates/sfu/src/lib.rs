@@ -29,6 +29,7 @@ pub mod overload;
 pub mod red;
 pub mod room;
 pub mod speakers;
+pub mod vp8_ids;
 
 pub use allocator::{
     Allocator, AllocatorConfig, AllocatorError, AllocatorEvent, BitrateTarget, Decision,
@@ -43,3 +44,4 @@ pub use room::{
     TrackKey, MAX_LAYERS,
 };
 pub use speakers::{SpeakerEvent, Speakers, SpeakersConfig, SpeakersError};
+pub use vp8_ids::{Vp8Ids, Vp8Numbers};

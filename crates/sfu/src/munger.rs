@@ -48,6 +48,8 @@ pub struct Munger {
     /// The last output values, kept across switches.
     last_out: Option<(u64, u32, Instant)>,
     first_out_seq: u64,
+    /// Segments started so far (each start is a keyframe for video).
+    segment: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,12 +74,19 @@ impl Munger {
             target: None,
             last_out: None,
             first_out_seq,
+            segment: 0,
         }
     }
 
     /// The input stream currently forwarded, if any.
     pub fn current_stream(&self) -> Option<u64> {
         self.current.map(|a| a.stream)
+    }
+
+    /// The number of the segment forwarded now: it changes at each start or switch (a
+    /// keyframe, for video), where codec numbering must be made continuous too.
+    pub fn segment(&self) -> u32 {
+        self.segment
     }
 
     /// Whether the munger waits for a keyframe before it forwards anything new.
@@ -121,6 +130,7 @@ impl Munger {
                 }
                 let a = self.start_segment(p);
                 self.current = Some(a);
+                self.segment = self.segment.wrapping_add(1);
                 self.target = None;
                 self.forward(a, p)
             }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::keyframe::{is_keyframe, vp8_dimensions, VideoCodec};
 use crate::munger::{InPacket, Munged, Munger};
+use crate::vp8_ids::{Vp8Ids, Vp8Numbers};
 
 /// A participant in the room (assigned by the caller, unique per session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -101,6 +102,9 @@ pub struct Forward {
     pub seq: u64,
     /// Output RTP timestamp.
     pub ts: u32,
+    /// VP8 numbers to write in the payload descriptor instead of the input's (continuous
+    /// across layer switches, see [`crate::vp8_ids`]); `None`: leave the payload as it is.
+    pub vp8: Option<Vp8Numbers>,
 }
 
 /// Something the driver must act on.
@@ -244,6 +248,14 @@ struct DownTrack {
     /// When this subscriber's losses last caused a keyframe request.
     last_pli: Option<Instant>,
     munger: Munger,
+    /// Packets forwarded, and dropped while waiting for a keyframe (for diagnostics:
+    /// [`Room::describe_down`]).
+    forwarded: u64,
+    dropped_waiting: u64,
+    /// Keyframe starts forwarded.
+    keyframes: u64,
+    /// VP8 numbering continuous across this subscriber's switches.
+    vp8: Vp8Ids,
 }
 
 /// One room's forwarding state machine.
@@ -525,6 +537,26 @@ impl Room {
         Ok(())
     }
 
+    /// What `subscriber` gets of `track`, for a debug log when it asks for a keyframe: the
+    /// layer chosen, whether paused, the input stream forwarded and the one awaited, each
+    /// layer's stream, and the packets forwarded, dropped waiting for a keyframe, and keyframes
+    /// forwarded so far.
+    pub fn describe_down(&self, subscriber: ParticipantKey, track: TrackKey) -> Option<String> {
+        let t = self.tracks.get(&track)?;
+        let d = t.down.iter().find(|d| d.subscriber == subscriber)?;
+        Some(format!(
+            "layer {} paused {} current {:?} waiting {} streams {:?} forwarded {} dropped_waiting {} keyframes {}",
+            d.layer,
+            d.paused,
+            d.munger.current_stream(),
+            d.munger.is_waiting_for_keyframe(),
+            t.streams,
+            d.forwarded,
+            d.dropped_waiting,
+            d.keyframes
+        ))
+    }
+
     /// The bits per second each simulcast layer of `track` carried since the last call
     /// (0 for a layer that sent nothing: a publisher whose uplink cannot carry the top
     /// layer stops sending it). The driver reads this about once a second for the
@@ -617,6 +649,11 @@ impl Room {
             at: pkt.at,
         };
         let simulcast = t.simulcast();
+        let vp8 = if t.media == Media::Video(VideoCodec::Vp8) {
+            Vp8Numbers::parse(pkt.payload)
+        } else {
+            Vp8Numbers::default()
+        };
         let mut want_keyframe = false;
         for d in &mut t.down {
             let Some(slot) = d.slot else { continue };
@@ -635,16 +672,21 @@ impl Room {
             match d.munger.process(&input) {
                 Munged::Forward { seq, ts } => {
                     self.stats.forwarded += 1;
+                    d.forwarded += 1;
+                    d.keyframes += u64::from(input.keyframe);
                     out.push(Forward {
                         subscriber: d.subscriber,
                         slot,
                         seq,
                         ts,
+                        vp8: d.vp8.rewrite(d.munger.segment(), vp8),
                     });
                 }
                 Munged::Drop => {
                     self.stats.dropped += 1;
-                    want_keyframe |= d.munger.is_waiting_for_keyframe();
+                    let waiting = d.munger.is_waiting_for_keyframe();
+                    d.dropped_waiting += u64::from(waiting);
+                    want_keyframe |= waiting;
                 }
             }
         }
@@ -761,6 +803,10 @@ impl Room {
             layer: 0,
             last_pli: None,
             munger,
+            forwarded: 0,
+            dropped_waiting: 0,
+            keyframes: 0,
+            vp8: Vp8Ids::default(),
         });
         self.events.push_back(RoomEvent::Subscribe {
             subscriber,

@@ -106,6 +106,18 @@ fn video_waits_for_keyframe_and_asks_for_one() {
     out.clear();
     room.handle_rtp(T(11), &rtp(1, 7, 3000, VP8_DELTA, t0), &mut out);
     assert_eq!(out.len(), 2, "after the keyframe, delta frames flow");
+    // What the debug log says of a subscriber that asks for a keyframe.
+    let state = room.describe_down(P(2), T(11)).unwrap();
+    assert!(state.contains("current Some(1) waiting false"), "{state}");
+    assert!(
+        state.ends_with("forwarded 2 dropped_waiting 1 keyframes 1"),
+        "{state}"
+    );
+    assert_eq!(
+        room.describe_down(P(1), T(11)),
+        None,
+        "no one gets their own"
+    );
 }
 
 #[test]
@@ -318,6 +330,70 @@ fn simulcast_layer_switch_happens_at_a_keyframe() {
         .layer_bitrates(t0 + Duration::from_secs(1), T(11))
         .unwrap();
     assert!(rates[0] > 0 && rates[1] > 0 && rates[2] == 0, "{rates:?}");
+}
+
+/// A VP8 payload with a descriptor carrying a 15-bit PictureID and a TL0PICIDX.
+fn vp8_numbered(key: bool, pid: u16, tl0: u8) -> Vec<u8> {
+    let header = if key { 0x00 } else { 0x01 };
+    vec![
+        0x90,
+        0xc0,
+        0x80 | (pid >> 8) as u8,
+        pid as u8,
+        tl0,
+        header,
+        0x9d,
+        0x01,
+        0x2a,
+    ]
+}
+
+#[test]
+fn vp8_numbering_stays_continuous_across_a_layer_switch() {
+    let mut room = three_publishers();
+    let t0 = Instant::now();
+    let mut out = Vec::new();
+    // Layer 0 numbers its pictures from 20 000, layer 1 from 3 000 (each layer picks its
+    // own start): a switch up must not make the numbers jump back for the receiver.
+    room.handle_rtp(
+        T(11),
+        &layered(100, 0, 1, 0, &vp8_numbered(true, 20_000, 50), t0),
+        &mut out,
+    );
+    room.handle_rtp(
+        T(11),
+        &layered(100, 0, 2, 3000, &vp8_numbered(false, 20_001, 51), t0),
+        &mut out,
+    );
+    assert!(
+        out.iter().all(|f| f.vp8.is_none()),
+        "no switch, nothing rewritten"
+    );
+    room.set_layer(t0, P(2), T(11), 1).unwrap();
+    out.clear();
+    room.handle_rtp(
+        T(11),
+        &layered(200, 1, 1, 6000, &vp8_numbered(true, 3_000, 7), t0),
+        &mut out,
+    );
+    let f = out.iter().find(|f| f.subscriber == P(2)).unwrap();
+    assert_eq!(f.vp8.and_then(|n| n.picture_id), Some(20_002));
+    assert_eq!(f.vp8.and_then(|n| n.tl0_pic_idx), Some(52));
+    out.clear();
+    room.handle_rtp(
+        T(11),
+        &layered(200, 1, 2, 9000, &vp8_numbered(false, 3_001, 8), t0),
+        &mut out,
+    );
+    room.handle_rtp(
+        T(11),
+        &layered(100, 0, 3, 9000, &vp8_numbered(false, 20_002, 52), t0),
+        &mut out,
+    );
+    let two = out.iter().find(|f| f.subscriber == P(2)).unwrap();
+    assert_eq!(two.vp8.and_then(|n| n.picture_id), Some(20_003));
+    let three = out.iter().find(|f| f.subscriber == P(3)).unwrap();
+    assert_eq!(three.vp8, None, "subscriber 3 never switched");
 }
 
 #[test]
