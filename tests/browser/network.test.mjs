@@ -2,8 +2,8 @@
 // of the test's own (netns.mjs), whose media downlink nftables polices to 400 kbit/s, then to
 // 1.5 Mbit/s, then drops 5 % of at random; three speakers (simulcast cameras) and an
 // unconstrained listener run beside it. The weak listener must keep every speaker's audio and
-// get the low video layer (or video paused for its connection) — the longest stall of the
-// video it plays most is logged against the issue's 2 s — and at 1.5 Mbit/s every video it
+// get the low video layer (or video paused for its connection), the video it plays most
+// never stalling over 2 s, and at 1.5 Mbit/s every video it
 // plays decodes without a stall over 2 s; the strong one gets the high layer where its tile
 // is large and the low one where it is small; the speakers' keyframe rate must not follow the
 // weak listener's losses. Figures are printed; needs root (CI runs as root).
@@ -74,6 +74,10 @@ function inbound(who) {
         concealed: s.concealedSamples ?? 0,
         samples: s.totalSamplesReceived ?? 0,
         frames: s.framesDecoded ?? 0,
+        framesIn: s.framesReceived ?? 0,
+        keyframes: s.keyFramesDecoded ?? 0,
+        plis: s.pliCount ?? 0,
+        bytes: s.bytesReceived ?? 0,
         width: s.frameWidth ?? 0,
         freeze: s.totalFreezesDuration ?? 0,
         nacks: s.nackCount ?? 0,
@@ -130,7 +134,13 @@ async function watchVideo(who, ms) {
     const t = Date.now();
     for (const [id, x] of Object.entries(now)) {
       if (x.kind !== "video") continue;
-      const st = (stalls[id] ??= { since: t, longestMs: 0, played: false });
+      const st = (stalls[id] ??= { since: t, longestMs: 0, played: false, widest: 0, history: [] });
+      // What the page saw at each reading, to tell (in the log) why a long stall happened:
+      // packets that stopped coming, or frames that came and did not decode.
+      st.history.push({ t, pkts: x.received, bytes: x.bytes, lost: x.lost, nacks: x.nacks, rtx: x.rtx, framesIn: x.framesIn, decoded: x.frames, keyframes: x.keyframes, plis: x.plis, paused: x.bwPaused });
+      // frameWidth is the last decoded frame's: read only when frames were decoded since the
+      // last reading (a video paused or switched keeps showing its old width).
+      if (x.frames > (last[id]?.frames ?? 0)) st.widest = Math.max(st.widest, x.width);
       if (x.bwPaused || x.frames > (last[id]?.frames ?? 0)) {
         if (!x.bwPaused && st.played) st.longestMs = Math.max(st.longestMs, t - st.since);
         st.played ||= !x.bwPaused;
@@ -141,7 +151,31 @@ async function watchVideo(who, ms) {
   }
   const t = Date.now();
   for (const st of Object.values(stalls)) if (st.played) st.longestMs = Math.max(st.longestMs, t - st.since);
+  for (const [id, st] of Object.entries(stalls)) logLongStall(who, id, st.history);
   return { first, last, stalls };
+}
+
+/**
+ * Logs, for each stall over 1.5 s in `history` (readings of one video), what changed while
+ * it lasted: packets, losses, NACKs, retransmissions, frames received and decoded,
+ * keyframes, keyframe requests (the page's own) — with the wall-clock time, to match
+ * the server's log.
+ */
+function logLongStall(who, id, history) {
+  let from = 0;
+  for (let i = 1; i <= history.length; i++) {
+    const end = i === history.length || history[i].decoded > history[i - 1].decoded || history[i].paused;
+    if (!end) continue;
+    const a = history[from];
+    const b = history[i - 1];
+    if (b.t - a.t > 1500 && !a.paused) {
+      const d = (k) => b[k] - a[k];
+      h.log(`${who}: video ${id} stalled ${((b.t - a.t) / 1000).toFixed(1)} s from ${new Date(a.t).toISOString()}: ` +
+        `packets +${d("pkts")} (${d("pkts") ? Math.round(d("bytes") / d("pkts")) : 0} bytes each), lost +${d("lost")}, nacks +${d("nacks")}, rtx +${d("rtx")}, frames received +${d("framesIn")}, ` +
+        `decoded +${d("decoded")}, keyframes +${d("keyframes")}, keyframe requests +${d("plis")}`);
+    }
+    from = i;
+  }
 }
 
 /**
@@ -160,6 +194,7 @@ async function weakWindow() {
   for (const [id, x] of Object.entries(d)) {
     if (x.kind !== "video") continue;
     x.stallS = stallS(watched, id);
+    x.widest = watched.stalls[id]?.widest ?? 0;
     x.strongStallS = stallS(strong, id);
   }
   return { d, rate };
@@ -245,23 +280,24 @@ step("at 400 kbit/s the weak listener keeps every speaker's audio and gets low o
   const audio = audioFigures(d);
   const video = Object.values(d).filter((x) => x.kind === "video");
   h.log(`weak @400k: audio loss ${(audio.loss * 100).toFixed(2)} %, concealment ${(audio.concealment * 100).toFixed(2)} %, ` +
-    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, freezes_sum_s: +v.freeze.toFixed(1), longest_stall_s: v.stallS, strong_listener_longest_stall_s: v.strongStallS, lost: v.lost, nacks: v.nacks, rtx: v.rtx, paused: v.bwPaused })))}, ` +
+    `video ${JSON.stringify(video.map((v) => ({ w: v.widest, frames: v.frames, freezes_sum_s: +v.freeze.toFixed(1), longest_stall_s: v.stallS, strong_listener_longest_stall_s: v.strongStallS, lost: v.lost, nacks: v.nacks, rtx: v.rtx, paused: v.bwPaused })))}, ` +
     `keyframe requests at the speakers ${rate.toFixed(2)}/s (healthy ${baseline.toFixed(2)}/s)`);
   assert.ok(Object.values(d).some((x) => x.kind === "audio" && x.pid === ids[SPEAKERS[0]] && x.received > 500),
     "the speaker's audio keeps coming");
   assert.ok(audio.loss < 0.01, `audio loss ${(audio.loss * 100).toFixed(2)} % < 1 %`);
   assert.ok(audio.concealment < 0.02, `audio concealment ${(audio.concealment * 100).toFixed(2)} % < 2 %`);
   for (const v of video) {
-    assert.ok(v.bwPaused || v.width <= 320, `video at the low layer or paused for the connection (width ${v.width})`);
+    assert.ok(v.widest <= 320, `video at the low layer or paused for the connection (widest frame decoded ${v.widest})`);
   }
   // The issue's "no freeze longer than 2 s after adapting", for the video the listener gets
   // most of: its longest stall between two readings (Chrome's totalFreezesDuration is a sum
-  // of every freeze over ~200 ms). Logged as a figure: most runs hold it (0.3–1.3 s), but the
-  // estimate still swings on some runs (a stall of 3–4 s, or every video paused for a while),
-  // so on a shared machine what is asserted is that video plays at the low layer at all.
+  // of every freeze over ~200 ms). The stalls of 3 s and more that some runs showed were
+  // Chrome dropping a new layer's frames as old after a switch (VP8 picture numbers, now
+  // kept continuous by the server); since, 0.3 s in every run.
   const best = [...video].sort((x, y) => y.frames - x.frames)[0];
   h.log(`the video that plays most at 400 kbit/s: ${best ? `${best.frames} frames, longest stall ${best.stallS?.toFixed(1)} s (target ≤ 2 s; the strong listener's on the same video ${best.strongStallS?.toFixed(1)} s), Chrome's freezes ${best.freeze.toFixed(1)} s in all${best.bwPaused ? ", paused at the end" : ""}` : "none"}`);
   assert.ok(best && best.frames > 50, `a video plays at 400 kbit/s (${best?.frames ?? 0} frames in ${WINDOW_MS / 1000} s)`);
+  assert.ok(best.stallS !== null && best.stallS <= 2, `no stall over 2 s in the video that plays most (${best.stallS} s)`);
   assert.ok(rate <= baseline + 0.5, `the weak listener does not raise the speakers' keyframe rate (${rate.toFixed(2)}/s)`);
   await h.screenshot("weak", "network-weak-listener");
 });
@@ -277,7 +313,7 @@ step("at 1.5 Mbit/s the weak listener's video decodes continuously", async () =>
   const audio = audioFigures(d);
   const video = Object.values(d).filter((x) => x.kind === "video");
   h.log(`weak @1.5M: audio loss ${(audio.loss * 100).toFixed(2)} %, concealment ${(audio.concealment * 100).toFixed(2)} %, ` +
-    `video ${JSON.stringify(video.map((v) => ({ w: v.width, frames: v.frames, longest_stall_s: v.stallS, strong_listener_longest_stall_s: v.strongStallS, paused: v.bwPaused })))}, ` +
+    `video ${JSON.stringify(video.map((v) => ({ w: v.widest, frames: v.frames, longest_stall_s: v.stallS, strong_listener_longest_stall_s: v.strongStallS, paused: v.bwPaused })))}, ` +
     `keyframe requests at the speakers ${rate.toFixed(2)}/s (healthy ${baseline.toFixed(2)}/s)`);
   assert.ok(audio.loss < 0.01, `audio loss ${(audio.loss * 100).toFixed(2)} % < 1 %`);
   assert.ok(audio.concealment < 0.02, `audio concealment ${(audio.concealment * 100).toFixed(2)} % < 2 %`);
