@@ -18,6 +18,10 @@
 
 /// PictureID is 15 bits (the 7-bit form is left alone).
 const PID_MASK: u16 = 0x7fff;
+/// How far ahead of the last numbers sent a new segment's may start and keep the offsets
+/// in force (a pause of up to a few minutes); further, or behind, they are renumbered.
+const NEAR_PID: u16 = 0x1000;
+const NEAR_TL0: u8 = 0x40;
 
 /// The numbers a VP8 payload descriptor carries (only those this rewrites).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -64,6 +68,16 @@ impl Vp8Numbers {
     }
 }
 
+/// Whether 15-bit PictureID `a` comes after `b` (by less than half the number space).
+fn pid_ahead(a: u16, b: u16) -> bool {
+    (1..0x4000).contains(&(a.wrapping_sub(b) & PID_MASK))
+}
+
+/// Whether TL0PICIDX `a` comes after `b`.
+fn tl0_ahead(a: u8, b: u8) -> bool {
+    (1..0x80).contains(&a.wrapping_sub(b))
+}
+
 /// See the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Vp8Ids {
@@ -83,32 +97,34 @@ impl Vp8Ids {
     pub fn rewrite(&mut self, segment: u32, input: Vp8Numbers) -> Option<Vp8Numbers> {
         let pid = input.picture_id?;
         if segment != self.segment {
-            // The first packet of a new segment (a keyframe): continue the numbering.
+            // The first packet of a new segment (a keyframe). Where the offsets in force
+            // already carry its numbers a little ahead of what was sent (a pause and resume of the
+            // same layer, whose numbers went on meanwhile), they stay — for most
+            // subscribers that is no rewrite at all; where the numbers would go back (or
+            // not move), they continue from the last sent.
             self.segment = segment;
-            self.pid_offset = self
-                .last_pid
-                .map_or(0, |last| last.wrapping_add(1).wrapping_sub(pid) & PID_MASK);
-            self.tl0_offset = match (self.last_tl0, input.tl0_pic_idx) {
-                (Some(last), Some(t)) => last.wrapping_add(1).wrapping_sub(t),
-                _ => 0,
-            };
+            if let Some(last) = self.last_pid {
+                let out = pid.wrapping_add(self.pid_offset) & PID_MASK;
+                if !(1..NEAR_PID).contains(&(out.wrapping_sub(last) & PID_MASK)) {
+                    self.pid_offset = last.wrapping_add(1).wrapping_sub(pid) & PID_MASK;
+                }
+            }
+            if let (Some(last), Some(t)) = (self.last_tl0, input.tl0_pic_idx) {
+                if !(1..NEAR_TL0).contains(&t.wrapping_add(self.tl0_offset).wrapping_sub(last)) {
+                    self.tl0_offset = last.wrapping_add(1).wrapping_sub(t);
+                }
+            }
         }
         let out_pid = pid.wrapping_add(self.pid_offset) & PID_MASK;
         let out = Vp8Numbers {
             picture_id: Some(out_pid),
             tl0_pic_idx: input.tl0_pic_idx.map(|t| t.wrapping_add(self.tl0_offset)),
         };
-        if self
-            .last_pid
-            .is_none_or(|last| (1..0x4000).contains(&(out_pid.wrapping_sub(last) & PID_MASK)))
-        {
+        if self.last_pid.is_none_or(|last| pid_ahead(out_pid, last)) {
             self.last_pid = Some(out_pid);
         }
         if let Some(t) = out.tl0_pic_idx {
-            if self
-                .last_tl0
-                .is_none_or(|last| (1..0x80).contains(&t.wrapping_sub(last)))
-            {
+            if self.last_tl0.is_none_or(|last| tl0_ahead(t, last)) {
                 self.last_tl0 = Some(t);
             }
         }
@@ -176,12 +192,30 @@ mod tests {
     }
 
     #[test]
+    fn a_resume_of_the_same_layer_needs_no_rewrite() {
+        let mut ids = Vp8Ids::default();
+        ids.rewrite(1, nums(700, 10));
+        ids.rewrite(1, nums(701, 10));
+        // Paused, then resumed at a keyframe of the same layer: its numbers went on.
+        assert_eq!(ids.rewrite(2, nums(760, 25)), None);
+        // A switch that does need an offset keeps it through a later resume.
+        let out = ids.rewrite(3, nums(100, 3)).unwrap();
+        assert_eq!(out, nums(761, 26));
+        let out = ids.rewrite(4, nums(150, 9)).unwrap();
+        assert_eq!(
+            out,
+            nums(811, 32),
+            "the offset in force still moves it ahead"
+        );
+    }
+
+    #[test]
     fn numbers_wrap() {
         let mut ids = Vp8Ids::default();
         ids.rewrite(1, nums(PID_MASK, 255));
-        let out = ids.rewrite(2, nums(100, 10)).unwrap();
+        let out = ids.rewrite(2, nums(20_000, 200)).unwrap();
         assert_eq!(out, nums(0, 0));
-        let out = ids.rewrite(2, nums(101, 11)).unwrap();
+        let out = ids.rewrite(2, nums(20_001, 201)).unwrap();
         assert_eq!(out, nums(1, 1));
     }
 }
