@@ -524,7 +524,21 @@ impl Session {
             _ => 1008,
         };
         let _ = self.close(close_code, message).await;
+        self.linger().await;
         Some(End::Fatal)
+    }
+
+    /// After the server's close frame: reads (and drops) what the client still sends, until
+    /// its close frame, the end of the stream or [`LINGER`]. Closing a TCP socket with
+    /// unread data resets the connection, and a client still writing — a flooder — may then
+    /// lose the error and close frames it had not read yet, never learning why it was cut.
+    async fn linger(&mut self) {
+        let until = tokio::time::Instant::now() + LINGER;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(until, self.socket.recv()).await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
@@ -541,6 +555,10 @@ impl Session {
         self.socket.flush().await
     }
 }
+
+/// How long a session cut off for misbehaving still reads its client's messages (see
+/// `Session::linger`): bounded, and what is read is dropped unparsed.
+const LINGER: Duration = Duration::from_millis(500);
 
 async fn recv_event(events: &mut Option<mpsc::Receiver<SessionEvent>>) -> Option<SessionEvent> {
     match events {
