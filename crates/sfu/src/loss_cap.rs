@@ -6,7 +6,8 @@
 //! [`LossCap`] reads the receiver's reports instead: when reported loss is heavy two
 //! seconds in a row (one second alone may be the noise of a lossy link), or severe in one,
 //! while video flows,
-//! the cap falls to what got through and holds there for a minute — not back up towards what
+//! the cap falls to what got through and holds there for a minute (20 s when that leaves
+//! room for no more than the audio and one low layer) — not back up towards what
 //! was being sent, which a policer showed it cannot carry: climbing back within seconds made
 //! the allocator walk into the same loss again and again (video paused, resumed, paused). After
 //! the minute it rises by a few percent a second, as GCC's increase does, until the link
@@ -30,6 +31,11 @@ const HOLD_OFF: Duration = Duration::from_secs(3);
 const FIRST_CUT_VIDEO_BPS: u64 = 150_000;
 /// How long the cap holds at what got through.
 const HOLD: Duration = Duration::from_secs(60);
+/// How long a cap that leaves room for no more than the audio and one low layer holds: it
+/// pauses the video, and the minute that keeps a policed listener from walking back into
+/// its loss would keep it without any picture (72–76 s to adapt to 400 kbit/s in one run in
+/// four, where loss went on while the allocation came down and a second cut went this deep).
+const DEEP_HOLD: Duration = Duration::from_secs(20);
 /// How fast it rises after the hold (share per second, compounded).
 const GROWTH_PER_SEC: f64 = 0.05;
 /// Share of what got through the cap keeps to: below the link by enough that a keyframe's
@@ -41,6 +47,7 @@ const MARGIN: f64 = 0.85;
 struct Cap {
     bps: u64,
     cut_at: Instant,
+    hold: Duration,
 }
 
 /// See the module docs.
@@ -118,7 +125,12 @@ impl LossCap {
             };
             // Only a real cut counts (and restarts the hold).
             if bps < current {
-                self.cap = Some(Cap { bps, cut_at: now });
+                let hold = if bps <= video_floor { DEEP_HOLD } else { HOLD };
+                self.cap = Some(Cap {
+                    bps,
+                    cut_at: now,
+                    hold,
+                });
             }
         } else if self.cap.is_some_and(|c| self.cap(now) >= 4 * c.bps) {
             // Risen far above the cut with no loss since: no longer a cap. (Not judged by
@@ -127,12 +139,13 @@ impl LossCap {
         }
     }
 
-    /// The cap at `now` (`u64::MAX` for none): what got through for the hold, then rising
+    /// The cap at `now` (`u64::MAX` for none): what got through for the hold (a minute;
+    /// [`DEEP_HOLD`] for a cap that leaves no room for more than one low layer), then rising
     /// by [`GROWTH_PER_SEC`] compounded.
     pub fn cap(&self, now: Instant) -> u64 {
         let Some(c) = self.cap else { return u64::MAX };
         let beyond = now
-            .saturating_duration_since(c.cut_at + HOLD)
+            .saturating_duration_since(c.cut_at + c.hold)
             .as_secs_f64()
             .min(120.0);
         (c.bps as f64 * (1.0 + GROWTH_PER_SEC).powf(beyond)) as u64
@@ -212,6 +225,23 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_down_to_the_audio_and_one_low_layer_holds_for_less() {
+        let t = Instant::now();
+        let mut c = LossCap::default();
+        // 480 kbit/s losing 60 % of it, twice: cut to the floor (audio 40k + 150k).
+        c.handle_report(t - S, 0.6, 480_000, 40_000);
+        c.handle_report(t, 0.6, 480_000, 40_000);
+        let cut = c.cap(t);
+        assert_eq!(cut, 190_000);
+        assert_eq!(c.cap(t + 19 * S), cut, "it holds");
+        assert!(
+            c.cap(t + 30 * S) > cut * 3 / 2,
+            "then rises well before the minute: {}",
+            c.cap(t + 30 * S)
+        );
+    }
+
+    #[test]
     fn a_cap_that_paused_the_video_is_not_dropped_for_sending_little() {
         let t = Instant::now();
         let mut c = LossCap::default();
@@ -219,10 +249,10 @@ mod tests {
         c.handle_report(t, 0.5, 300_000, 40_000);
         let cut = c.cap(t);
         assert!(c.is_capped());
-        // Only audio flows now (the cap paused the video); past the hold, no loss.
-        c.handle_report(t + 65 * S, 0.0, 40_000, 40_000);
-        assert!(c.is_capped(), "still a cap: {}", c.cap(t + 65 * S));
-        assert!(c.cap(t + 65 * S) < 2 * cut);
+        // Only audio flows now (the cap paused the video); past the (deep) hold, no loss.
+        c.handle_report(t + 25 * S, 0.0, 40_000, 40_000);
+        assert!(c.is_capped(), "still a cap: {}", c.cap(t + 25 * S));
+        assert!(c.cap(t + 25 * S) < 2 * cut);
     }
 
     #[test]
