@@ -60,6 +60,15 @@ pub const EVENT_QUEUE: usize = 16384;
 /// A peer whose client closed the connection is removed after this, unless its session's
 /// `leave` comes first (so the others see "left", not "disconnected").
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Packets each outgoing video stream keeps for resends (str0m's default).
+const VIDEO_RESEND_PACKETS: usize = 1000;
+/// How old a packet may be and still be resent (str0m's default: a receiver stops asking
+/// well before).
+const VIDEO_RESEND_AGE: Duration = Duration::from_secs(3);
+/// The most an outgoing video stream's resends may be of its bytes over a second (str0m's
+/// default is 0.15, see the forwarding path): resends never more than the fresh media.
+const VIDEO_RESEND_SHARE: f32 = 0.5;
+
 /// The patch that writes `numbers` into `payload`'s VP8 payload descriptor (`None` when the
 /// descriptor lacks a field, which [`plenary_sfu::Vp8Numbers::parse`] already ruled out).
 fn vp8_patch(payload: &[u8], numbers: plenary_sfu::Vp8Numbers) -> Option<str0m::rtp::Vp8Patch> {
@@ -73,15 +82,6 @@ fn vp8_patch(payload: &[u8], numbers: plenary_sfu::Vp8Numbers) -> Option<str0m::
     }
     patch.build().ok()
 }
-
-/// Packets each outgoing video stream keeps for resends (str0m's default).
-const VIDEO_RESEND_PACKETS: usize = 1000;
-/// How old a packet may be and still be resent (str0m's default: a receiver stops asking
-/// well before).
-const VIDEO_RESEND_AGE: Duration = Duration::from_secs(3);
-/// The most an outgoing video stream's resends may be of its bytes over a second (str0m's
-/// default is 0.15, see the forwarding path): resends never more than the fresh media.
-const VIDEO_RESEND_SHARE: f32 = 0.5;
 
 /// A room as the media plane names it (assigned by the control loop, never reused).
 pub type RoomKey = u32;
@@ -1194,9 +1194,9 @@ impl Shard {
             if cached != Some(ssrc) && e.video {
                 // A new outgoing video stream (its first packet): str0m's default drops every
                 // queued resend once resends pass 15 % of the stream's bytes in a second,
-                // which a low layer's keyframe losing a few packets reaches on a lossy link;
-                // the lost packets then never come and the picture freezes until the
-                // receiver gives up and asks for a keyframe (~3 s in Chrome). Resends are
+                // which a thin low layer's keyframe losing a few packets can reach on a lossy
+                // link; the lost packets would then never come and the picture freeze until
+                // the receiver gives up and asks for a keyframe (~3 s in Chrome). Resends are
                 // held to what the fresh media carries instead; the pacer holds the sum of
                 // both to the subscriber's estimate.
                 tx.set_rtx_cache(
