@@ -20,7 +20,11 @@ const RED_OFF = process.env.RED_OFF === "1";
 const h = new Harness({
   name: "network",
   host: ns.hostIp,
-  env: RED_OFF ? { PLENARY_MEDIA_AUDIO_REDUNDANCY: "false" } : {},
+  env: {
+    // The allocator's decisions in the server log, whose tail a failure prints.
+    PLENARY_LOG: process.env.PLENARY_LOG || "info,plenary::alloc=debug",
+    ...(RED_OFF ? { PLENARY_MEDIA_AUDIO_REDUNDANCY: "false" } : {}),
+  },
 });
 const ids = {};
 const SPEAKERS = ["ann", "ben", "cy"];
